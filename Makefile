@@ -1,0 +1,26 @@
+# `make demo` and `make test` work on a fresh clone: both create .venv when it is missing.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# torch/torchvision are pinned to the releases this machine class keeps on disk (a CUDA build that runs on CPU).
+TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+
+.PHONY: demo test venv clean
+
+$(PY): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH_PINS)
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(PY)
+
+venv: $(PY)
+
+demo: $(PY)
+	$(VENV)/bin/coordgan sample --preset tiny --out demo-out/sample.png
+
+test: $(PY)
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

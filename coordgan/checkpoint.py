@@ -1,0 +1,189 @@
+"""Checkpoints: our safetensors format, and the authors' public `.pt` files.
+
+Our format is one `.safetensors` file: tensors keyed `<net>.<param>` for the networks present
+(g, g_ema, e, d, d_patch) and the model config as JSON in the header metadata, so nothing is
+ever unpickled. Public checkpoints (top-level keys g_ema, g, e, d, d_patch, optimizer states)
+are read with `torch.load(weights_only=True)`; their architecture is recognised by matching
+parameter names and shapes against the presets. The file kind is told by its first bytes,
+not its extension.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import struct
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from coordgan.config import PRESETS, ModelConfig, get_preset
+from coordgan.errors import CoordGANError
+from coordgan.fileio import atomic_write, sha256_file
+from coordgan.models import NETWORKS
+
+FORMAT = "coordgan-deploy/1"
+NETWORK_KEYS = ("g_ema", "g", "e", "d", "d_patch")  # g_ema is a Generator like g
+_NET_CLASS = {"g_ema": NETWORKS["g"], **NETWORKS}
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    config: ModelConfig
+    networks: dict[str, nn.Module]
+    source: str  # "coordgan" (ours) or "public" (NVlabs/CoordGAN .pt)
+    sha256: str
+    metadata: dict = field(default_factory=dict)
+
+    @property
+    def generator(self) -> nn.Module:
+        """The generator to use for inference: the EMA copy when present."""
+        return self.require("g_ema" if "g_ema" in self.networks else "g")
+
+    @property
+    def encoder(self) -> nn.Module:
+        return self.require("e")
+
+    def require(self, key: str) -> nn.Module:
+        if key not in self.networks:
+            names = {"g": "generator", "g_ema": "EMA generator", "e": "encoder",
+                     "d": "discriminator", "d_patch": "patch discriminator"}
+            raise CoordGANError(f"Checkpoint {self.path} has no {names[key]} "
+                                f"(it holds: {', '.join(self.networks) or 'nothing'}).")
+        return self.networks[key]
+
+
+def save(path, config: ModelConfig, networks: dict[str, nn.Module], metadata: dict | None = None) -> Path:
+    """Write networks + config as one safetensors file, atomically."""
+    from safetensors.torch import save as st_save
+
+    path = Path(path)
+    tensors = {}
+    for key, net in networks.items():
+        if key not in NETWORK_KEYS:
+            raise ValueError(f"unknown network key {key!r}; expected one of {NETWORK_KEYS}")
+        for name, tensor in net.state_dict().items():
+            tensors[f"{key}.{name}"] = tensor.detach().to("cpu").contiguous()
+    meta = {"format": FORMAT, "config": config.to_json(), "networks": ",".join(networks),
+            "extra": json.dumps(metadata or {})}
+    try:
+        with atomic_write(path) as f:
+            f.write(st_save(tensors, metadata=meta))
+    except OSError as exc:
+        raise CoordGANError(f"Cannot write checkpoint {path}: {exc.strerror or exc}.") from None
+    return path
+
+
+def load(path, preset: str | None = None, map_location="cpu") -> Checkpoint:
+    """Load our safetensors checkpoint or a public `.pt` one; every user error is a CoordGANError."""
+    path = Path(path)
+    if not path.is_file():
+        raise CoordGANError(f"Checkpoint {path} does not exist or is not a file.")
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if len(head) >= 9 and head[8:9] == b"{":
+        cfg, states, meta = _read_safetensors(path)
+        if preset is not None and get_preset(preset).name != cfg.name:
+            raise CoordGANError(f"Checkpoint {path} is preset {cfg.name!r}, not {preset!r}.")
+        source = "coordgan"
+    elif head[:2] == b"PK" or head[:1] == b"\x80":
+        states = _read_public(path)
+        cfg = _match_preset(path, states, preset)
+        meta = {}
+        source = "public"
+    else:
+        raise CoordGANError(f"{path} is neither a safetensors nor a PyTorch checkpoint.")
+    networks = {}
+    for key, state in states.items():
+        net = _NET_CLASS[key](cfg)
+        _load_state(net, state, f"{path} [{key}]")
+        networks[key] = net.to(map_location).eval()
+    return Checkpoint(path, cfg, networks, source, sha256_file(path), meta)
+
+
+def _read_safetensors(path: Path):
+    from safetensors import SafetensorError
+    from safetensors.torch import load as st_load
+
+    data = path.read_bytes()
+    try:
+        (header_len,) = struct.unpack("<Q", data[:8])
+        header = json.loads(data[8:8 + header_len])
+        tensors = st_load(data)
+    except (SafetensorError, ValueError, struct.error, UnicodeDecodeError) as exc:
+        raise CoordGANError(f"Checkpoint {path} is truncated or corrupt ({exc}).") from None
+    meta = header.get("__metadata__") or {}
+    if meta.get("format") != FORMAT or "config" not in meta:
+        raise CoordGANError(f"{path} is a safetensors file but not a CoordGAN checkpoint (no embedded config).")
+    cfg = ModelConfig.from_json(meta["config"])
+    states: dict[str, dict] = {}
+    for name, tensor in tensors.items():
+        key, _, param = name.partition(".")
+        if key not in NETWORK_KEYS:
+            raise CoordGANError(f"Checkpoint {path} has a tensor {name!r} of no known network.")
+        states.setdefault(key, {})[param] = tensor
+    return cfg, states, json.loads(meta.get("extra", "{}"))
+
+
+def _read_public(path: Path) -> dict[str, dict]:
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CoordGANError(
+            f"Refusing to load {path}: it contains pickled Python objects, not only tensors "
+            f"({str(exc).splitlines()[0][:160]}).") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise CoordGANError(f"Checkpoint {path} is truncated or corrupt ({str(exc).splitlines()[0][:160]}).") from None
+    if not isinstance(obj, dict) or not any(k in obj for k in NETWORK_KEYS):
+        raise CoordGANError(f"{path} is not a CoordGAN checkpoint: expected top-level keys among {', '.join(NETWORK_KEYS)}.")
+    states = {}
+    for key in NETWORK_KEYS:
+        if key in obj:
+            state = obj[key]
+            if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+                raise CoordGANError(f"{path}: entry {key!r} is not a state dict of tensors.")
+            states[key] = {k.removeprefix("module."): v for k, v in state.items()}
+    return states
+
+
+def _match_preset(path: Path, states: dict, preset: str | None) -> ModelConfig:
+    """The public files carry no config: find the preset whose generator/encoder shapes they match."""
+    candidates = [get_preset(preset)] if preset else list(PRESETS.values())
+    probe = "g_ema" if "g_ema" in states else next(iter(states))
+    mismatches = {}
+    for cfg in candidates:
+        expected = {k: tuple(v.shape) for k, v in _NET_CLASS[probe](cfg).state_dict().items()}
+        problems = _diff(expected, states[probe])
+        if not problems:
+            return cfg
+        mismatches[cfg.name] = problems
+    if preset:
+        raise CoordGANError(f"Checkpoint {path} [{probe}] does not match preset {preset!r}: {mismatches[preset]}.")
+    raise CoordGANError(f"Checkpoint {path} [{probe}] matches no preset ({'; '.join(f'{k}: {v}' for k, v in mismatches.items())}).")
+
+
+def _diff(expected: dict[str, tuple], state: dict) -> str:
+    """One sentence naming missing, unknown and mis-shaped keys (empty when they agree)."""
+    missing = sorted(set(expected) - set(state))
+    unknown = sorted(set(state) - set(expected))
+    shaped = sorted(k for k in set(expected) & set(state) if tuple(state[k].shape) != expected[k])
+    parts = []
+    for label, keys, fmt in (("missing keys", missing, str), ("unknown keys", unknown, str),
+                             ("mis-shaped keys", shaped,
+                              lambda k: f"{k} {tuple(state[k].shape)} != {expected[k]}")):
+        if keys:
+            more = f" and {len(keys) - 4} more" if len(keys) > 4 else ""
+            parts.append(f"{label} {', '.join(fmt(k) for k in keys[:4])}{more}")
+    return "; ".join(parts)
+
+
+def _load_state(net: nn.Module, state: dict, where: str) -> None:
+    expected = {k: tuple(v.shape) for k, v in net.state_dict().items()}
+    problems = _diff(expected, state)
+    if problems:
+        raise CoordGANError(f"Checkpoint {where} does not fit the model: {problems}.")
+    net.load_state_dict(state, strict=True)

@@ -1,0 +1,146 @@
+"""Model configuration: one dataclass, named presets.
+
+The published presets reproduce NVlabs/CoordGAN's architecture exactly (parameter counts are
+tested); `tiny` keeps every structural feature at toy scale for tests, demos and CPU training.
+Torch-free, so the CLI can list presets without importing PyTorch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+
+from coordgan.errors import CoordGANError
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    """Training objective weights (paper supplementary F.2; `chamfer` 200 in the public configs)."""
+
+    gan: float = 2.0
+    texture_swap: float = 5.0  # lambda_t (LPIPS between two texture codes, same structure)
+    warp: float = 5.0  # lambda_warp (LPIPS between x2 and x1 warped by the soft lookup)
+    structure_swap: float = 1.0  # lambda_s (patch discriminator)
+    chamfer: float = 100.0
+    r1: float = 10.0  # image discriminator, lazy, every `d_reg_every` steps
+    r1_patch: float = 1.0
+    warmup_iters: int = 20_000  # warp, texture and structure weights ramp up linearly
+    warp_tau: float = 0.01
+    # encoder training
+    enc_rec: float = 10.0
+    enc_con: float = 10.0
+    enc_texture: float = 5.0
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str
+    size: int = 128  # output image resolution
+    base_size: int = 128  # canonical grid = resolution of the structure-modulated layers
+    style_dim: int = 512  # W dimension of both mapping networks and the encoder codes
+    n_mlp: int = 8  # equalized linear layers per mapping network
+    lr_mlp: float = 0.01
+    channels: int = 512  # generator channels at base_size (and Fourier features)
+    n_base_pairs: int = 5  # conv pairs at base_size after the first conv (log2(128) - 2 in the public code)
+    up_channels: tuple[int, ...] = ()  # channels of each upsampling pair beyond base_size (512 variant: 128, 64)
+    warp_hidden: int = 512  # coordinate warping network width
+    # encoder (Swapping-Autoencoder style); channels at level i = min(enc_max_channels, enc_base_channels * 2**i)
+    enc_base_channels: int = 32
+    enc_max_channels: int = 1 << 20
+    enc_spatial_downs: int = 4
+    enc_global_downs: int = 2
+    enc_spatial_code_channels: int = 64
+    # image discriminator: channels at resolution r = min(d_max_channels, d_channel_base // r)
+    d_channel_base: int = 32768
+    d_max_channels: int = 512
+    d_from_rgb_sizes: tuple[int, ...] = (128, 256, 512)  # the public D keeps a from-RGB layer per stage
+    # patch discriminator (structure-swap loss)
+    patch_size: int = 32
+    patch_capacity: float = 2.0
+    patch_max_channels: int = 256
+    patch_hidden: int = 1024
+    patch_num_crops: int = 8
+    patch_min_scale: float = 0.125
+    patch_max_scale: float = 0.25
+    # training
+    lr: float = 0.002
+    betas: tuple[float, float] = (0.0, 0.99)
+    batch: int = 16
+    d_reg_every: int = 16
+    g_reg_every: int = 4
+    ema_half_life_kimg: float = 10.0
+    losses: LossWeights = field(default_factory=LossWeights)
+
+    @property
+    def n_latent(self) -> int:
+        """Number of W+ texture codes the synthesis network consumes (12 at 128, 16 at 512)."""
+        return 2 + 2 * (self.n_base_pairs + len(self.up_channels))
+
+    @property
+    def n_texture_codes(self) -> int:
+        return self.n_latent
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ModelConfig":
+        data = dict(data)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise CoordGANError(f"The model config has unknown fields: {', '.join(unknown)}.")
+        losses = LossWeights(**data.pop("losses", {}))
+        for key in ("up_channels", "d_from_rgb_sizes", "betas"):
+            if key in data:
+                data[key] = tuple(data[key])
+        return cls(losses=losses, **data)
+
+    @classmethod
+    def from_json(cls, text: str) -> "ModelConfig":
+        return cls.from_dict(json.loads(text))
+
+
+_CELEBA_128 = ModelConfig(name="celeba-128")
+
+PRESETS: dict[str, ModelConfig] = {
+    "celeba-128": _CELEBA_128,
+    "celeba-512": dataclasses.replace(_CELEBA_128, name="celeba-512", size=512, up_channels=(128, 64)),
+    "cars-128": dataclasses.replace(_CELEBA_128, name="cars-128"),
+    "cats-128": dataclasses.replace(_CELEBA_128, name="cats-128"),
+    # Every structural feature of the published model at toy scale: 32 px, <= 64 channels.
+    "tiny": ModelConfig(
+        name="tiny",
+        size=32,
+        base_size=32,
+        style_dim=64,
+        n_mlp=4,
+        channels=64,
+        n_base_pairs=2,
+        warp_hidden=64,
+        enc_base_channels=16,
+        enc_max_channels=64,
+        enc_spatial_downs=2,
+        enc_global_downs=2,
+        enc_spatial_code_channels=16,
+        d_channel_base=1024,
+        d_max_channels=64,
+        d_from_rgb_sizes=(32,),
+        patch_size=16,
+        patch_capacity=0.25,
+        patch_max_channels=64,
+        patch_hidden=128,
+        batch=4,
+        losses=LossWeights(warmup_iters=200),
+    ),
+}
+
+
+def get_preset(name: str) -> ModelConfig:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise CoordGANError(
+            f"Unknown preset {name!r}; choose one of: {', '.join(PRESETS)}."
+        ) from None
