@@ -199,3 +199,15 @@ def test_require_names_the_missing_network(tmp_path):
     ck = load(save(tmp_path / "g.safetensors", TINY, {"g": Generator(TINY)}))
     with pytest.raises(CoordGANError, match="has no encoder"):
         ck.encoder
+
+
+def test_atomic_write_gives_usual_permissions(tmp_path):
+    import os
+
+    from coordgan.fileio import atomic_write
+
+    with atomic_write(tmp_path / "f.bin") as f:
+        f.write(b"x")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (tmp_path / "f.bin").stat().st_mode & 0o777 == 0o666 & ~mask
