@@ -1,0 +1,380 @@
+"""The fused correspondence-lookup kernel on a GPU, through cuda-python (driver API + NVRTC), no torch.
+
+The kernel source is ``export/plugin/corr_lookup.cu`` (read that header for the semantics, the entry
+points and the launch configuration). It is compiled at run time, never shipped compiled: NVRTC
+(from cuda-python) turns it into PTX for the device's architecture, cached under
+``$COORDGAN_CACHE`` (default ``~/.cache/coordgan``) keyed by source hash, architecture and NVRTC
+version; ``COORDGAN_CORR_LOOKUP_PTX`` may instead name a PTX file built with
+``nvcc -ptx -arch=compute_XY corr_lookup.cu``. The driver loads it with ``cuModuleLoadData``.
+
+Two ways in:
+
+* :func:`lookup_device` takes raw device pointers (ints) and a stream handle, so memory owned by
+  any framework works (torch ``t.data_ptr()`` / ``torch.cuda.current_stream().cuda_stream``,
+  CuPy ``a.data.ptr``, TensorRT bindings...). It validates shapes and attributes but cannot see
+  the values; run the checks of :func:`runtime.lookup.cpu.prepare` (NaN/Inf, range, V >= 0)
+  where the data is.
+* :func:`lookup_numpy` takes numpy arrays, validates them like the reference, copies them in,
+  launches, and copies P and labels out.
+
+cuda-python is imported on first use; without it, or without a GPU, a CoordGANError says so.
+Both the ``cuda.bindings`` layout (cuda-python >= 12.6) and the older ``from cuda import cuda``
+are supported.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import struct
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from coordgan.errors import CoordGANError
+from runtime.lookup import cpu
+
+__all__ = [
+    "BLOCK",
+    "CMAX_VALUES",
+    "TOPK_MAX",
+    "KERNEL_SOURCE",
+    "available",
+    "kernel_name",
+    "launch_config",
+    "compile_ptx",
+    "lookup_device",
+    "lookup_numpy",
+]
+
+BLOCK = 128  # CL_BLOCK in the .cu: threads per block = queries per block = pixels per tile
+TOPK_MAX = 64  # CL_TOPK_MAX
+CMAX_VALUES = (1, 2, 4, 8, 16, 32, 64)
+KERNEL_SOURCE = Path(__file__).resolve().parents[2] / "export" / "plugin" / "corr_lookup.cu"
+
+_lock = threading.Lock()
+_modules: dict = {}  # (context handle, arch) -> (module, {name: function})
+
+
+# --------------------------------------------------------------------------------------------------
+# Names and launch geometry (pure Python: the TensorRT plugin and the tests use them too).
+
+
+def cmax_for(c: int) -> int:
+    """The instantiated class count a C runs on (the next one up; extra classes are masked)."""
+    for cmax in CMAX_VALUES:
+        if c <= cmax:
+            return cmax
+    raise CoordGANError(f"the CUDA lookup supports at most {CMAX_VALUES[-1]} classes, got C = {c}.")
+
+
+def kernel_name(mode: str, dtype, c: int) -> str:
+    """Entry point for a mode, an input dtype (float32/float16) and a class count C."""
+    if mode not in cpu.MODES:
+        raise CoordGANError(f"mode must be one of 'soft', 'hard' or 'topk', got {mode!r}.")
+    dt = np.dtype(dtype)
+    if dt == np.float32:
+        tname = "f32"
+    elif dt == np.float16:
+        tname = "f16"
+    else:
+        raise CoordGANError(f"the CUDA lookup takes float32 or float16 inputs, got {dt}.")
+    return f"corr_lookup_{mode}_{tname}_c{cmax_for(c)}"
+
+
+def all_kernel_names() -> list[str]:
+    return [f"corr_lookup_{m}_{t}_c{c}" for c in CMAX_VALUES for t in ("f32", "f16") for m in cpu.MODES]
+
+
+def launch_config(n: int, hq: int, wq: int) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    """(grid, block): one thread per query pixel, blocks of BLOCK, batch items along grid y."""
+    return ((hq * wq + BLOCK - 1) // BLOCK, n, 1), (BLOCK, 1, 1)
+
+
+def tau_bits(tau: float) -> int:
+    """tau as the int32 holding its float32 bits (how the kernel takes it)."""
+    return struct.unpack("<i", struct.pack("<f", tau))[0]
+
+
+def scalar_args(n: int, hwq: int, r: int, hwk: int, c: int, tau: float, k: int | None) -> list[int]:
+    """The kernel's int32 scalar arguments, in order: N, Hq*Wq, R, Hk*Wk, C, tau bits, k."""
+    return [n, hwq, r, hwk, c, tau_bits(tau), k or 0]
+
+
+# --------------------------------------------------------------------------------------------------
+# cuda-python, lazily.
+
+
+def _bindings():
+    """(driver, nvrtc) modules of whichever cuda-python layout is installed."""
+    try:
+        from cuda.bindings import driver, nvrtc
+    except ImportError:
+        try:
+            from cuda import cuda as driver  # cuda-python < 12.6
+            from cuda import nvrtc
+        except ImportError:
+            raise CoordGANError(
+                "The CUDA lookup needs cuda-python (pip install cuda-python), which is not installed."
+            ) from None
+    return driver, nvrtc
+
+
+def _check(result, what: str):
+    """Unpack a cuda-python (status, *values) tuple, raising CoordGANError on failure."""
+    status, *values = result if isinstance(result, tuple) else (result,)
+    if int(status) != 0:
+        name = getattr(status, "name", str(status))
+        raise CoordGANError(f"CUDA call {what} failed with {name}.")
+    if not values:
+        return None
+    return values[0] if len(values) == 1 else tuple(values)
+
+
+def _context(device: int = 0):
+    """Make a context current (the caller's if one is, else the device's primary context, the one
+    the CUDA runtime, torch and CuPy use) and return (driver, context handle)."""
+    driver, _ = _bindings()
+    try:
+        _check(driver.cuInit(0), "cuInit")
+        current = _check(driver.cuCtxGetCurrent(), "cuCtxGetCurrent")
+        if current is not None and int(current) != 0:
+            return driver, current
+        count = _check(driver.cuDeviceGetCount(), "cuDeviceGetCount")
+        if count < 1:
+            raise CoordGANError("The CUDA lookup needs a GPU, and no CUDA device is visible.")
+        dev = _check(driver.cuDeviceGet(device), "cuDeviceGet")
+        ctx = _check(driver.cuDevicePrimaryCtxRetain(dev), "cuDevicePrimaryCtxRetain")
+        _check(driver.cuCtxSetCurrent(ctx), "cuCtxSetCurrent")
+        return driver, ctx
+    except CoordGANError:
+        raise
+    except Exception as exc:  # e.g. cuda.pathfinder: no NVIDIA driver library on this machine
+        raise CoordGANError(
+            f"The CUDA lookup needs an NVIDIA GPU and driver, and none was found ({type(exc).__name__})."
+        ) from None
+
+
+def available() -> bool:
+    """True when cuda-python imports and a CUDA device answers (never raises)."""
+    try:
+        _context()
+    except CoordGANError:
+        return False
+    return True
+
+
+def _device_arch(driver) -> int:
+    dev = _check(driver.cuCtxGetDevice(), "cuCtxGetDevice")
+    attr = driver.CUdevice_attribute
+    major = _check(driver.cuDeviceGetAttribute(attr.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, dev), "attr")
+    minor = _check(driver.cuDeviceGetAttribute(attr.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, dev), "attr")
+    return 10 * major + minor
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("COORDGAN_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "coordgan"
+    )
+    return Path(root) / "kernels"
+
+
+def compile_ptx(arch: int | None = None, *, source: Path | None = None, cache: bool = True) -> bytes:
+    """PTX of the kernel for compute capability ``arch`` (e.g. 90), compiled with NVRTC.
+
+    Without ``arch``, the current device's (capped at the newest NVRTC supports). Needs cuda-python
+    and its NVRTC library, but no GPU when ``arch`` is given. Returns NUL-terminated PTX.
+    """
+    _, nvrtc = _bindings()
+    src = (source or KERNEL_SOURCE).read_bytes()
+    if arch is None:
+        driver, _ = _context()
+        arch = _device_arch(driver)
+    try:
+        supported = list(_check(nvrtc.nvrtcGetSupportedArchs(), "nvrtcGetSupportedArchs"))
+        version = _check(nvrtc.nvrtcVersion(), "nvrtcVersion")
+    except CoordGANError:
+        raise
+    except Exception as exc:  # the NVRTC shared library itself is missing
+        raise CoordGANError(f"NVRTC could not be loaded; install the nvidia-cuda-nvrtc wheel ({exc}).") from None
+    usable = [a for a in supported if a <= arch]
+    if not usable:
+        raise CoordGANError(f"This NVRTC cannot compile for compute capability {arch / 10:.1f} (too old a GPU).")
+    arch = max(usable)
+    options = [f"--gpu-architecture=compute_{arch}".encode(), b"--std=c++14"]
+    key = hashlib.sha256(src + b"\0".join(options) + repr(version).encode()).hexdigest()[:16]
+    path = _cache_dir() / f"corr_lookup-{key}-compute_{arch}.ptx"
+    if cache and path.is_file():
+        return path.read_bytes()
+    prog = _check(nvrtc.nvrtcCreateProgram(src, b"corr_lookup.cu", 0, [], []), "nvrtcCreateProgram")
+    try:
+        status = nvrtc.nvrtcCompileProgram(prog, len(options), options)
+        if int(status[0]) != 0:
+            size = _check(nvrtc.nvrtcGetProgramLogSize(prog), "nvrtcGetProgramLogSize")
+            log = b" " * size
+            nvrtc.nvrtcGetProgramLog(prog, log)
+            raise CoordGANError(
+                f"NVRTC could not compile {KERNEL_SOURCE.name}: {log.decode(errors='replace').strip()[:2000]}"
+            )
+        size = _check(nvrtc.nvrtcGetPTXSize(prog), "nvrtcGetPTXSize")
+        ptx = b" " * size
+        _check(nvrtc.nvrtcGetPTX(prog, ptx), "nvrtcGetPTX")
+    finally:
+        nvrtc.nvrtcDestroyProgram(prog)
+    if cache:  # write then rename, so a crash never leaves a truncated PTX behind
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_bytes(ptx)
+            os.replace(tmp, path)
+        except OSError:
+            pass  # a read-only home only costs a recompile next time
+    return ptx
+
+
+def _function(name: str):
+    """The loaded CUfunction for an entry point, compiling/loading the module once per context."""
+    driver, ctx = _context()
+    with _lock:
+        key = int(ctx)
+        if key not in _modules:
+            env_ptx = os.environ.get("COORDGAN_CORR_LOOKUP_PTX")
+            if env_ptx:
+                try:
+                    ptx = Path(env_ptx).read_bytes()
+                except OSError as exc:
+                    raise CoordGANError(f"COORDGAN_CORR_LOOKUP_PTX names {env_ptx}, which cannot be read ({exc}).")
+                ptx = ptx if ptx.endswith(b"\0") else ptx + b"\0"
+            else:
+                ptx = compile_ptx()
+            status, module = driver.cuModuleLoadData(ptx)
+            if int(status) != 0:
+                raise CoordGANError(
+                    f"The GPU driver could not load the lookup kernel ({getattr(status, 'name', status)}); an "
+                    "NVIDIA driver older than the NVRTC that compiled it is the usual cause."
+                )
+            _modules[key] = (module, {})
+        module, functions = _modules[key]
+        if name not in functions:
+            functions[name] = _check(driver.cuModuleGetFunction(module, name.encode()), f"cuModuleGetFunction({name})")
+        return driver, functions[name]
+
+
+# --------------------------------------------------------------------------------------------------
+# Launch on device memory.
+
+
+def _positive(name: str, value) -> int:
+    v = cpu._as_int(value)
+    if v is None or v < 1:
+        raise CoordGANError(f"{name} must be a positive integer, got {value!r}.")
+    return v
+
+
+def lookup_device(
+    query_ptr: int,
+    ref_maps_ptr: int,
+    ref_probs_ptr: int,
+    probs_out_ptr: int,
+    labels_out_ptr: int,
+    *,
+    n: int,
+    hq: int,
+    wq: int,
+    r: int,
+    hk: int,
+    wk: int,
+    c: int,
+    dtype="float32",
+    tau: float = 0.01,
+    mode: str = "soft",
+    k: int | None = None,
+    stream: int = 0,
+) -> None:
+    """Launch the kernel on device memory, asynchronously on ``stream`` (a CUstream handle as int).
+
+    Pointers are raw device addresses of contiguous arrays: Q (n, 2, hq, wq), K (n, r, 2, hk, wk),
+    V (n, r, c, hk, wk), all of ``dtype`` (float32 or float16); P out (n, c, hq, wq) float32 and
+    labels out (n, hq, wq) int32. The values are not checked here (see the module docstring).
+    """
+    dims = {name: _positive(name, v) for name, v in (("n", n), ("hq", hq), ("wq", wq), ("r", r), ("hk", hk),
+                                                       ("wk", wk), ("c", c))}
+    n, hq, wq, r, hk, wk, c = dims.values()
+    tau = cpu.check_tau(tau)
+    k_int = cpu.check_mode(mode, k, r * hk * wk)
+    if mode == "topk" and k_int > TOPK_MAX:
+        raise CoordGANError(f"the CUDA lookup keeps at most k = {TOPK_MAX} neighbours in topk mode, got k = {k_int}.")
+    if n > 65535:
+        raise CoordGANError(f"the CUDA lookup runs batch items along grid y, at most 65535 of them, got N = {n}.")
+    if max(hq * wq, r * hk * wk) >= 2**31:
+        raise CoordGANError("the CUDA lookup indexes pixels with 32-bit ints; these maps are too large.")
+    pointers = []
+    for name, ptr in (("query", query_ptr), ("ref_maps", ref_maps_ptr), ("ref_probs", ref_probs_ptr),
+                      ("probs_out", probs_out_ptr), ("labels_out", labels_out_ptr)):
+        p = cpu._as_int(ptr)
+        if p is None or p <= 0:
+            raise CoordGANError(f"{name} must be a device pointer (a positive int), got {ptr!r}.")
+        pointers.append(p)
+    name = kernel_name(mode, dtype, c)
+    driver, func = _function(name)
+    grid, block = launch_config(n, hq, wq)
+    # kernelParams as a void** built with ctypes: works with every cuda-python version. Order: inputs,
+    # int32 scalars (tau as its float bits), outputs, as the .cu documents.
+    values = [ctypes.c_uint64(p) for p in pointers[:3]] + [
+        ctypes.c_int32(v) for v in scalar_args(n, hq * wq, r, hk * wk, c, tau, k_int)
+    ] + [ctypes.c_uint64(p) for p in pointers[3:]]
+    params = (ctypes.c_void_p * len(values))(*[ctypes.addressof(v) for v in values])
+    _check(
+        driver.cuLaunchKernel(func, *grid, *block, 0, driver.CUstream(int(stream)), ctypes.addressof(params), 0),
+        f"cuLaunchKernel({name})",
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# numpy convenience: validate, copy in, launch, copy out.
+
+
+def _validated(query, ref_maps, ref_probs, tau, mode, k):
+    q = cpu._as_array("query", query, "(N, 2, Hq, Wq)", 4)
+    kmap = cpu._as_array("ref_maps", ref_maps, "(N, R, 2, Hk, Wk)", 5)
+    v = cpu._as_array("ref_probs", ref_probs, "(N, R, C, Hk, Wk)", 5)
+    cpu.check_shapes(q.shape, kmap.shape, v.shape)
+    tau = cpu.check_tau(tau)
+    cpu.check_mode(mode, k, kmap.shape[1] * kmap.shape[3] * kmap.shape[4])
+    # float16 kernel only when everything is float16 already (no rounding of float32 inputs)
+    half = q.dtype == np.float16 and kmap.dtype == np.float16 and v.dtype == np.float16
+    q16 = cpu._check_coords("query", q)  # float32 views for the checks
+    cpu._check_coords("ref_maps", kmap)
+    cpu._check_probs("ref_probs", v)
+    dtype = np.float16 if half else np.float32
+    if not half:
+        q = q16
+    return (np.ascontiguousarray(q, dtype), np.ascontiguousarray(kmap, dtype), np.ascontiguousarray(v, dtype), tau)
+
+
+def lookup_numpy(query, ref_maps, ref_probs, *, tau: float = 0.01, mode: str = "soft", k: int | None = None):
+    """Run the kernel on numpy arrays: returns P (N, C, Hq, Wq) float32 and labels (N, Hq, Wq) int32."""
+    q, kmap, v, tau = _validated(query, ref_maps, ref_probs, tau, mode, k)
+    n, r, c, hk, wk = v.shape
+    hq, wq = q.shape[2:]
+    kernel_name(mode, q.dtype, c)  # fail on C > 64 before allocating anything
+    driver, _ = _context()
+    p = np.empty((n, c, hq, wq), np.float32)
+    labels = np.empty((n, hq, wq), np.int32)
+    arrays = (q, kmap, v, p, labels)
+    ptrs = []
+    try:
+        for a in arrays:
+            ptrs.append(_check(driver.cuMemAlloc(a.nbytes), "cuMemAlloc"))
+        for a, d in zip(arrays[:3], ptrs[:3]):
+            _check(driver.cuMemcpyHtoD(d, a.ctypes.data, a.nbytes), "cuMemcpyHtoD")
+        lookup_device(*(int(d) for d in ptrs), n=n, hq=hq, wq=wq, r=r, hk=hk, wk=wk, c=c, dtype=q.dtype,
+                      tau=tau, mode=mode, k=k, stream=0)
+        for a, d in zip(arrays[3:], ptrs[3:]):
+            _check(driver.cuMemcpyDtoH(a.ctypes.data, d, a.nbytes), "cuMemcpyDtoH")  # waits for the kernel
+    finally:
+        for d in ptrs:
+            driver.cuMemFree(d)
+    return p, labels

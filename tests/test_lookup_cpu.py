@@ -1,0 +1,275 @@
+"""The numpy correspondence lookups (runtime.lookup) against the torch reference.
+
+Dense numpy must equal coordgan.correspondence.lookup to 1e-5; sparse must stay within its stated
+bound of dense (|dP| <= tol * max V) and agree on >= 99.9% of labels; hard and topk are exact in
+both. Inputs are smooth random warps of the canonical grid (what a CoordGAN warping network makes),
+drawn fresh on every run: a failure prints its seed so it can be replayed with LOOKUP_TEST_SEED.
+
+Maps from a real (tiny) trained model are not used yet; add that test once a tiny checkpoint is
+part of the test fixtures.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from coordgan.errors import CoordGANError
+from runtime.lookup import lookup
+from runtime.lookup import cpu
+from runtime.lookup.cpu import lookup_dense, lookup_sparse
+
+torch = pytest.importorskip("torch")
+from coordgan.correspondence import canonical_grid  # noqa: E402
+from coordgan.correspondence import lookup as reference  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class SeededRng:
+    """numpy Generator that remembers its seed, for failure messages."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed_value = seed
+        self._gen = np.random.default_rng(seed)
+
+    def __getattr__(self, name):
+        return getattr(self._gen, name)
+
+
+@pytest.fixture
+def rng():
+    return SeededRng(int(os.environ.get("LOOKUP_TEST_SEED", np.random.SeedSequence().entropy % 2**32)))
+
+
+def grid(h: int, w: int) -> np.ndarray:
+    return canonical_grid(h, w).numpy()
+
+
+def warp(rng, n: int, h: int, w: int, amp: float = 0.12) -> np.ndarray:
+    """(n, 2, h, w) canonical grid + low-frequency sinusoidal displacement, clipped to [-1, 1]."""
+    g = grid(h, w)
+    out = np.empty((n, 2, h, w), np.float32)
+    for i in range(n):
+        ph = rng.uniform(0, 2 * np.pi, 4)
+        fr = rng.uniform(0.5, 2.0, 4)
+        x, y = g[0], g[1]
+        dx = amp * np.sin(np.pi * fr[0] * y + ph[0]) * np.cos(np.pi * fr[1] * x + ph[1])
+        dy = amp * np.sin(np.pi * fr[2] * x + ph[2]) * np.cos(np.pi * fr[3] * y + ph[3])
+        out[i, 0] = np.clip(x + dx, -1, 1)
+        out[i, 1] = np.clip(y + dy, -1, 1)
+    return out
+
+
+def probs(rng, n: int, r: int, c: int, h: int, w: int, one_hot: bool = False) -> np.ndarray:
+    """(n, r, c, h, w) label probabilities: blobby one-hot masks or softened ones."""
+    g = grid(h, w)
+    lab = np.zeros((n, r, h, w), np.int64)
+    for i in range(n):
+        for j in range(r):
+            centers = rng.uniform(-1, 1, (c, 2))
+            d = (g[0][None] - centers[:, 0, None, None]) ** 2 + (g[1][None] - centers[:, 1, None, None]) ** 2
+            lab[i, j] = d.argmin(axis=0)
+    v = np.eye(c, dtype=np.float32)[lab].transpose(0, 1, 4, 2, 3)
+    if not one_hot:
+        v = v + rng.uniform(0, 0.3, v.shape).astype(np.float32)
+        v /= v.sum(axis=2, keepdims=True)
+    return np.ascontiguousarray(v)
+
+
+def case(rng, n=1, r=1, c=4, hq=24, wq=20, hk=20, wk=22, one_hot=False):
+    q = warp(rng, n, hq, wq)
+    k = warp(rng, n * r, hk, wk).reshape(n, r, 2, hk, wk)
+    v = probs(rng, n, r, c, hk, wk, one_hot)
+    return q, k, v
+
+
+def ref(q, kmap, v, **kw):
+    p, labels = reference(torch.from_numpy(q), torch.from_numpy(kmap), torch.from_numpy(v), **kw)
+    return p.numpy(), labels.numpy()
+
+
+def assert_labels(labels, labels_ref, p_ref, seed, margin=1e-5):
+    """Labels equal wherever the reference's top two classes are more than `margin` apart."""
+    top2 = np.sort(p_ref, axis=1)[:, -2:] if p_ref.shape[1] > 1 else None
+    clear = np.ones(labels.shape, bool) if top2 is None else (top2[:, 1] - top2[:, 0]) > margin
+    assert np.array_equal(labels[clear], labels_ref[clear]), f"seed {seed}"
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+def test_runtime_lookup_imports_without_torch():
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "import runtime.lookup, runtime.lookup.cpu, runtime.lookup.cuda\n"
+        "import numpy as np\n"
+        "q = np.zeros((1, 2, 4, 4), np.float32); k = np.zeros((1, 1, 2, 4, 4), np.float32)\n"
+        "v = np.ones((1, 1, 3, 4, 4), np.float32)\n"
+        "runtime.lookup.lookup(q, k, v, device='cpu')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize(
+    "mode,k,r,c",
+    [("soft", None, 1, 4), ("soft", None, 3, 64), ("soft", None, 2, 1), ("hard", None, 2, 5), ("topk", 1, 1, 3),
+     ("topk", 9, 2, 6), ("topk", 2 * 20 * 22, 2, 2)],
+)
+def test_dense_matches_reference(rng, mode, k, r, c):
+    q, kmap, v = case(rng, n=2, r=r, c=c)
+    p_ref, l_ref = ref(q, kmap, v, mode=mode, k=k)
+    p, labels = lookup_dense(q, kmap, v, mode=mode, k=k)
+    assert p.dtype == np.float32 and labels.dtype == np.int32
+    assert p.shape == (2, c, 24, 20) and labels.shape == (2, 24, 20)
+    assert np.abs(p - p_ref).max() <= 1e-5, f"seed {rng.seed_value}"
+    assert_labels(labels, l_ref, p_ref, rng.seed_value)
+
+
+def test_dense_small_chunks_and_tau(rng):
+    q, kmap, v = case(rng, r=2, c=3)
+    for tau in (0.003, 0.05, 1.0):
+        p_ref, _ = ref(q, kmap, v, tau=tau)
+        p, _ = lookup_dense(q, kmap, v, tau=tau, chunk=7)
+        assert np.abs(p - p_ref).max() <= 1e-5, f"tau {tau}, seed {rng.seed_value}"
+
+
+def test_dense_float16_and_integer_inputs(rng):
+    q, kmap, v = case(rng, r=1, c=3, one_hot=True)
+    q16, k16, vint = q.astype(np.float16), kmap.astype(np.float16), v.astype(np.int64)
+    p_ref, l_ref = ref(q16, k16, vint)
+    p, labels = lookup_dense(q16, k16, vint)
+    assert np.abs(p - p_ref).max() <= 1e-5
+    assert_labels(labels, l_ref, p_ref, rng.seed_value)
+
+
+def test_hard_and_topk_ties_on_the_identity_grid():
+    """Query = the reference grid, two identical references: every pixel has exact ties."""
+    g = grid(5, 9)[None]  # dyadic coordinates (steps of 0.5 and 0.25): distances tie exactly
+    kmap = np.stack([g[0], g[0]])[None]  # (1, 2, 2, 5, 9): r = 0 and r = 1 tie everywhere
+    v = np.zeros((1, 2, 3, 5, 9), np.float32)
+    v[0, 0, 0] = 1.0  # the lowest j (r = 0) says class 0, its twin says class 2
+    v[0, 1, 2] = 1.0
+    v[0, 0, 1, :, 1::2] = 2.0  # and neighbouring pixels disagree, so picking the wrong tie shows
+    for fn in (lookup_dense, lookup_sparse):
+        p, labels = fn(g, kmap, v, mode="hard")
+        assert np.array_equal(p, ref(g, kmap, v, mode="hard")[0])
+        assert np.array_equal(p[0], v[0, 0])
+    # half a pixel off in x and y: 4 reference pixels (8 with the twin) at exactly one distance
+    shifted = np.clip(g + np.array([0.125, 0.25], np.float32)[None, :, None, None], -1, 1)
+    for mode, k in (("hard", None), ("topk", 1), ("topk", 3), ("topk", 6)):
+        p_ref, l_ref = ref(shifted, kmap, v, mode=mode, k=k)
+        for fn in (lookup_dense, lookup_sparse):
+            p, labels = fn(shifted, kmap, v, mode=mode, k=k)
+            assert np.abs(p - p_ref).max() <= 1e-6, (fn.__name__, mode, k)
+            assert np.array_equal(labels, l_ref), (fn.__name__, mode, k)
+
+
+@pytest.mark.parametrize("r,c", [(1, 8), (2, 1), (1, 64)])
+def test_sparse_matches_dense(rng, r, c):
+    q, kmap, v = case(rng, n=1, r=r, c=c, hq=64, wq=64, hk=64, wk=60)
+    info: dict = {}
+    tol = 1e-4
+    p_s, l_s = lookup_sparse(q, kmap, v, tol=tol, info=info)
+    p_d, l_d = lookup_dense(q, kmap, v)
+    assert info["path"] == "sparse" and info["pairs"] < 0.25 * info["dense_pairs"]
+    err = np.abs(p_s - p_d).max()
+    assert err <= 1e-3 and err <= tol * v.max() + 1e-6, f"max |dP| {err:.3g}, seed {rng.seed_value}"
+    assert (l_s == l_d).mean() >= 0.999, f"seed {rng.seed_value}"
+
+
+@pytest.mark.parametrize("mode,k", [("hard", None), ("topk", 1), ("topk", 16)])
+def test_sparse_hard_and_topk_are_exact(rng, mode, k):
+    q, kmap, v = case(rng, n=2, r=2, c=5, hq=40, wq=48, hk=44, wk=40)
+    info: dict = {}
+    p_s, l_s = lookup_sparse(q, kmap, v, mode=mode, k=k, info=info)
+    p_d, l_d = lookup_dense(q, kmap, v, mode=mode, k=k)
+    assert info["path"] == "sparse"
+    assert np.abs(p_s - p_d).max() <= 1e-6 and np.array_equal(l_s, l_d), f"seed {rng.seed_value}"
+
+
+def test_sparse_without_scipy(rng, monkeypatch):
+    """The cell-based radius (no cKDTree) is looser but must keep the same guarantee."""
+    monkeypatch.setattr(cpu, "_kdtree", lambda: None)
+    q, kmap, v = case(rng, n=1, r=1, c=4, hq=48, wq=48, hk=48, wk=48)
+    for mode, k in (("soft", None), ("hard", None), ("topk", 5)):
+        p_s, l_s = lookup_sparse(q, kmap, v, mode=mode, k=k)
+        p_d, l_d = lookup_dense(q, kmap, v, mode=mode, k=k)
+        assert np.abs(p_s - p_d).max() <= 1e-4 * v.max() + 1e-6, (mode, rng.seed_value)
+        assert (l_s == l_d).mean() >= 0.999, (mode, rng.seed_value)
+
+
+def test_sparse_far_queries_and_scattered_maps(rng):
+    """Queries far from every reference pixel, and references that are random points."""
+    q, kmap, v = case(rng, n=1, r=1, c=3, hq=32, wq=32, hk=40, wk=40)
+    kmap = (kmap * 0.3 - 0.6).astype(np.float32)  # references squeezed into a corner
+    p_s, _ = lookup_sparse(q, kmap, v)
+    p_d, _ = lookup_dense(q, kmap, v)
+    assert np.abs(p_s - p_d).max() <= 1e-4 + 1e-6
+    scattered = rng.uniform(-1, 1, kmap.shape).astype(np.float32)
+    p_s, _ = lookup_sparse(q, scattered, v)
+    p_d, _ = lookup_dense(q, scattered, v)
+    assert np.abs(p_s - p_d).max() <= 1e-4 + 1e-6
+
+
+def test_sparse_falls_back_to_dense_for_large_tau(rng):
+    q, kmap, v = case(rng, n=1, r=1, c=4, hq=32, wq=32, hk=32, wk=32)
+    info: dict = {}
+    p_s, l_s = lookup_sparse(q, kmap, v, tau=0.5, info=info)
+    assert info["path"] == "dense" and info["pairs"] == info["dense_pairs"]
+    p_ref, l_ref = ref(q, kmap, v, tau=0.5)
+    assert np.abs(p_s - p_ref).max() <= 1e-5
+    assert_labels(l_s, l_ref, p_ref, rng.seed_value)
+
+
+def test_dispatcher(rng):
+    q, kmap, v = case(rng, r=1, c=3)
+    p_ref, _ = ref(q, kmap, v)
+    for method in ("auto", "dense", "sparse"):
+        p, _ = lookup(q, kmap, v, tau=0.01, mode="soft", device="cpu", method=method)
+        assert np.abs(p - p_ref).max() <= 1e-4
+    with pytest.raises(CoordGANError):
+        lookup(q, kmap, v, device="tpu")
+    with pytest.raises(CoordGANError):
+        lookup(q, kmap, v, method="fast")
+
+
+@pytest.mark.parametrize("fn", [lookup_dense, lookup_sparse])
+def test_user_errors(rng, fn):
+    q, kmap, v = case(rng, r=1, c=3, hq=8, wq=8, hk=8, wk=8)
+    bad = []
+    for name, arr in (("q", q), ("k", kmap), ("v", v)):
+        for value in (np.nan, np.inf):
+            a = arr.copy()
+            a.flat[5] = value
+            bad.append({"q": q, "k": kmap, "v": v, name: a})
+    far = q.copy()
+    far.flat[3] = 1.01  # outside [-1 - 1e-3, 1 + 1e-3]
+    bad.append({"q": far, "k": kmap, "v": v})
+    bad.append({"q": q, "k": -kmap * 1.5, "v": v})
+    neg = v.copy()
+    neg.flat[0] = -0.1
+    bad.append({"q": q, "k": kmap, "v": neg})
+    bad.append({"q": q[:, :1], "k": kmap, "v": v})  # one coordinate channel
+    bad.append({"q": q, "k": kmap[..., :7], "v": v})  # K and V disagree
+    bad.append({"q": q, "k": kmap, "v": v[:, :, :, :7]})
+    bad.append({"q": q[0], "k": kmap, "v": v})  # rank 3
+    bad.append({"q": np.concatenate([q, q]), "k": kmap, "v": v})  # N disagrees
+    bad.append({"q": q.astype(np.int32), "k": kmap, "v": v})  # integer coordinates
+    for inputs in bad:
+        with pytest.raises(CoordGANError):
+            fn(inputs["q"], inputs["k"], inputs["v"])
+    for kw in ({"mode": "nearest"}, {"mode": "topk"}, {"mode": "topk", "k": 0}, {"mode": "topk", "k": 65},
+               {"mode": "soft", "k": 3}, {"tau": 0.0}, {"tau": float("nan")}, {"tau": -1}):
+        with pytest.raises(CoordGANError):
+            fn(q, kmap, v, **kw)
+    # the boundary itself is fine: tanh output rounded to float16 can exceed 1 a little
+    edge = q.copy()
+    edge.flat[3] = 1.0 + 5e-4
+    fn(edge, kmap, v)
