@@ -31,6 +31,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from runtime import cuda_driver  # noqa: E402
 from runtime.lookup import cuda as cl  # noqa: E402
 from runtime.lookup.cpu import lookup_dense, lookup_sparse  # noqa: E402
 
@@ -177,12 +178,12 @@ def gpu_part(args) -> None:
 
     # Arithmetic floor: 1 sqrt + 1 exp per pair on 16 SFU lanes per SM, C FMAs per pair on FP32 lanes.
     pairs = n * hq * wq * m
-    driver, _ = cl._context()
+    driver, _ = cuda_driver.context()
     attr = driver.CUdevice_attribute
     clock_khz = None
     try:
-        dev = cl._check(driver.cuCtxGetDevice(), "cuCtxGetDevice")
-        clock_khz = cl._check(driver.cuDeviceGetAttribute(attr.CU_DEVICE_ATTRIBUTE_CLOCK_RATE, dev), "clock")
+        dev = cuda_driver.check(driver.cuCtxGetDevice(), "cuCtxGetDevice")
+        clock_khz = cuda_driver.check(driver.cuDeviceGetAttribute(attr.CU_DEVICE_ATTRIBUTE_CLOCK_RATE, dev), "clock")
     except Exception:
         pass
     rows = [

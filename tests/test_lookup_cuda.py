@@ -18,6 +18,7 @@ import os
 import numpy as np
 import pytest
 
+from runtime import cuda_driver
 from runtime.lookup import cuda as cl
 
 pytestmark = pytest.mark.gpu
@@ -65,22 +66,22 @@ class DeviceBuffers:
     """cuda-python allocations for one launch; outputs poisoned with 0xFF bytes."""
 
     def __init__(self, inputs, c):
-        self.driver, _ = cl._context()
+        self.driver, _ = cuda_driver.context()
         q, kmap, v = inputs
         n, hq, wq = q.shape[0], q.shape[2], q.shape[3]
         self.p = np.empty((n, c, hq, wq), np.float32)
         self.labels = np.empty((n, hq, wq), np.int32)
         self.arrays = [q, kmap, v, self.p, self.labels]
-        self.ptrs = [cl._check(self.driver.cuMemAlloc(a.nbytes), "cuMemAlloc") for a in self.arrays]
+        self.ptrs = [cuda_driver.check(self.driver.cuMemAlloc(a.nbytes), "cuMemAlloc") for a in self.arrays]
         for a, d in zip(self.arrays[:3], self.ptrs[:3]):
-            cl._check(self.driver.cuMemcpyHtoD(d, a.ctypes.data, a.nbytes), "cuMemcpyHtoD")
+            cuda_driver.check(self.driver.cuMemcpyHtoD(d, a.ctypes.data, a.nbytes), "cuMemcpyHtoD")
         for a, d in zip(self.arrays[3:], self.ptrs[3:]):
-            cl._check(self.driver.cuMemsetD8(d, 0xFF, a.nbytes), "cuMemsetD8")
+            cuda_driver.check(self.driver.cuMemsetD8(d, 0xFF, a.nbytes), "cuMemsetD8")
 
     def fetch(self):
-        cl._check(self.driver.cuCtxSynchronize(), "cuCtxSynchronize")
+        cuda_driver.check(self.driver.cuCtxSynchronize(), "cuCtxSynchronize")
         for a, d in zip(self.arrays[3:], self.ptrs[3:]):
-            cl._check(self.driver.cuMemcpyDtoH(a.ctypes.data, d, a.nbytes), "cuMemcpyDtoH")
+            cuda_driver.check(self.driver.cuMemcpyDtoH(a.ctypes.data, d, a.nbytes), "cuMemcpyDtoH")
         return self.p, self.labels
 
     def free(self):

@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from coordgan.errors import CoordGANError
+from runtime import cuda_driver
 from runtime.lookup import cpu
 
 __all__ = [
@@ -103,74 +104,15 @@ def scalar_args(n: int, hwq: int, r: int, hwk: int, c: int, tau: float, k: int |
     return [n, hwq, r, hwk, c, tau_bits(tau), k or 0]
 
 
-# --------------------------------------------------------------------------------------------------
-# cuda-python, lazily.
-
-
-def _bindings():
-    """(driver, nvrtc) modules of whichever cuda-python layout is installed."""
-    try:
-        from cuda.bindings import driver, nvrtc
-    except ImportError:
-        try:
-            from cuda import cuda as driver  # cuda-python < 12.6
-            from cuda import nvrtc
-        except ImportError:
-            raise CoordGANError(
-                "The CUDA lookup needs cuda-python (pip install cuda-python), which is not installed."
-            ) from None
-    return driver, nvrtc
-
-
-def _check(result, what: str):
-    """Unpack a cuda-python (status, *values) tuple, raising CoordGANError on failure."""
-    status, *values = result if isinstance(result, tuple) else (result,)
-    if int(status) != 0:
-        name = getattr(status, "name", str(status))
-        raise CoordGANError(f"CUDA call {what} failed with {name}.")
-    if not values:
-        return None
-    return values[0] if len(values) == 1 else tuple(values)
-
-
-def _context(device: int = 0):
-    """Make a context current (the caller's if one is, else the device's primary context, the one
-    the CUDA runtime, torch and CuPy use) and return (driver, context handle)."""
-    driver, _ = _bindings()
-    try:
-        _check(driver.cuInit(0), "cuInit")
-        current = _check(driver.cuCtxGetCurrent(), "cuCtxGetCurrent")
-        if current is not None and int(current) != 0:
-            return driver, current
-        count = _check(driver.cuDeviceGetCount(), "cuDeviceGetCount")
-        if count < 1:
-            raise CoordGANError("The CUDA lookup needs a GPU, and no CUDA device is visible.")
-        dev = _check(driver.cuDeviceGet(device), "cuDeviceGet")
-        ctx = _check(driver.cuDevicePrimaryCtxRetain(dev), "cuDevicePrimaryCtxRetain")
-        _check(driver.cuCtxSetCurrent(ctx), "cuCtxSetCurrent")
-        return driver, ctx
-    except CoordGANError:
-        raise
-    except Exception as exc:  # e.g. cuda.pathfinder: no NVIDIA driver library on this machine
-        raise CoordGANError(
-            f"The CUDA lookup needs an NVIDIA GPU and driver, and none was found ({type(exc).__name__})."
-        ) from None
-
-
-def available() -> bool:
-    """True when cuda-python imports and a CUDA device answers (never raises)."""
-    try:
-        _context()
-    except CoordGANError:
-        return False
-    return True
+# cuda-python plumbing lives in runtime.cuda_driver (shared with the TensorRT backend).
+available = cuda_driver.available
 
 
 def _device_arch(driver) -> int:
-    dev = _check(driver.cuCtxGetDevice(), "cuCtxGetDevice")
+    dev = cuda_driver.check(driver.cuCtxGetDevice(), "cuCtxGetDevice")
     attr = driver.CUdevice_attribute
-    major = _check(driver.cuDeviceGetAttribute(attr.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, dev), "attr")
-    minor = _check(driver.cuDeviceGetAttribute(attr.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, dev), "attr")
+    major = cuda_driver.check(driver.cuDeviceGetAttribute(attr.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, dev), "attr")
+    minor = cuda_driver.check(driver.cuDeviceGetAttribute(attr.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, dev), "attr")
     return 10 * major + minor
 
 
@@ -187,14 +129,14 @@ def compile_ptx(arch: int | None = None, *, source: Path | None = None, cache: b
     Without ``arch``, the current device's (capped at the newest NVRTC supports). Needs cuda-python
     and its NVRTC library, but no GPU when ``arch`` is given. Returns NUL-terminated PTX.
     """
-    _, nvrtc = _bindings()
+    _, nvrtc = cuda_driver.bindings()
     src = (source or KERNEL_SOURCE).read_bytes()
     if arch is None:
-        driver, _ = _context()
+        driver, _ = cuda_driver.context()
         arch = _device_arch(driver)
     try:
-        supported = list(_check(nvrtc.nvrtcGetSupportedArchs(), "nvrtcGetSupportedArchs"))
-        version = _check(nvrtc.nvrtcVersion(), "nvrtcVersion")
+        supported = list(cuda_driver.check(nvrtc.nvrtcGetSupportedArchs(), "nvrtcGetSupportedArchs"))
+        version = cuda_driver.check(nvrtc.nvrtcVersion(), "nvrtcVersion")
     except CoordGANError:
         raise
     except Exception as exc:  # the NVRTC shared library itself is missing
@@ -208,19 +150,19 @@ def compile_ptx(arch: int | None = None, *, source: Path | None = None, cache: b
     path = _cache_dir() / f"corr_lookup-{key}-compute_{arch}.ptx"
     if cache and path.is_file():
         return path.read_bytes()
-    prog = _check(nvrtc.nvrtcCreateProgram(src, b"corr_lookup.cu", 0, [], []), "nvrtcCreateProgram")
+    prog = cuda_driver.check(nvrtc.nvrtcCreateProgram(src, b"corr_lookup.cu", 0, [], []), "nvrtcCreateProgram")
     try:
         status = nvrtc.nvrtcCompileProgram(prog, len(options), options)
         if int(status[0]) != 0:
-            size = _check(nvrtc.nvrtcGetProgramLogSize(prog), "nvrtcGetProgramLogSize")
+            size = cuda_driver.check(nvrtc.nvrtcGetProgramLogSize(prog), "nvrtcGetProgramLogSize")
             log = b" " * size
             nvrtc.nvrtcGetProgramLog(prog, log)
             raise CoordGANError(
                 f"NVRTC could not compile {KERNEL_SOURCE.name}: {log.decode(errors='replace').strip()[:2000]}"
             )
-        size = _check(nvrtc.nvrtcGetPTXSize(prog), "nvrtcGetPTXSize")
+        size = cuda_driver.check(nvrtc.nvrtcGetPTXSize(prog), "nvrtcGetPTXSize")
         ptx = b" " * size
-        _check(nvrtc.nvrtcGetPTX(prog, ptx), "nvrtcGetPTX")
+        cuda_driver.check(nvrtc.nvrtcGetPTX(prog, ptx), "nvrtcGetPTX")
     finally:
         nvrtc.nvrtcDestroyProgram(prog)
     if cache:  # write then rename, so a crash never leaves a truncated PTX behind
@@ -236,7 +178,7 @@ def compile_ptx(arch: int | None = None, *, source: Path | None = None, cache: b
 
 def _function(name: str):
     """The loaded CUfunction for an entry point, compiling/loading the module once per context."""
-    driver, ctx = _context()
+    driver, ctx = cuda_driver.context()
     with _lock:
         key = int(ctx)
         if key not in _modules:
@@ -258,7 +200,7 @@ def _function(name: str):
             _modules[key] = (module, {})
         module, functions = _modules[key]
         if name not in functions:
-            functions[name] = _check(driver.cuModuleGetFunction(module, name.encode()), f"cuModuleGetFunction({name})")
+            functions[name] = cuda_driver.check(driver.cuModuleGetFunction(module, name.encode()), f"cuModuleGetFunction({name})")
         return driver, functions[name]
 
 
@@ -326,7 +268,7 @@ def lookup_device(
         ctypes.c_int32(v) for v in scalar_args(n, hq * wq, r, hk * wk, c, tau, k_int)
     ] + [ctypes.c_uint64(p) for p in pointers[3:]]
     params = (ctypes.c_void_p * len(values))(*[ctypes.addressof(v) for v in values])
-    _check(
+    cuda_driver.check(
         driver.cuLaunchKernel(func, *grid, *block, 0, driver.CUstream(int(stream)), ctypes.addressof(params), 0),
         f"cuLaunchKernel({name})",
     )
@@ -360,20 +302,20 @@ def lookup_numpy(query, ref_maps, ref_probs, *, tau: float = 0.01, mode: str = "
     n, r, c, hk, wk = v.shape
     hq, wq = q.shape[2:]
     kernel_name(mode, q.dtype, c)  # fail on C > 64 before allocating anything
-    driver, _ = _context()
+    driver, _ = cuda_driver.context()
     p = np.empty((n, c, hq, wq), np.float32)
     labels = np.empty((n, hq, wq), np.int32)
     arrays = (q, kmap, v, p, labels)
     ptrs = []
     try:
         for a in arrays:
-            ptrs.append(_check(driver.cuMemAlloc(a.nbytes), "cuMemAlloc"))
+            ptrs.append(cuda_driver.check(driver.cuMemAlloc(a.nbytes), "cuMemAlloc"))
         for a, d in zip(arrays[:3], ptrs[:3]):
-            _check(driver.cuMemcpyHtoD(d, a.ctypes.data, a.nbytes), "cuMemcpyHtoD")
+            cuda_driver.check(driver.cuMemcpyHtoD(d, a.ctypes.data, a.nbytes), "cuMemcpyHtoD")
         lookup_device(*(int(d) for d in ptrs), n=n, hq=hq, wq=wq, r=r, hk=hk, wk=wk, c=c, dtype=q.dtype,
                       tau=tau, mode=mode, k=k, stream=0)
         for a, d in zip(arrays[3:], ptrs[3:]):
-            _check(driver.cuMemcpyDtoH(a.ctypes.data, d, a.nbytes), "cuMemcpyDtoH")  # waits for the kernel
+            cuda_driver.check(driver.cuMemcpyDtoH(a.ctypes.data, d, a.nbytes), "cuMemcpyDtoH")  # waits for the kernel
     finally:
         for d in ptrs:
             driver.cuMemFree(d)
