@@ -1,0 +1,51 @@
+"""Inference backends behind one interface; `open_backend` picks one from the artifact.
+
+    .onnx                      -> onnxruntime (CPU, or the CUDA provider where it loads)
+    .plan / .engine            -> tensorrt
+    triton://host:port/model   -> triton (gRPC; triton+http:// for HTTP)
+
+`backend=` overrides the choice. Each backend imports its own package on first use, so a
+missing package is a one-sentence error only when that backend is asked for.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from coordgan.errors import CoordGANError
+from runtime.backends.base import Backend, TensorSpec
+
+__all__ = ["Backend", "TensorSpec", "BACKENDS", "open_backend", "backend_for"]
+
+BACKENDS = ("onnxruntime", "tensorrt", "triton")
+
+
+def backend_for(artifact: str) -> str:
+    """The backend an artifact implies."""
+    text = str(artifact)
+    if text.split("://", 1)[0] in ("triton", "triton+grpc", "triton+http"):
+        return "triton"
+    suffix = Path(text).suffix.lower()
+    if suffix == ".onnx":
+        return "onnxruntime"
+    if suffix in (".plan", ".engine"):
+        return "tensorrt"
+    raise CoordGANError(f"Cannot tell the backend of {text!r}: expected a .onnx file, a .plan TensorRT "
+                        "engine or a triton://host:port/model address (or pass --backend).")
+
+
+def open_backend(artifact, backend: str | None = None, **options) -> Backend:
+    kind = backend or backend_for(artifact)
+    if kind == "onnxruntime":
+        from runtime.backends.ort_backend import OrtBackend
+
+        return OrtBackend(artifact, **options)
+    if kind == "tensorrt":
+        from runtime.backends.trt_backend import TensorRTBackend
+
+        return TensorRTBackend(artifact, **options)
+    if kind == "triton":
+        from runtime.backends.triton_backend import TritonBackend
+
+        return TritonBackend(str(artifact), **options)
+    raise CoordGANError(f"Unknown backend {kind!r}; choose one of: {', '.join(BACKENDS)}.")

@@ -1,0 +1,100 @@
+"""ONNX Runtime backend: CPU everywhere, the CUDA provider where a GPU and its libraries load.
+
+Providers are chosen from what actually loads, not from what the wheel lists: a session is made
+with CUDA first and ORT's own fallback warnings muted, then asked which provider it got. Asking
+for `device="cuda"` where CUDA did not load is an error in one sentence; `auto` quietly uses CPU.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from coordgan.errors import CoordGANError
+from runtime.backends.base import Backend, TensorSpec
+
+_ORT_TYPES = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(uint8)": np.uint8,
+    "tensor(int8)": np.int8,
+    "tensor(int32)": np.int32,
+    "tensor(int64)": np.int64,
+    "tensor(bool)": np.bool_,
+}
+
+
+def _import_ort():
+    try:
+        import onnxruntime
+    except ImportError:
+        raise CoordGANError(
+            "ONNX Runtime is not installed; install it with: pip install 'coordgan-deploy[runtime]'.") from None
+    return onnxruntime
+
+
+def _specs(nodes) -> list[TensorSpec]:
+    return [TensorSpec(n.name, tuple(d if isinstance(d, int) else None for d in n.shape),
+                       np.dtype(_ORT_TYPES.get(n.type, np.float32))) for n in nodes]
+
+
+class OrtBackend(Backend):
+    name = "onnxruntime"
+
+    def __init__(self, path, device: str = "auto", threads: int | None = None,
+                 optimization: str = "all", profile: bool = False):
+        ort = _import_ort()
+        path = Path(path)
+        if not path.is_file():
+            raise CoordGANError(f"ONNX model {path} does not exist.")
+        if device not in ("auto", "cpu", "cuda"):
+            raise CoordGANError(f"device must be auto, cpu or cuda, got {device!r}.")
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3  # errors only: no provider-fallback noise
+        levels = {"none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+                  "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+                  "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+                  "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
+        if optimization not in levels:
+            raise CoordGANError(f"optimization must be one of {', '.join(levels)}, got {optimization!r}.")
+        opts.graph_optimization_level = levels[optimization]
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        if threads:
+            opts.intra_op_num_threads = threads
+            opts.inter_op_num_threads = 1
+        opts.enable_profiling = profile
+        want_cuda = device in ("auto", "cuda") and "CUDAExecutionProvider" in ort.get_available_providers()
+        if device == "cuda" and not want_cuda:
+            raise CoordGANError("The CUDA execution provider is not in this ONNX Runtime build; "
+                                "install onnxruntime-gpu on a machine with an NVIDIA GPU.")
+        providers = (["CUDAExecutionProvider"] if want_cuda else []) + ["CPUExecutionProvider"]
+        try:
+            self.session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+        except Exception as exc:  # ORT raises its own exception types for bad files
+            raise CoordGANError(f"ONNX Runtime cannot load {path}: {str(exc).splitlines()[0][:200]}.") from None
+        got_cuda = self.session.get_providers()[0] == "CUDAExecutionProvider"
+        if device == "cuda" and not got_cuda:
+            raise CoordGANError("The CUDA execution provider did not load (no GPU, or CUDA/cuDNN libraries "
+                                "missing); use device 'cpu' or fix the CUDA installation.")
+        self.device = "cuda" if got_cuda else "cpu"
+        self.inputs = _specs(self.session.get_inputs())
+        self.outputs = _specs(self.session.get_outputs())
+        self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
+
+    def _run(self, feeds):
+        names = [spec.name for spec in self.outputs]
+        if self.device == "cuda":
+            # IO binding: outputs are allocated on the device by ORT and copied back once.
+            binding = self.session.io_binding()
+            for key, value in feeds.items():
+                binding.bind_cpu_input(key, value)
+            for key in names:
+                binding.bind_output(key, "cuda")
+            self.session.run_with_iobinding(binding)
+            return dict(zip(names, binding.copy_outputs_to_cpu()))
+        return dict(zip(names, self.session.run(names, feeds)))
+
+    def close(self):
+        self.session = None

@@ -1,0 +1,119 @@
+"""Runtime backends: torch-free imports, artifact routing, real ONNX Runtime sessions, input checks."""
+
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from coordgan.errors import CoordGANError
+from runtime.backends import backend_for, open_backend
+from runtime.backends.triton_backend import parse_url
+from runtime.preprocess import resize_frames, to_unit_range
+
+
+def test_runtime_imports_without_torch():
+    code = (
+        "import sys, pkgutil, importlib; sys.modules['torch'] = None\n"
+        "import runtime\n"
+        "for m in pkgutil.walk_packages(runtime.__path__, 'runtime.'):\n"
+        "    importlib.import_module(m.name)\n"
+        "print('ok')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
+
+
+@pytest.mark.parametrize("artifact, kind", [("m/encoder.onnx", "onnxruntime"), ("e.plan", "tensorrt"),
+                                            ("x.engine", "tensorrt"), ("triton://h:8001/enc", "triton"),
+                                            ("triton+http://h:8000/enc", "triton")])
+def test_backend_follows_from_the_artifact(artifact, kind):
+    assert backend_for(artifact) == kind
+
+
+def test_unknown_artifact_and_backend_are_one_sentence_errors(tmp_path):
+    with pytest.raises(CoordGANError, match="Cannot tell the backend"):
+        backend_for("model.bin")
+    with pytest.raises(CoordGANError, match="Unknown backend 'tflite'"):
+        open_backend("model.onnx", backend="tflite")
+    with pytest.raises(CoordGANError, match="does not exist"):
+        open_backend(tmp_path / "missing.onnx")
+
+
+def test_triton_urls():
+    assert parse_url("triton://localhost:8001/coordgan_encoder") == ("grpc", "localhost:8001", "coordgan_encoder", "")
+    assert parse_url("triton+http://h:8000/m@2") == ("http", "h:8000", "m", "2")
+    with pytest.raises(CoordGANError, match="not a Triton address"):
+        parse_url("http://h:8000/m")
+
+
+def test_triton_backend_without_a_server_says_so():
+    pytest.importorskip("tritonclient.http")
+    with pytest.raises(CoordGANError, match="Cannot reach a Triton server"):
+        open_backend("triton+http://127.0.0.1:9/coordgan_encoder")
+
+
+@pytest.fixture()
+def affine_onnx(tmp_path):
+    """y = 2x + 1 with a dynamic batch: a real model for a real ONNX Runtime session."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])
+    two = helper.make_tensor("two", TensorProto.FLOAT, [1], [2.0])
+    one = helper.make_tensor("one", TensorProto.FLOAT, [1], [1.0])
+    graph = helper.make_graph([helper.make_node("Mul", ["x", "two"], ["t"]), helper.make_node("Add", ["t", "one"], ["y"])],
+                              "affine", [x], [y], [two, one])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = tmp_path / "affine.onnx"
+    onnx.save(model, path)
+    return path
+
+
+def test_ort_backend_runs_and_describes(affine_onnx):
+    with open_backend(affine_onnx, threads=1) as backend:
+        assert backend.device == "cpu"
+        assert [s.name for s in backend.inputs] == ["x"] and backend.inputs[0].shape == (None, 3)
+        for batch in (1, 5):
+            x = np.random.default_rng(batch).standard_normal((batch, 3)).astype(np.float32)
+            assert np.allclose(backend.run({"x": x})["y"], 2 * x + 1)
+        assert "onnxruntime on cpu" in backend.describe()
+
+
+def test_ort_backend_checks_feeds(affine_onnx):
+    backend = open_backend(affine_onnx)
+    with pytest.raises(CoordGANError, match="takes inputs x float32"):
+        backend.run({"image": np.zeros((1, 3), np.float32)})
+    with pytest.raises(CoordGANError, match="must be float32, got float64"):
+        backend.run({"x": np.zeros((1, 3))})
+    with pytest.raises(CoordGANError, match=r"must have shape \[\?,3\], got \[1, 4\]"):
+        backend.run({"x": np.zeros((1, 4), np.float32)})
+
+
+def test_ort_cuda_request_without_cuda_is_explained(affine_onnx):
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this ONNX Runtime build has the CUDA provider; the no-CUDA message is not reachable")
+    with pytest.raises(CoordGANError, match="CUDA execution provider"):
+        open_backend(affine_onnx, device="cuda")
+
+
+def test_corrupt_onnx_file_is_one_sentence(tmp_path):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"\x08\x07garbage")
+    with pytest.raises(CoordGANError, match="ONNX Runtime cannot load"):
+        open_backend(bad)
+
+
+def test_preprocess_matches_training_scaling():
+    frames = np.random.default_rng(0).integers(0, 256, (2, 40, 60, 3), dtype=np.uint8)
+    small = resize_frames(frames, 32)
+    assert small.shape == (2, 32, 32, 3) and small.dtype == np.uint8
+    x = to_unit_range(small)
+    assert x.shape == (2, 3, 32, 32) and x.dtype == np.float32
+    assert np.allclose(x, small.transpose(0, 3, 1, 2) / 127.5 - 1, atol=1e-6)
+    with pytest.raises(CoordGANError, match="uint8 RGB"):
+        resize_frames(frames.astype(np.float32), 32)
