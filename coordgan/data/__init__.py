@@ -1,0 +1,31 @@
+"""Datasets. Torch-free at import: the synthetic faces need only numpy and Pillow."""
+
+from coordgan.data.synthetic_faces import (
+    PALETTE,
+    PART_NAMES,
+    FaceParams,
+    SyntheticFaces,
+    colorize,
+    face_params,
+    make_images,
+    make_sequence,
+    render,
+    sample_params,
+    save_label_png,
+    write_image_folder,
+)
+
+__all__ = [
+    "PALETTE",
+    "PART_NAMES",
+    "FaceParams",
+    "SyntheticFaces",
+    "colorize",
+    "face_params",
+    "make_images",
+    "make_sequence",
+    "render",
+    "sample_params",
+    "save_label_png",
+    "write_image_folder",
+]
