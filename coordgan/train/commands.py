@@ -1,0 +1,200 @@
+"""The two training entry points behind `coordgan train` and `coordgan train-encoder`.
+
+Both share one session set-up (processes, device, seeds, LPIPS, data, run folder) and the loop in
+`coordgan.train.loop`; they differ only in the task they build. Everything a user can get wrong is
+checked before step 0 and before anything is written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import platform
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from coordgan.config import ModelConfig, get_preset
+from coordgan.errors import CoordGANError
+from coordgan.train import data as data_mod
+from coordgan.train import distributed as ddp
+from coordgan.train.loop import Run, RunOptions, options_record, prepare_out, train_loop
+from coordgan.train.perceptual import build_lpips
+
+
+@dataclass
+class Common:
+    """Options both commands take (the CLI maps its flags onto these one to one)."""
+
+    data: str
+    out: Path
+    steps: int
+    batch: int | None = None  # global batch (over all processes); default: the config's
+    ckpt_every: int = 1000
+    sample_every: int = 1000  # 0: no sample grids
+    resume: bool = False
+    amp: bool = False
+    seed: int = 0
+    lpips_net: str = "vgg"
+    lpips_weights: Path | None = None
+    lpips_random_backbone: bool = False
+    workers: int | None = None
+    device: str | None = None
+    progress: bool = True
+
+
+def _device(requested: str | None, d: ddp.Dist) -> str:
+    if requested is None:
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
+    if requested.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise CoordGANError(f"--device {requested} needs a CUDA GPU and PyTorch sees none.")
+        if d.enabled:
+            requested = f"cuda:{d.local_rank}"
+        torch.cuda.set_device(torch.device(requested))
+        torch.backends.cudnn.benchmark = True  # fixed shapes every step
+    elif requested != "cpu":
+        raise CoordGANError(f"--device must be cpu or cuda[:N], got {requested!r}.")
+    return requested
+
+
+def _check_amp(amp: bool, device: str) -> list[str]:
+    if not amp:
+        return []
+    if device.startswith("cuda") and not torch.cuda.is_bf16_supported():
+        raise CoordGANError("--amp trains in bfloat16, which this GPU does not support; run without --amp.")
+    if device == "cpu":
+        return ["--amp on CPU: bfloat16 autocast (fast only on CPUs with AVX512-BF16 or AMX)"]
+    return ["--amp: bfloat16 autocast (soft warp, Chamfer and R1 stay in float32)"]
+
+
+def _seed_all(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+def _check_common(c: Common, global_batch: int, d: ddp.Dist) -> int:
+    for name, value in (("--steps", c.steps),):
+        if value < 1:
+            raise CoordGANError(f"{name} must be at least 1, got {value}.")
+    if c.ckpt_every < 0 or c.sample_every < 0:
+        raise CoordGANError("--ckpt-every and --sample-every must be >= 0 (0 turns them off).")
+    per_rank, rest = divmod(global_batch, d.world)
+    if rest or per_rank < 2 or per_rank % 2:
+        where = f" over {d.world} processes" if d.enabled else ""
+        raise CoordGANError(f"--batch {global_batch}{where} must give each process an even number of images "
+                            "(at least 2: the swap losses pair them).")
+    return per_rank
+
+
+def _session(c: Common, cfg: ModelConfig, kind: str, build_task, info: dict, hooks: dict | None, console):
+    """Set up everything, build the task with `build_task(cfg, run, lpips, dataset, record)`, run the loop."""
+    wanted = c.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    d = ddp.init("cuda" if wanted.startswith("cuda") else "cpu")
+    try:
+        device = _device(c.device, d)
+        notes = _check_amp(c.amp, device)
+        per_rank = _check_common(c, c.batch or cfg.batch, d)
+        opts = RunOptions(out=Path(c.out), steps=c.steps, batch=per_rank, ckpt_every=c.ckpt_every,
+                          sample_every=c.sample_every, resume=c.resume, amp=c.amp, seed=c.seed, device=device,
+                          workers=data_mod.default_workers() if c.workers is None else c.workers,
+                          progress=c.progress)
+        record = prepare_out(opts, d)
+        lpips, source = build_lpips(c.lpips_net, c.lpips_weights, c.lpips_random_backbone, device)
+        notes.append(source.description)
+        dataset = data_mod.make_dataset(c.data, cfg.size)
+        loader = data_mod.ResumableLoader(dataset, per_rank, seed=c.seed, rank=d.rank, world=d.world,
+                                          workers=opts.workers)
+        run = Run(opts, d, hooks or {})
+        _seed_all(c.seed)  # identical initial weights on every rank (then broadcast to be sure)
+        task, more = build_task(cfg, run, lpips, dataset, record)
+        notes += more
+        ddp.broadcast_parameters(d, *task.checkpoint_networks().values())
+        _seed_all(c.seed + 1_000_003 * (d.rank + 1))  # per-rank latents, noise and crops
+        run_info = {"kind": kind, "config": dataclasses.asdict(cfg), "options": options_record(opts),
+                    "global_batch": per_rank * d.world, "world_size": d.world, "lpips": dataclasses.asdict(source),
+                    "data": c.data, "torch": torch.__version__, "python": platform.python_version(),
+                    "notes": notes, **info}
+        return train_loop(task, run, loader, record, run_info, console)
+    finally:
+        ddp.shutdown(d)
+
+
+def _resume_checkpoint(out: Path):
+    from coordgan.checkpoint import load
+    from coordgan.train.loop import latest
+
+    record = latest(Path(out)) if Path(out).exists() else None
+    if record is None:
+        raise CoordGANError(f"Nothing to resume in {out}: no checkpoint was written there.")
+    return load(record["networks"])
+
+
+def train_generator(c: Common, preset: str | None = None, init_from: Path | None = None,
+                    freeze_structure: bool | None = None, cfg: ModelConfig | None = None,
+                    hooks: dict | None = None, console=None) -> dict:
+    """Train G, D and the patch D; `cfg` overrides the preset (tests, custom configs)."""
+    from coordgan.train.trainer import GeneratorTraining, init_from as apply_init
+
+    resumed = _resume_checkpoint(c.out) if c.resume else None
+    if resumed is not None:
+        if preset is not None and get_preset(preset).name != resumed.config.name:
+            raise CoordGANError(f"{c.out} is a {resumed.config.name!r} run, not {preset!r}.")
+        cfg = resumed.config
+        freeze = bool(resumed.metadata.get("freeze_structure", False))
+    else:
+        if cfg is None:
+            if preset is None:
+                raise CoordGANError("Give --preset NAME (e.g. celeba-128, or tiny for a quick CPU run).")
+            cfg = get_preset(preset)
+        freeze = bool(init_from) if freeze_structure is None else freeze_structure
+    source = None
+    if init_from is not None and resumed is None:
+        from coordgan.checkpoint import load
+
+        source = load(init_from)
+
+    def build_task(cfg, run, lpips, dataset, record):
+        task = GeneratorTraining(cfg, run, lpips, freeze_structure=freeze)
+        notes = [f"--init-from {init_from} ignored: the run resumes from its own checkpoint"] if (
+            resumed is not None and init_from is not None) else []
+        if resumed is not None:
+            task.load_networks(resumed.networks)
+        elif source is not None:
+            notes += apply_init(task, source)
+        return task, notes
+
+    return _session(c, cfg, "generator", build_task,
+                    {"init_from": str(init_from) if init_from else None, "freeze_structure": freeze},
+                    hooks, console)
+
+
+def train_encoder(c: Common, gen_ckpt: Path | None = None, hooks: dict | None = None, console=None) -> dict:
+    """Train the encoder against a frozen generator (the checkpoint's g_ema, else g)."""
+    from coordgan.checkpoint import load
+    from coordgan.train.encoder_trainer import EncoderTraining
+
+    resumed = _resume_checkpoint(c.out) if c.resume else None
+    if resumed is not None:
+        generator, cfg = resumed.require("g_ema"), resumed.config
+    else:
+        if gen_ckpt is None:
+            raise CoordGANError("Give --gen-ckpt CKPT, the trained generator the encoder learns to invert.")
+        ck = load(gen_ckpt)
+        generator, cfg = ck.generator, ck.config
+
+    def build_task(cfg, run, lpips, dataset, record):
+        samples = torch.stack([dataset[(i % len(dataset), False)][0] for i in range(4)])
+        task = EncoderTraining(cfg, run, lpips, generator, samples)
+        if resumed is not None:
+            task.load_networks(resumed.networks)
+        notes = []
+        if resumed is not None and gen_ckpt is not None:
+            notes.append(f"--gen-ckpt {gen_ckpt} ignored: the frozen generator comes from the run's checkpoint")
+        return task, notes
+
+    return _session(c, cfg, "encoder", build_task, {"gen_ckpt": str(gen_ckpt) if gen_ckpt else None},
+                    hooks, console)

@@ -1,0 +1,173 @@
+"""Training data: an image folder or the procedural faces, and a loader that resumes exactly.
+
+Items are pure functions of (index, flip): the per-epoch order comes from DistributedSampler
+(seeded, sharded by rank) and the horizontal flips from a generator seeded by (seed, epoch), so
+the only loader state is (epoch, batches taken) and worker processes change nothing.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+
+from coordgan.errors import CoordGANError
+
+SYNTHETIC = "synthetic-faces"
+
+
+def _to_tensor(image: np.ndarray, flip: bool) -> torch.Tensor:
+    """HxWx3 uint8 -> (3, H, W) float32 in [-1, 1]."""
+    if flip:
+        image = image[:, ::-1]
+    x = torch.from_numpy(np.array(image)).permute(2, 0, 1).float()  # a copy: PIL arrays are read-only
+    return x.div_(127.5).sub_(1.0)
+
+
+def image_extensions() -> set[str]:
+    from PIL import Image
+
+    return {ext.lower() for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
+
+
+class ImageFolder(Dataset):
+    """Every image file under `root` (recursively), resized and center-cropped to `size`.
+
+    A file that does not decode is skipped: the item falls through to the next readable file and
+    reports the bad path, so the trainer counts it and a corrupt file never stops a run.
+    """
+
+    def __init__(self, root, size: int):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise CoordGANError(f"Data folder {self.root} does not exist or is not a folder.")
+        exts = image_extensions()
+        self.files = sorted(p for p in self.root.rglob("*") if p.suffix.lower() in exts and p.is_file())
+        if not self.files:
+            raise CoordGANError(f"Data folder {self.root} holds no image files "
+                                "(looked for .png, .jpg, .webp, .bmp, .tif and every other format Pillow reads).")
+        self.size = size
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def _read(self, path: Path) -> np.ndarray:
+        from PIL import Image, ImageOps
+
+        with Image.open(path) as img:
+            img = ImageOps.exif_transpose(img).convert("RGB")
+            img = ImageOps.fit(img, (self.size, self.size), Image.LANCZOS, centering=(0.5, 0.5))
+            return np.asarray(img)
+
+    def __getitem__(self, item):
+        index, flip = item
+        bad = []
+        for attempt in range(len(self.files)):
+            path = self.files[(index + attempt) % len(self.files)]
+            try:
+                image = self._read(path)
+            except Exception:  # noqa: BLE001 - PIL raises many types for bad data; one bad file must not stop a run
+                bad.append(str(path))
+                continue
+            return _to_tensor(image, flip), "\n".join(bad), True
+        # Not raised here: an exception in a worker process reaches the trainer wrapped in a traceback.
+        return torch.zeros(3, self.size, self.size), "\n".join(bad), False
+
+
+class SyntheticFacesData(Dataset):
+    """coordgan.data.SyntheticFaces as training images (labels dropped)."""
+
+    def __init__(self, size: int, length: int = 10_000, seed: int = 0):
+        from coordgan.data import SyntheticFaces
+
+        self.faces = SyntheticFaces(size=size, seed=seed, length=length)
+
+    def __len__(self) -> int:
+        return len(self.faces)
+
+    def __getitem__(self, item):
+        index, flip = item
+        image, _ = self.faces[index]
+        return _to_tensor(image, flip), "", True
+
+
+def make_dataset(data: str, size: int) -> Dataset:
+    if data == SYNTHETIC:
+        return SyntheticFacesData(size)
+    return ImageFolder(data, size)
+
+
+class _EpochSampler(Sampler):
+    """One epoch of DistributedSampler's order from `start`, each index paired with its flip bit."""
+
+    def __init__(self, order: list[int], flips: torch.Tensor, start: int):
+        self.order, self.flips, self.start = order, flips, start
+
+    def __iter__(self):
+        for index in self.order[self.start:]:
+            yield index, bool(self.flips[index])
+
+    def __len__(self) -> int:
+        return len(self.order) - self.start
+
+
+class ResumableLoader:
+    """Endless batches; `state()` / `load_state()` give (epoch, batches taken in that epoch)."""
+
+    def __init__(self, dataset: Dataset, batch: int, seed: int, rank: int = 0, world: int = 1,
+                 workers: int = 0, flip: bool = True):
+        self.dataset, self.batch, self.seed = dataset, batch, seed
+        self.rank, self.world, self.workers, self.flip = rank, world, workers, flip
+        self.sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True,
+                                          seed=seed, drop_last=True)
+        self.per_epoch = self.sampler.num_samples // batch
+        if self.per_epoch == 0:
+            raise CoordGANError(f"The data has {len(dataset)} images, fewer than one batch of {batch} "
+                                f"per process ({world} process(es)).")
+        self.epoch, self.taken = 0, 0
+        self._it = None
+
+    def state(self) -> dict:
+        return {"epoch": self.epoch, "taken": self.taken}
+
+    def load_state(self, state: dict) -> None:
+        self.epoch, self.taken = int(state["epoch"]), int(state["taken"])
+        self._it = None
+
+    def _start(self):
+        self.sampler.set_epoch(self.epoch)
+        order = list(self.sampler)
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        flips = (torch.randint(0, 2, (len(self.dataset),), generator=gen) if self.flip
+                 else torch.zeros(len(self.dataset), dtype=torch.int64))
+        sampler = _EpochSampler(order, flips, self.taken * self.batch)
+        # An own generator: DataLoader otherwise draws its base seed from the global RNG, which
+        # would make the training RNG depend on when epochs start and runs resume.
+        loader = DataLoader(self.dataset, batch_size=self.batch, sampler=sampler, drop_last=True,
+                            num_workers=self.workers, generator=torch.Generator().manual_seed(self.epoch),
+                            persistent_workers=False, pin_memory=torch.cuda.is_available())
+        self._it = iter(loader)
+
+    def next(self):
+        """(images (B, 3, H, W), [paths of unreadable files met])."""
+        while True:
+            if self._it is None:
+                self._start()
+            try:
+                images, bad, ok = next(self._it)
+            except StopIteration:
+                self.epoch, self.taken, self._it = self.epoch + 1, 0, None
+                continue
+            if not bool(ok.all()):
+                files = getattr(self.dataset, "files", [])
+                raise CoordGANError(f"None of the {len(files)} image files in "
+                                    f"{getattr(self.dataset, 'root', 'the data folder')} can be read.")
+            self.taken += 1
+            return images, [p for entry in bad if entry for p in entry.split("\n")]
+
+
+def default_workers() -> int:
+    return min(4, max(0, (os.cpu_count() or 1) - 1))

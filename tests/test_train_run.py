@@ -1,0 +1,332 @@
+"""Training runs on the tiny preset (CPU): exact resume, fault handling, data, LPIPS weights, CLI."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import typer
+from PIL import Image
+from typer.testing import CliRunner
+
+from coordgan.checkpoint import load, save
+from coordgan.config import PRESETS
+from coordgan.errors import CoordGANError
+from coordgan.models import build
+from coordgan.train.commands import Common, train_encoder, train_generator
+from coordgan.train.data import ImageFolder, ResumableLoader
+from coordgan.train.perceptual import backbone_file_name, build_lpips
+from coordgan.train.state import load_tree
+
+TINY = PRESETS["tiny"]
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def common(out, **kw) -> Common:
+    base = dict(data="synthetic-faces", out=Path(out), steps=2, batch=2, ckpt_every=1000, sample_every=0,
+                lpips_net="alex", lpips_random_backbone=True, workers=0, device="cpu", progress=False)
+    base.update(kw)
+    return Common(**base)
+
+
+def steps_of(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+
+
+def latest_step(out: Path) -> int:
+    return json.loads((out / "latest.json").read_text())["step"]
+
+
+def assert_same_networks(a: Path, b: Path) -> None:
+    ca, cb = load(a), load(b)
+    assert set(ca.networks) == set(cb.networks)
+    for key in ca.networks:
+        sa, sb = ca.networks[key].state_dict(), cb.networks[key].state_dict()
+        assert sa.keys() == sb.keys()
+        for name in sa:
+            assert torch.equal(sa[name], sb[name]), f"{key}.{name} differs"
+
+
+def _app() -> typer.Typer:
+    from coordgan.train.cli import register
+
+    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    register(app)
+    return app
+
+
+# -- exact resume ---------------------------------------------------------------------------------
+
+
+def test_resume_is_bit_for_bit(tmp_path):
+    """4 steps straight == 2 steps, stop, --resume, 2 more: every tensor, optimizer state and log value."""
+    cfg = dataclasses.replace(TINY, d_reg_every=2)  # R1 steps fall in both halves (steps 1 and 3)
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    train_generator(common(straight, steps=4), cfg=cfg)
+    train_generator(common(split, steps=2), cfg=cfg)
+    assert latest_step(split) == 2
+    summary = train_generator(common(split, steps=4, resume=True))  # config comes from the run
+    assert summary["start"] == 2 and latest_step(split) == 4
+    final = "checkpoints/step_000004"
+    assert_same_networks(straight / f"{final}.safetensors", split / f"{final}.safetensors")
+    sa, sb = load_tree(straight / f"{final}.state.safetensors"), load_tree(split / f"{final}.state.safetensors")
+    for opt in ("g", "d"):
+        for pid, st in sa["optimizers"][opt]["state"].items():
+            for k, t in st.items():
+                assert torch.equal(t, sb["optimizers"][opt]["state"][pid][k])
+    assert sa["loader"] == sb["loader"]
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "time"} for r in rows]  # noqa: E731
+    assert strip(steps_of(straight)) == strip(steps_of(split))
+    assert "r1" in steps_of(split)[2]  # step 3 regularized after the resume
+
+
+def test_run_folder_guards(tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(CoordGANError, match="Nothing to resume"):
+        train_generator(common(out, resume=True), preset="tiny")
+    train_generator(common(out, steps=1), preset="tiny")
+    with pytest.raises(CoordGANError, match="already holds a run"):
+        train_generator(common(out, steps=2), preset="tiny")
+    with pytest.raises(CoordGANError, match="even"):
+        train_generator(common(tmp_path / "odd", batch=3), preset="tiny")
+
+
+# -- faults ---------------------------------------------------------------------------------------
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    out = tmp_path / "run"
+
+    def poison(step, task):
+        if step == 3:
+            with torch.no_grad():
+                task.g.conv1.conv.weight.fill_(float("nan"))
+
+    with pytest.raises(CoordGANError) as err:
+        train_generator(common(out, steps=6, ckpt_every=2), preset="tiny", hooks={"before_step": poison})
+    message = str(err.value)
+    assert "step 3" in message and "d_gan" in message and "step_000002" in message
+    assert latest_step(out) == 2
+    assert not list((out / "checkpoints").glob("step_000003*")) and not list((out / "checkpoints").glob("step_000004*"))
+    ck = load(out / "checkpoints" / "step_000002.safetensors")
+    assert all(torch.isfinite(p).all() for net in ck.networks.values() for p in net.parameters())
+    assert [r["step"] for r in steps_of(out)] == [1, 2]
+    assert "step 3" in (out / "train.log").read_text()
+
+
+def test_sigterm_writes_a_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "coordgan.train", "train", "--preset", "tiny", "--data", "synthetic-faces",
+           "--out", str(out), "--steps", "100000", "--batch", "2", "--ckpt-every", "100000",
+           "--lpips-net", "alex", "--lpips-random-backbone", "--workers", "0", "--device", "cpu"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not ((out / "log.jsonl").is_file() and (out / "log.jsonl").read_text().strip()):
+            assert proc.poll() is None, proc.communicate()[1]
+            assert time.monotonic() < deadline, "no training step within 120 s"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, stderr
+    assert "Stopped by SIGTERM" in stderr and "--resume" in stderr
+    step = latest_step(out)
+    assert step >= 1 and (out / "checkpoints" / f"step_{step:06d}.state.safetensors").is_file()
+    assert set(load(out / "checkpoints" / f"step_{step:06d}.safetensors").networks) == {"g", "g_ema", "d", "d_patch"}
+
+
+# -- data -----------------------------------------------------------------------------------------
+
+
+def _image_folder(root: Path) -> Path:
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 255, (40, 56, 3), dtype=np.uint8)).save(root / f"img{i}.png")
+    (root / "sub").mkdir()
+    Image.fromarray(rng.integers(0, 255, (50, 30), dtype=np.uint8), "L").save(root / "sub" / "gray.jpg")
+    (root / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (root / "notes.txt").write_text("not an image")
+    return root
+
+
+def test_image_folder_skips_and_counts_unreadable_files(tmp_path):
+    folder = _image_folder(tmp_path / "images")
+    ds = ImageFolder(folder, 32)
+    assert len(ds) == 6  # 5 images + the broken one; the .txt is not an image file
+    loader = ResumableLoader(ds, batch=2, seed=0)
+    seen_bad = set()
+    for _ in range(6):  # two epochs
+        images, bad = loader.next()
+        assert images.shape == (2, 3, 32, 32) and images.min() >= -1 and images.max() <= 1
+        seen_bad.update(bad)
+    assert seen_bad == {str(folder / "broken.jpg")}
+
+    summary = train_generator(common(tmp_path / "run", data=str(folder), steps=3), preset="tiny")
+    assert summary["skipped"] == 1
+    assert "broken.jpg" in (tmp_path / "run" / "train.log").read_text()
+    assert steps_of(tmp_path / "run")[-1]["skipped"] == 1
+
+    (tmp_path / "broken").mkdir()
+    for name in ("a.png", "b.jpg"):
+        (tmp_path / "broken" / name).write_bytes(b"garbage")
+    with pytest.raises(CoordGANError, match="None of the 2 image files"):
+        ResumableLoader(ImageFolder(tmp_path / "broken", 32), batch=2, seed=0).next()
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CoordGANError, match="no image files"):
+        ImageFolder(tmp_path / "empty", 32)
+
+
+def test_loader_resumes_mid_epoch():
+    from coordgan.train.data import SyntheticFacesData
+
+    ds = SyntheticFacesData(16, length=10)
+    a = ResumableLoader(ds, batch=2, seed=5)
+    batches = [a.next()[0] for _ in range(7)]  # crosses an epoch boundary (5 batches per epoch)
+    b = ResumableLoader(ds, batch=2, seed=5)
+    for _ in range(3):
+        b.next()
+    c = ResumableLoader(ds, batch=2, seed=5)
+    c.load_state(b.state())
+    for expected in batches[3:]:
+        assert torch.equal(c.next()[0], expected)
+
+
+# -- LPIPS weights --------------------------------------------------------------------------------
+
+
+def test_missing_lpips_weights_stop_before_step_0(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    name, _ = backbone_file_name("vgg")
+    out = tmp_path / "run"
+    result = CliRunner().invoke(_app(), ["train", "--preset", "tiny", "--data", "synthetic-faces", "--out", str(out),
+                                         "--steps", "2", "--batch", "2", "--workers", "0", "--device", "cpu"])
+    assert isinstance(result.exception, CoordGANError)
+    message = str(result.exception)
+    assert name == "vgg16-397923af.pth" and name in message
+    assert str(tmp_path / "torch-home" / "hub" / "checkpoints") in message and "--lpips-weights" in message
+    assert not out.exists()
+
+
+def test_lpips_backbone_from_the_hub_cache(tmp_path, monkeypatch):
+    import torchvision
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "th"))
+    cache = tmp_path / "th" / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    torch.manual_seed(0)
+    reference = torchvision.models.alexnet(weights=None).state_dict()
+    torch.save(reference, cache / backbone_file_name("alex")[0])
+    model, source = build_lpips("alex")
+    assert source.backbone == str(cache / "alexnet-owt-7be5be79.pth")
+    torch.testing.assert_close(model.net.slice1[0].weight, reference["features.0.weight"], rtol=0, atol=0)
+    torch.testing.assert_close(getattr(model.net.slice5, "10").bias, reference["features.10.bias"], rtol=0, atol=0)
+    # the calibrated linear layers come from the lpips wheel itself
+    import lpips
+
+    shipped = torch.load(Path(lpips.__file__).parent / "weights" / "v0.1" / "alex.pth", map_location="cpu",
+                         weights_only=True)
+    torch.testing.assert_close(model.lin0.model[1].weight, shipped["lin0.model.1.weight"], rtol=0, atol=0)
+    bad = tmp_path / "bad.pth"
+    torch.save({"features.0.weight": torch.zeros(3)}, bad)
+    with pytest.raises(CoordGANError, match="not torchvision's alex"):
+        build_lpips("alex", weights=bad)
+
+
+# -- CLI, samples, encoder, 512 stage, amp --------------------------------------------------------
+
+
+def test_cli_train_writes_checkpoints_logs_and_samples(tmp_path):
+    out = tmp_path / "run"
+    args = ["train", "--preset", "tiny", "--data", "synthetic-faces", "--out", str(out), "--steps", "2",
+            "--batch", "2", "--sample-every", "1", "--ckpt-every", "1", "--lpips-net", "alex",
+            "--lpips-random-backbone", "--workers", "0", "--device", "cpu"]
+    result = CliRunner().invoke(_app(), args)
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (out / "samples").iterdir()) == ["step_000001.png", "step_000002.png"]
+    assert Image.open(out / "samples" / "step_000002.png").size[0] > 64
+    ck = load(out / "checkpoints" / "step_000002.safetensors")
+    assert set(ck.networks) == {"g", "g_ema", "d", "d_patch"} and ck.metadata["step"] == 2
+    rows = steps_of(out)
+    assert [r["step"] for r in rows] == [1, 2]
+    assert {"d_gan", "d_patch", "r1", "r1_patch", "g_gan", "g_texture", "g_structure", "g_warp", "g_chamfer",
+            "lr_g", "lr_d", "time"} <= set(rows[0])
+    assert rows[0]["lr_g"] == pytest.approx(0.002 * 4 / 5) and rows[0]["lr_d"] == pytest.approx(0.002 * 16 / 17)
+    assert "RANDOM backbone" in (out / "train.log").read_text()
+    assert len(list((out / "checkpoints").glob("*.safetensors"))) == 4  # the last 2 pairs are kept
+
+
+def test_cli_help_does_not_import_torch():
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "import typer\nfrom typer.testing import CliRunner\nfrom coordgan.train.cli import register\n"
+            "app = typer.Typer(); register(app)\n"
+            "for cmd in (['--help'], ['train', '--help'], ['train-encoder', '--help']):\n"
+            "    r = CliRunner().invoke(app, cmd); assert r.exit_code == 0, r.output\n")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+
+
+def test_train_encoder_freezes_the_generator_and_resumes_exactly(tmp_path):
+    torch.manual_seed(0)
+    g = build(TINY, which=("g",))["g"]
+    gen_ckpt = save(tmp_path / "gen.safetensors", TINY, {"g": g, "g_ema": copy.deepcopy(g)})
+    straight, split = tmp_path / "enc", tmp_path / "enc-split"
+    train_encoder(common(straight, steps=2, sample_every=2), gen_ckpt=gen_ckpt)
+    ck = load(straight / "checkpoints" / "step_000002.safetensors")
+    assert set(ck.networks) == {"g_ema", "e"} and ck.metadata["kind"] == "encoder"
+    source = load(gen_ckpt).networks["g_ema"].state_dict()
+    assert all(torch.equal(t, source[k]) for k, t in ck.networks["g_ema"].state_dict().items())
+    assert {"e_rec_l1", "e_rec_lpips", "e_con_ws", "e_con_corr", "e_texture"} <= set(steps_of(straight)[0])
+    assert (straight / "samples" / "step_000002.png").is_file()
+    train_encoder(common(split, steps=1), gen_ckpt=gen_ckpt)
+    train_encoder(common(split, steps=2, resume=True))
+    assert_same_networks(straight / "checkpoints" / "step_000002.safetensors",
+                         split / "checkpoints" / "step_000002.safetensors")
+
+
+def test_init_from_a_base_resolution_run_freezes_the_structure_branch(tmp_path):
+    """The 512 stage at tiny scale: a 32 px run starts a 64 px model with one upsampling pair."""
+    torch.manual_seed(0)
+    nets = build(TINY, which=("g", "d", "d_patch"))
+    base_ckpt = save(tmp_path / "base.safetensors", TINY, {**nets, "g_ema": copy.deepcopy(nets["g"])})
+    up = dataclasses.replace(TINY, name="tiny-up", size=64, up_channels=(32,), d_from_rgb_sizes=(32, 64))
+    captured = {}
+
+    def snapshot(step, task):
+        captured[step] = {k: {n: t.clone() for n, t in net.state_dict().items()}
+                          for k, net in task.checkpoint_networks().items()}
+
+    out = tmp_path / "up"
+    train_generator(common(out, steps=1), cfg=up, init_from=base_ckpt, hooks={"before_step": snapshot})
+    start, src = captured[1], {k: v.state_dict() for k, v in nets.items()}
+    assert all(torch.equal(start["g"][k], t) for k, t in src["g"].items())
+    assert torch.equal(start["d"]["convs.1.conv1.0.weight"], src["d"]["convs.0.conv1.0.weight"])  # shifted a level
+    assert torch.equal(start["d"]["from_rgb.0.0.weight"], src["d"]["from_rgb.0.0.weight"])
+    ck = load(out / "checkpoints" / "step_000001.safetensors")
+    assert ck.config.size == 64 and ck.metadata["freeze_structure"] is True
+    after = ck.networks["g"].state_dict()
+    frozen = [k for k in after if k.startswith(("struc.", "foldnet."))]
+    assert frozen and all(torch.equal(after[k], src["g"][k]) for k in frozen)
+    assert not torch.equal(after["convs.4.conv.weight"], start["g"]["convs.4.conv.weight"])  # new pair trains
+    assert not torch.equal(after["convs.0.conv.weight"], src["g"]["convs.0.conv.weight"])
+
+
+def test_amp_on_cpu_trains_in_bfloat16(tmp_path):
+    summary = train_generator(common(tmp_path / "amp", steps=1, amp=True), preset="tiny")
+    assert summary["checkpoint"] is not None
+    row = steps_of(tmp_path / "amp")[0]
+    assert all(np.isfinite(v) for k, v in row.items() if isinstance(v, float))
+    assert "bfloat16" in (tmp_path / "amp" / "train.log").read_text()
