@@ -23,6 +23,14 @@ app = typer.Typer(
 )
 
 
+def _register_subcommands() -> None:
+    from coordgan.train.cli import register as register_train
+    from export.cli import app as export_app
+
+    register_train(app)
+    app.add_typer(export_app, name="export")
+
+
 def _console():
     from rich.console import Console
 
@@ -97,6 +105,9 @@ def sample(
         Image.fromarray(grid).save(f, format="PNG")
     print(f"wrote {out} ({grid.shape[1]}x{grid.shape[0]}): top row correspondence maps; "
           "each row one texture across structures")
+
+
+_register_subcommands()
 
 
 def main():

@@ -1,0 +1,155 @@
+"""`coordgan export ...`: the export sub-commands (onnx, verify, trt), as a Typer sub-app.
+
+torch/onnx/tensorrt are imported inside the commands only: `coordgan --help` must start without
+them. User errors are CoordGANError (one sentence); `coordgan.cli.main` prints them and exits 1,
+and so does `main` below when this sub-app runs on its own (`python -m export.cli ...`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from coordgan.errors import CoordGANError
+
+app = typer.Typer(
+    help="Export to ONNX (verified against PyTorch) and build TensorRT engines.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _console():
+    from rich.console import Console
+
+    return Console()
+
+
+@contextlib.contextmanager
+def _steps(console):
+    """A rich spinner line per step of a long command (export, verify, engine build)."""
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                  console=console, transient=True) as progress:
+        tasks = []
+
+        def step(message: str):
+            if tasks:
+                progress.update(tasks[-1], completed=1)
+            tasks.append(progress.add_task(message, total=1))
+
+        yield step
+
+
+def _batch_sizes(text: str, option: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(b) for b in text.split(","))
+        if not sizes or min(sizes) < 1:
+            raise ValueError
+    except ValueError:
+        raise CoordGANError(f"{option} must be positive integers separated by commas, not {text!r}.") from None
+    return sizes
+
+
+@app.command("onnx")
+def onnx_command(
+    ckpt: Path = typer.Argument(..., help="Checkpoint: ours (.safetensors) or the authors' public .pt."),
+    out: Path = typer.Option(..., "--out", "-o", help="Directory to create (encoder.onnx, generator.onnx, manifest.json)."),
+    uint8_input: bool = typer.Option(False, "--uint8-input", help="Encoder takes uint8 NHWC frames (base x base), "
+                                     "scaled to [-1, 1] inside the graph."),
+    generator_input: str = typer.Option("w", "--generator-input", help="Generator inputs: w (W / W+ codes, as the "
+                                        "encoder gives) or z (through the mapping networks)."),
+    fp16: bool = typer.Option(False, "--fp16", help="Half-precision weights and activations, float32 I/O."),
+    only: Optional[str] = typer.Option(None, "--only", help="Export one model: encoder or generator."),
+    opset: int = typer.Option(18, "--opset", help="ONNX opset (18 or newer)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output directory."),
+    verify: bool = typer.Option(True, "--verify/--no-verify", help="Compare with PyTorch before publishing."),
+    verify_batches: str = typer.Option("1,8", "--verify-batches", help="Batch sizes the verification runs at."),
+    preset: Optional[str] = typer.Option(None, help="Preset to check a public checkpoint against."),
+):
+    """Export the encoder (+ warp network) and the generator to ONNX, verified against PyTorch."""
+    from export.onnx_export import ExportOptions, export_onnx
+    from export.verify import print_report
+
+    console = _console()
+    options = ExportOptions(uint8_input=uint8_input, generator_input=generator_input, fp16=fp16, only=only,
+                            opset=opset, overwrite=overwrite, verify=verify,
+                            verify_batches=_batch_sizes(verify_batches, "--verify-batches"))
+    with _steps(console) as step:
+        result = export_onnx(ckpt, out, options, preset=preset, on_report=lambda r: print_report(r, console),
+                             progress=step)
+    files = ", ".join(m["file"] for m in result.manifest["models"].values())
+    console.print(f"wrote {result.directory}: {files}, manifest.json")
+
+
+@app.command("verify")
+def verify_command(
+    directory: Path = typer.Argument(..., help="Export directory (with manifest.json)."),
+    ckpt: Optional[Path] = typer.Option(None, "--ckpt", help="The source checkpoint, if not where the manifest says."),
+    batches: str = typer.Option("1,8", "--batches", help="Comma-separated batch sizes to compare at."),
+):
+    """Check an export directory: ONNX checker, shapes, graph shape, ORT vs PyTorch numerics."""
+    from export.verify import print_report, verify_directory
+
+    console = _console()
+    with _steps(console) as step:
+        step("verifying against PyTorch")
+        report = verify_directory(directory, ckpt=ckpt, batches=_batch_sizes(batches, "--batches"))
+    print_report(report, console)
+    if report.failures:
+        raise CoordGANError(f"Verification of {directory} failed: {report.failures[0]}")
+
+
+@app.command("trt")
+def trt_command(
+    directory: Path = typer.Argument(..., help="Export directory (with manifest.json)."),
+    fp16: bool = typer.Option(False, "--fp16", help="Allow float16 kernels."),
+    bf16: bool = typer.Option(False, "--bf16", help="Allow bfloat16 kernels."),
+    min_batch: int = typer.Option(1, "--min-batch"),
+    opt_batch: int = typer.Option(8, "--opt-batch"),
+    max_batch: int = typer.Option(32, "--max-batch"),
+    workspace_gb: float = typer.Option(4.0, "--workspace-gb", help="Workspace memory pool limit (GiB)."),
+    timing_cache: Optional[Path] = typer.Option(None, "--timing-cache", help="Timing cache to load, reuse and save."),
+    only: Optional[str] = typer.Option(None, "--only", help="Build one model: encoder or generator."),
+):
+    """Build TensorRT engines (*.plan + *.plan.json) from the directory's ONNX models."""
+    from export.tensorrt_build import EngineOptions, build_engines
+
+    if fp16 and bf16:
+        raise CoordGANError("Choose one of --fp16 and --bf16.")
+    options = EngineOptions(precision="fp16" if fp16 else "bf16" if bf16 else "fp32", min_batch=min_batch,
+                            opt_batch=opt_batch, max_batch=max_batch, workspace_gb=workspace_gb,
+                            timing_cache=timing_cache, only=only)
+    console = _console()
+    notes: list[str] = []
+    with _steps(console) as step:
+        plans = build_engines(directory, options, progress=step, notes=notes)
+    for note in notes:
+        console.print(f"[yellow]note[/yellow]: {note}")
+    console.print("wrote " + ", ".join(str(p) for p in plans) + " (+ .plan.json sidecars)")
+
+
+def main():
+    """Run this sub-app on its own with the `coordgan` CLI's error handling."""
+    try:
+        app()
+    except CoordGANError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        sys.exit(1)
+    except OSError as exc:
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"Error: cannot access{where}: {exc.strerror or exc}.", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print("Interrupted.", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

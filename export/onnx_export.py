@@ -1,0 +1,169 @@
+"""`coordgan export onnx`: checkpoint -> encoder.onnx, generator.onnx, manifest.json (verified).
+
+One entry point, `export_onnx`. Each model is traced with the dynamo exporter (opset 18, dynamic
+batch axis "batch"), then shaped for deployment: every constant subgraph of reasonable size folded,
+the exporter's debug annotations dropped, optionally converted to float16 with float32 I/O,
+stamped with the manifest's facts in metadata_props. Everything is built in a temp directory beside
+the target and renamed into place only after verification passed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import json
+import warnings
+from pathlib import Path
+
+from coordgan.errors import CoordGANError
+from export import graph_tools
+from export.manifest import MANIFEST, MODEL_FILES, build_manifest, model_metadata
+from export.staging import staged_directory
+
+MODELS = tuple(MODEL_FILES)
+GENERATOR_INPUTS = ("w", "z")
+DEFAULT_OPSET = 18
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportOptions:
+    uint8_input: bool = False  # encoder takes uint8 NHWC frames instead of float NCHW images
+    generator_input: str = "w"  # "w": W / W+ codes as the encoder outputs; "z": through the mapping nets
+    fp16: bool = False
+    only: str | None = None  # "encoder" or "generator"
+    opset: int = DEFAULT_OPSET
+    overwrite: bool = False
+    verify: bool = True
+    verify_batches: tuple[int, ...] = (1, 8)
+
+    def models(self) -> tuple[str, ...]:
+        return (self.only,) if self.only else MODELS
+
+    def validate(self) -> None:
+        if self.only is not None and self.only not in MODELS:
+            raise CoordGANError(f"--only must be one of {', '.join(MODELS)}, not {self.only!r}.")
+        if self.generator_input not in GENERATOR_INPUTS:
+            raise CoordGANError(f"--generator-input must be w or z, not {self.generator_input!r}.")
+        if self.opset < 18:
+            raise CoordGANError(f"Opset {self.opset} is too old: the exporter needs opset 18 or newer.")
+
+
+@dataclasses.dataclass
+class ExportResult:
+    directory: Path
+    manifest: dict
+    report: object | None  # export.verify.VerifyReport when verified
+
+
+def export_onnx(ckpt, out, options: ExportOptions = ExportOptions(), *, preset: str | None = None,
+                on_report=None, progress=None) -> ExportResult:
+    """Export the checkpoint's encoder (+ warp network) and/or generator to ONNX under `out`.
+
+    `on_report(report)` sees the verification report before the directory is published (the CLI
+    prints it); a failed bound raises CoordGANError and leaves nothing behind.
+    """
+    options.validate()
+    out = Path(out).absolute()
+    step = progress or (lambda message: None)
+    # The staging directory comes first: an unwritable destination fails before the slow part.
+    with staged_directory(out, options.overwrite) as staging:
+        import onnx
+
+        from coordgan.checkpoint import load
+
+        ck = load(ckpt, preset=preset)
+        generator = ck.generator
+        if "encoder" in options.models() and "e" not in ck.networks:
+            raise CoordGANError(f"Checkpoint {ck.path} has no encoder (it holds: {', '.join(ck.networks)}); "
+                                "export the generator alone with --only generator.")
+        encoder = ck.encoder if "encoder" in options.models() else None
+        protos, entries = {}, {}
+        for name in options.models():
+            step(f"exporting {name}")
+            protos[name], entries[name] = _export_model(name, encoder, generator, ck.config, options)
+        manifest = build_manifest(config=ck.config, checkpoint_path=ck.path.absolute(), checkpoint_sha256=ck.sha256,
+                                  checkpoint_source=ck.source, opset=options.opset, fp16=options.fp16,
+                                  models=entries)
+        for name, proto in protos.items():
+            graph_tools.set_metadata(proto, model_metadata(manifest, name))
+            try:
+                onnx.save(proto, staging / MODEL_FILES[name])
+            except OSError as exc:
+                raise CoordGANError(f"Cannot write {MODEL_FILES[name]} under {out.parent}: {exc.strerror or exc}.") from None
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        report = None
+        if options.verify:
+            from export.verify import verify_directory
+
+            step("verifying against PyTorch")
+            report = verify_directory(staging, encoder=encoder, generator=generator,
+                                      batches=options.verify_batches)
+            report.directory = out  # name the published directory, not the staging one
+            if on_report:
+                on_report(report)
+            if report.failures:
+                raise CoordGANError(f"Export verification failed, nothing written to {out}: {report.failures[0]}")
+    return ExportResult(out, manifest, report)
+
+
+def _export_model(name, encoder, generator, cfg, options: ExportOptions):
+    import torch
+
+    from export.precision import to_float16
+    from export.wrappers import EncoderWithWarp, GeneratorForExport
+
+    d, base = cfg.style_dim, cfg.base_size
+    if name == "encoder":
+        module = EncoderWithWarp(encoder, generator, uint8_input=options.uint8_input)
+        if options.uint8_input:
+            example = (torch.randint(0, 256, (2, base, base, 3), dtype=torch.uint8),)
+            input_names = ["frames"]
+        else:
+            example = (torch.rand(2, 3, base, base) * 2 - 1,)
+            input_names = ["image"]
+        output_names = ["corr_map", "w_struct", "w_texture"]
+        details = {"uint8_input": options.uint8_input,
+                   "input_layout": "NHWC uint8 frames, already base x base (no resize in the graph)"
+                   if options.uint8_input else "NCHW float32 image in [-1, 1]",
+                   "computes": "encoder, then the generator's coordinate warping network on w_struct"}
+    else:
+        module = GeneratorForExport(generator, input_space=options.generator_input)
+        if options.generator_input == "z":
+            example = (torch.randn(2, d), torch.randn(2, d))
+            input_names = ["z_struct", "z_texture"]
+        else:
+            example = (torch.randn(2, d), torch.randn(2, cfg.n_latent, d))
+            input_names = ["w_struct", "w_texture"]
+        output_names = ["image", "corr_map"]
+        details = {"input_space": options.generator_input, "noise_mode": "const",
+                   "computes": "mapping networks, warp, synthesis" if options.generator_input == "z"
+                   else "warp, synthesis (W / W+ codes as the encoder outputs)"}
+    proto = _trace(module.eval(), example, input_names, output_names, options.opset)
+    proto = graph_tools.fold_constants(proto)
+    graph_tools.strip_debug_metadata(proto)
+    graph_tools.name_batch_axis(proto)
+    if options.fp16:
+        proto = to_float16(proto)
+        proto = graph_tools.fold_constants(proto)  # Casts of weights feeding fp32 ops
+    proto.producer_name = "coordgan-deploy"
+    proto.doc_string = f"CoordGAN {name} ({cfg.name}); see metadata_props coordgan.*"
+    entry = {"file": MODEL_FILES[name], **graph_tools.io_specs(proto), **details}
+    return proto, entry
+
+
+def _trace(module, example, input_names, output_names, opset):
+    import torch
+
+    batch = torch.export.Dim("batch", min=1)
+    dynamic = tuple({0: batch} for _ in example)
+    # The exporter narrates each stage on stdout and warns about internals: keep the CLI output ours.
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        try:
+            program = torch.onnx.export(module, example, dynamo=True, opset_version=opset,
+                                        input_names=input_names, output_names=output_names,
+                                        dynamic_shapes=dynamic, optimize=True, verbose=False)
+        except Exception as exc:  # an exporter failure is a bug here, but say what failed in one line
+            raise RuntimeError(f"torch.onnx.export failed for {type(module).__name__}: {exc}") from exc
+    return program.model_proto
