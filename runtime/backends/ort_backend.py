@@ -7,6 +7,7 @@ for `device="cuda"` where CUDA did not load is an error in one sentence; `auto` 
 
 from __future__ import annotations
 
+import ctypes
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,15 @@ def _import_ort():
         raise CoordGANError(
             "ONNX Runtime is not installed; install it with: pip install 'coordgan-deploy[runtime]'.") from None
     return onnxruntime
+
+
+def _gpu_driver_present() -> bool:
+    """An NVIDIA driver is loadable: only then is the CUDA provider worth a try."""
+    try:
+        ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return False
+    return True
 
 
 def _specs(nodes) -> list[TensorSpec]:
@@ -65,15 +75,21 @@ class OrtBackend(Backend):
             opts.intra_op_num_threads = threads
             opts.inter_op_num_threads = 1
         opts.enable_profiling = profile
-        want_cuda = device in ("auto", "cuda") and "CUDAExecutionProvider" in ort.get_available_providers()
-        if device == "cuda" and not want_cuda:
+        if device == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
             raise CoordGANError("The CUDA execution provider is not in this ONNX Runtime build; "
                                 "install onnxruntime-gpu on a machine with an NVIDIA GPU.")
+        want_cuda = device in ("auto", "cuda") and "CUDAExecutionProvider" in ort.get_available_providers() \
+            and _gpu_driver_present()
         providers = (["CUDAExecutionProvider"] if want_cuda else []) + ["CPUExecutionProvider"]
+        # A CUDA provider that cannot load logs errors through ORT's default logger; we check the
+        # outcome ourselves below, so mute that logger while the session is made.
+        ort.set_default_logger_severity(4 if want_cuda else 3)
         try:
             self.session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
         except Exception as exc:  # ORT raises its own exception types for bad files
             raise CoordGANError(f"ONNX Runtime cannot load {path}: {str(exc).splitlines()[0][:200]}.") from None
+        finally:
+            ort.set_default_logger_severity(3)
         got_cuda = self.session.get_providers()[0] == "CUDAExecutionProvider"
         if device == "cuda" and not got_cuda:
             raise CoordGANError("The CUDA execution provider did not load (no GPU, or CUDA/cuDNN libraries "
