@@ -110,9 +110,10 @@ def sample(
 _register_subcommands()
 
 
-def main():
+def run_app(typer_app: typer.Typer) -> None:
+    """Run a Typer app with the project's error contract: one sentence and exit 1, no traceback."""
     try:
-        app()
+        typer_app()
     except CoordGANError as exc:
         print(f"Error: {exc}", file=sys.stderr)
         sys.exit(1)
@@ -123,6 +124,10 @@ def main():
     except KeyboardInterrupt:
         print("Interrupted.", file=sys.stderr)
         sys.exit(130)
+
+
+def main():
+    run_app(app)
 
 
 if __name__ == "__main__":

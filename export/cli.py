@@ -8,7 +8,6 @@ and so does `main` below when this sub-app runs on its own (`python -m export.cl
 from __future__ import annotations
 
 import contextlib
-import sys
 from pathlib import Path
 from typing import Optional
 
@@ -137,18 +136,9 @@ def trt_command(
 
 def main():
     """Run this sub-app on its own with the `coordgan` CLI's error handling."""
-    try:
-        app()
-    except CoordGANError as exc:
-        print(f"Error: {exc}", file=sys.stderr)
-        sys.exit(1)
-    except OSError as exc:
-        where = f" {exc.filename}" if exc.filename else ""
-        print(f"Error: cannot access{where}: {exc.strerror or exc}.", file=sys.stderr)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        print("Interrupted.", file=sys.stderr)
-        sys.exit(130)
+    from coordgan.cli import run_app
+
+    run_app(app)
 
 
 if __name__ == "__main__":
