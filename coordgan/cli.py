@@ -24,10 +24,12 @@ app = typer.Typer(
 
 
 def _register_subcommands() -> None:
+    from coordgan.eval_cli import register as register_eval
     from coordgan.train.cli import register as register_train
     from export.cli import app as export_app
 
     register_train(app)
+    register_eval(app)
     app.add_typer(export_app, name="export")
 
 

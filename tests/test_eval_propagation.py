@@ -1,0 +1,242 @@
+"""Label-propagation evaluation: hand-built cases with known IoU, the data loaders, the CLI end to end."""
+
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from coordgan import evaluate as ev
+from coordgan.checkpoint import save
+from coordgan.config import PRESETS
+from coordgan.correspondence import canonical_grid
+from coordgan.data import write_image_folder
+from coordgan.errors import CoordGANError
+from coordgan.models import build
+
+TINY = PRESETS["tiny"]
+
+
+def square(size, top, left, side, cls=1):
+    lab = np.zeros((size, size), np.int64)
+    lab[top:top + side, left:left + side] = cls
+    return lab
+
+
+def marked(labels, shifts):
+    """LabelledImages whose images carry their horizontal shift (pixels) in every pixel value."""
+    labels = np.stack(labels)
+    images = np.repeat((10 * np.asarray(shifts, np.uint8))[:, None, None, None], 3, axis=3)
+    images = np.broadcast_to(images, labels.shape + (3,)).copy()
+    return ev.LabelledImages(images, labels, [f"{i}.png" for i in range(len(labels))])
+
+
+def shift_corr(images):
+    """Correspondence that undoes a horizontal shift read from the image: exact alignment."""
+    n, _, h, w = images.shape
+    shifts = torch.round((images[:, 0, 0, 0] + 1) * 127.5 / 10).long()
+    grid = canonical_grid(h, w)
+    out = []
+    for s in shifts.tolist():
+        cols = (torch.arange(w) - s).clamp(0, w - 1)
+        out.append(grid[:, :, cols])
+    return torch.stack(out)
+
+
+# ---------------------------------------------------------------- metric on hand-built cases
+
+
+def test_accumulator_sums_over_queries_and_excludes():
+    acc = ev.IoUAccumulator(3, ignore_index=None)
+    gt1 = np.array([[0, 1, 1, 2]])
+    pr1 = np.array([[0, 1, 2, 2]])
+    gt2 = np.array([[1, 1, 1, 1]])
+    pr2 = np.array([[1, 0, 0, 0]])
+    acc.update(pr1, gt1)
+    acc.update(pr2, gt2)
+    # class 0: inter 1, union 1+3-... : pred0 = 1+3, gt0 = 1, inter 1 -> union 4
+    # class 1: inter 1+1, pred1 1+1, gt1 2+4 -> union 2+6-2 = 6
+    # class 2: inter 1, pred2 2, gt2 1 -> union 2
+    assert acc.inter.tolist() == [1, 2, 1]
+    assert acc.union.tolist() == [4, 6, 2]
+    np.testing.assert_allclose(acc.iou(), [1 / 4, 2 / 6, 1 / 2])
+    assert acc.miou(exclude=(0,)) == pytest.approx((2 / 6 + 1 / 2) / 2)
+    assert acc.miou(exclude=()) == pytest.approx((1 / 4 + 2 / 6 + 1 / 2) / 3)
+    assert acc.miou(exclude=(0, 2)) == pytest.approx(2 / 6)
+    # accumulated, not averaged per query: query 2 alone would give class 1 IoU 1/4, query 1 alone 1/2
+    assert acc.iou()[1] != pytest.approx((1 / 2 + 1 / 4) / 2)
+
+
+def test_ignore_index_follows_published_inter_and_union():
+    # published: predictions where the ground truth is background are dropped, classes 1.. scored
+    acc = ev.IoUAccumulator(3, ignore_index=0)
+    gt = np.array([[0, 0, 1, 1, 2]])
+    pr = np.array([[1, 2, 1, 2, 2]])
+    acc.update(pr, gt)
+    assert acc.inter.tolist() == [0, 1, 1]
+    assert acc.union.tolist() == [0, 2, 2]  # the two false positives on background do not count
+    iou = acc.iou()
+    assert math.isnan(iou[0]) and iou[1] == 0.5 and iou[2] == 0.5
+    assert acc.miou(exclude=()) == 0.5  # an empty union has no IoU and stays out of the mean
+
+
+def test_identity_maps_equal_identity_baseline_exactly():
+    data = ev.synthetic_faces(9, 32, seed=3)
+    refs, queries = ev.split_refs(data, num_refs=3)
+    res = ev.evaluate(ev.identity_corr, refs, queries, batch=4, keep_examples=len(queries))
+    for r, row in enumerate(res.per_ref):
+        np.testing.assert_array_equal(row["iou"], row["identity_iou"])
+        for j, pred in enumerate(res.examples["pred"][r]):
+            np.testing.assert_array_equal(pred, refs.labels[r])  # the reference labels, pixel for pixel
+    assert res.miou == res.identity_miou
+    assert 0 < res.miou < 1
+    assert res.class_iou[0] is None  # background excluded from the mean by default
+    assert res.class_names[1] == "skin"
+
+
+def test_query_equal_to_reference_scores_one():
+    lab = square(16, 4, 4, 8, cls=1) + square(16, 1, 1, 2, cls=2)
+    data = marked([lab, lab, lab], [0, 0, 0])
+    refs, queries = ev.split_refs(data, num_refs=1)
+    res = ev.evaluate(ev.identity_corr, refs, queries)
+    assert res.miou == 1.0 and res.identity_miou == 1.0
+    assert res.class_iou == [None, 1.0, 1.0]
+
+
+@pytest.mark.parametrize("ignore, expected", [(None, 48 / 80), (0, 48 / 64)])
+def test_shifted_square_known_iou(ignore, expected):
+    ref = square(16, 4, 4, 8)
+    query = square(16, 4, 6, 8)  # shifted right by 2: 8 x 6 = 48 pixels overlap
+    data = marked([ref, query], [0, 2])
+    refs, queries = ev.split_refs(data, num_refs=1)
+    ident = ev.evaluate(ev.identity_corr, refs, queries, ignore_index=ignore)
+    assert ident.miou == pytest.approx(expected)
+    assert ident.identity_miou == pytest.approx(expected)
+    aligned = ev.evaluate(shift_corr, refs, queries, ignore_index=ignore)  # maps that know the shift
+    assert aligned.miou == pytest.approx(1.0)
+    assert aligned.identity_miou == pytest.approx(expected)
+    np.testing.assert_array_equal(aligned.examples["pred"][0][0], query)
+
+
+def test_average_over_references_and_batch_independence():
+    base = square(16, 4, 4, 8)
+    data = marked([base, square(16, 4, 5, 8), base, square(16, 4, 6, 8)], [0, 1, 0, 2])
+    refs, queries = ev.split_refs(data, refs=["0.png", "1"])
+    assert refs.names == ["0.png", "1.png"] and queries.names == ["2.png", "3.png"]
+    a = ev.evaluate(ev.identity_corr, refs, queries, batch=1, ignore_index=None)
+    b = ev.evaluate(ev.identity_corr, refs, queries, batch=5, ignore_index=None)
+    assert a.to_json() == b.to_json()
+    # ref 0: queries 2 (same) and 3 (shift 2): inter 64+48, union 64+80 -> 112/144
+    # ref 1 (shift 1): query 2 inter 56 union 72, query 3 inter 56 union 72 -> 112/144
+    assert a.per_ref[0]["miou"] == pytest.approx(112 / 144)
+    assert a.per_ref[1]["miou"] == pytest.approx(112 / 144)
+    assert a.miou == pytest.approx(112 / 144)
+
+
+def test_bad_inputs_are_one_sentence():
+    lab = square(8, 2, 2, 4)
+    data = marked([lab, lab], [0, 0])
+    with pytest.raises(CoordGANError, match="no query image"):
+        ev.split_refs(data, num_refs=2)
+    with pytest.raises(CoordGANError, match="not among the images"):
+        ev.split_refs(data, refs=["nope.png"])
+    refs, queries = ev.split_refs(data, num_refs=1)
+    with pytest.raises(CoordGANError, match=r"\(N, 2, H, W\)"):
+        ev.evaluate(lambda x: x, refs, queries)
+    with pytest.raises(CoordGANError, match="outside"):
+        ev.evaluate(lambda x: 3 * identity(x), refs, queries)
+
+
+def identity(x):
+    return ev.identity_corr(x)
+
+
+# ---------------------------------------------------------------- folders
+
+
+def test_load_folder_resizes_and_reports_bad_files(tmp_path):
+    root = tmp_path / "d"
+    write_image_folder(root, 4, 32, seed=1)
+    data = ev.load_folder(root, 16)
+    assert data.images.shape == (4, 16, 16, 3) and data.labels.shape == (4, 16, 16)
+    assert data.names == ["00000.png", "00001.png", "00002.png", "00003.png"]
+    # a label map at another resolution is resized (nearest) to the model size
+    lab = np.asarray(Image.open(root / "labels" / "00001.png"))
+    big = Image.fromarray(np.kron(lab, np.ones((2, 2), np.uint8)), mode="L")
+    big.save(root / "labels" / "00001.png")
+    again = ev.load_folder(root, 16)
+    np.testing.assert_array_equal(again.labels[1], data.labels[1])
+    assert set(np.unique(again.labels)) <= set(range(8))
+
+    (root / "images" / "00004.png").write_bytes(b"not a png at all")
+    Image.fromarray(np.zeros((32, 32), np.uint8), mode="L").save(root / "labels" / "00004.png")
+    with pytest.raises(CoordGANError, match="Cannot read image .*00004.png"):
+        ev.load_folder(root, 16)
+    (root / "labels" / "00004.png").unlink()
+    with pytest.raises(CoordGANError, match="00004.png has no label map"):
+        ev.load_folder(root, 16)
+    (root / "images" / "00004.png").unlink()
+    Image.new("RGB", (32, 32)).save(root / "labels" / "00002.png")
+    with pytest.raises(CoordGANError, match="palette or grayscale"):
+        ev.load_folder(root, 16)
+    with pytest.raises(CoordGANError, match="images/ and labels/"):
+        ev.load_folder(tmp_path, 16)
+
+
+# ---------------------------------------------------------------- CLI
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ck")
+    torch.manual_seed(0)
+    nets = build(TINY, which=("g", "e"))
+    full = save(d / "tiny.safetensors", TINY, nets)
+    no_enc = save(d / "gen.safetensors", TINY, {"g": nets["g"]})
+    return full, no_enc
+
+
+def run_cli(*args):
+    code = ("import sys; sys.argv = ['coordgan', *sys.argv[1:]]\n"
+            "from coordgan.cli import app, main\n"
+            "from coordgan.eval_cli import register\n"
+            "if not any(c.name == 'eval-propagation' for c in app.registered_commands): register(app)\n"
+            "main()")
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300)
+
+
+def test_cli_end_to_end_synthetic(ckpts, tmp_path):
+    full, _ = ckpts
+    out, vis = tmp_path / "r.json", tmp_path / "v.png"
+    result = run_cli("eval-propagation", str(full), "--data", "synthetic-faces", "--n", "9", "--seed", "2",
+                     "--max-queries", "3", "--batch", "2", "--json", str(out), "--vis", str(vis), "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    assert "identity baseline" in result.stdout
+    record = json.loads(out.read_text())
+    assert len(record["references"]) == 5 and record["num_queries"] == 3
+    assert math.isfinite(record["miou"]) and math.isfinite(record["identity_miou"])
+    assert record["tau"] == 0.01 and record["exclude"] == [0] and record["ignore_index"] == 0
+    assert record["class_iou"]["background"] is None and record["preset"] == "tiny"
+    img = Image.open(vis)
+    # 2 header rows (queries, ground truth) + 5 references; 2 columns (ref image, labels) + 3 queries
+    assert img.mode == "RGB" and img.size == (5 * 98 + 2, 7 * 98 + 2)
+
+
+def test_cli_errors_are_one_line(ckpts, tmp_path):
+    from coordgan.eval_cli import run
+
+    full, no_enc = ckpts
+    result = run_cli("eval-propagation", str(no_enc), "--data", "synthetic-faces", "--n", "6")
+    assert result.returncode == 1
+    assert len(result.stderr.strip().splitlines()) == 1 and "no encoder" in result.stderr
+    root = tmp_path / "d"
+    write_image_folder(root, 3, 16, seed=0)
+    (root / "labels" / "00002.png").unlink()
+    with pytest.raises(CoordGANError, match="00002.png has no label map"):
+        run(full, data=str(root), device="cpu")
+    with pytest.raises(CoordGANError, match="--exclude"):
+        run(full, data="synthetic-faces", exclude="a,b", device="cpu")
