@@ -134,6 +134,24 @@ def trt_command(
     console.print("wrote " + ", ".join(str(p) for p in plans) + " (+ .plan.json sidecars)")
 
 
+@app.command("lookup")
+def lookup(
+    out: Path = typer.Option(..., "--out", "-o", help="ONNX file to write (e.g. exported/corr_lookup.onnx)."),
+    classes: int = typer.Option(..., "--classes", help="Class count C of the label probabilities (1 to 64)."),
+    tau: float = typer.Option(0.01, "--tau", help="Softmax temperature of the soft lookup."),
+    mode: str = typer.Option("soft", "--mode", help="soft, hard or topk."),
+    k: int = typer.Option(0, "--k", help="Neighbours kept in topk mode (1 to 64)."),
+    fp16: bool = typer.Option(False, "--fp16", help="float16 inputs (outputs stay float32 / int32)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing file."),
+):
+    """The correspondence lookup as one coordgan::CorrLookup node, for TensorRT's plugin."""
+    from export.lookup_onnx import write_lookup_model
+
+    path = write_lookup_model(out, classes, tau=tau, mode=mode, k=k, fp16=fp16, overwrite=overwrite)
+    print(f"wrote {path}: coordgan::CorrLookup, C = {classes}, mode {mode}, tau {tau}"
+          + (f", k {k}" if mode == "topk" else ""))
+
+
 def main():
     """Run this sub-app on its own with the `coordgan` CLI's error handling."""
     from coordgan.cli import run_app

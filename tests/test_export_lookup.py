@@ -1,0 +1,58 @@
+"""The lookup as a custom-domain ONNX node: the contract TensorRT's parser maps to the plugin."""
+
+import subprocess
+import sys
+
+import onnx
+import pytest
+
+from coordgan.errors import CoordGANError
+from export.lookup_onnx import lookup_model, write_lookup_model
+
+
+def test_node_contract():
+    model = lookup_model(8, tau=0.02, mode="topk", k=16)
+    onnx.checker.check_model(model)
+    (node,) = model.graph.node
+    assert (node.domain, node.op_type) == ("coordgan", "CorrLookup")
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    assert attrs["tau"] == pytest.approx(0.02) and attrs["mode"] == b"topk" and attrs["k"] == 16
+    assert attrs["plugin_namespace"] == b"coordgan" and attrs["plugin_version"] == b"1"
+    assert [i.name for i in model.graph.input] == ["query", "ref_maps", "ref_probs"]
+    assert [o.name for o in model.graph.output] == ["probs", "labels"]
+    dims = [d.dim_value or d.dim_param for d in model.graph.input[2].type.tensor_type.shape.dim]
+    assert dims == ["batch", "refs", 8, "hk", "wk"]  # C is fixed, the rest dynamic
+    assert model.graph.output[1].type.tensor_type.elem_type == onnx.TensorProto.INT32
+    assert {o.domain: o.version for o in model.opset_import}["coordgan"] == 1
+
+
+def test_k_only_in_topk_and_fp16_inputs():
+    (node,) = lookup_model(4, mode="soft", k=5, fp16=True).graph.node
+    assert {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}["k"] == 0
+    model = lookup_model(4, fp16=True)
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
+    assert model.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(classes=65), "1 to 64 classes"),
+    (dict(classes=8, mode="nearest"), "mode must be one of"),
+    (dict(classes=8, tau=0.0), "tau must be positive"),
+    (dict(classes=8, mode="topk", k=0), "topk keeps 1 to 64"),
+])
+def test_bad_attributes(kwargs, message):
+    with pytest.raises(CoordGANError, match=message):
+        lookup_model(**kwargs)
+
+
+def test_cli_writes_and_refuses_to_overwrite(tmp_path):
+    out = tmp_path / "corr_lookup.onnx"
+    cmd = [sys.executable, "-c", "import sys; sys.argv = ['coordgan', *sys.argv[1:]]; "
+           "from coordgan.cli import main; main()", "export", "lookup", "--out", str(out), "--classes", "8"]
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0, first.stderr
+    assert onnx.load(out).graph.node[0].op_type == "CorrLookup"
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 1 and "exists; pass --overwrite" in again.stderr and "Traceback" not in again.stderr
+    with pytest.raises(CoordGANError, match="is not a directory"):
+        write_lookup_model(tmp_path / "missing" / "x.onnx", 8)
