@@ -25,11 +25,13 @@ app = typer.Typer(
 
 def _register_subcommands() -> None:
     from coordgan.eval_cli import register as register_eval
+    from coordgan.propagate_cli import register as register_propagate
     from coordgan.train.cli import register as register_train
     from export.cli import app as export_app
 
     register_train(app)
     register_eval(app)
+    register_propagate(app)
     app.add_typer(export_app, name="export")
 
 

@@ -1,0 +1,368 @@
+"""Video mask propagation: label masks for a few annotated frames -> a mask for every frame.
+
+    from runtime.correspondence_model import CorrespondenceModel
+    from runtime.propagate import PropagateOptions, Reference, propagate_sequence
+    from runtime.video import open_frames
+
+    with CorrespondenceModel("export/encoder.onnx") as model:
+        summary = propagate_sequence(model, open_frames("clip.mp4"), [Reference.from_png("first.png")],
+                                     "out/clip", PropagateOptions(batch=8, memory=3))
+
+Per frame (DESIGN.md, "Data flow of mask propagation"): the encoder gives its correspondence map
+at the model's grid G (frames go through it `batch` at a time); an annotated frame's output is its
+mask, and its area-averaged label probabilities join the memory for good; any other frame looks
+its pixels up in the memory (soft lookup, temperature tau, optionally only the top-k neighbours),
+its grid probabilities are upsampled bilinearly to the frame size and the argmax is its mask; its
+grid probabilities then enter the window of the last M propagated frames. Annotations take effect
+from their frame on (propagation streams forward), so frame 0 must be annotated.
+
+Labels keep their values: the labels found in the references (any of 0..255) map to compact
+channels inside and back on output, and the PNGs carry the first reference's palette (the DAVIS
+palette for grayscale references).
+
+Outputs in `out_dir`, each written atomically (temp + rename): NAME.png per frame (palette PNG),
+probs/NAME.npz with `--save-probs` (float16 grid probabilities "probs" (C, G, G) and the label of
+each channel "labels"), the overlay video, the resume state `.propagate-state.npz` after every batch,
+and `summary.json` last: it marks the sequence complete. Memory stays bounded: one batch of
+frames plus the reference memory, whatever the video's length.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from coordgan.errors import CoordGANError
+from coordgan.fileio import atomic_write
+from runtime import masks as mask_io
+from runtime.label_resize import labels_to_grid, upsample_argmax
+from runtime.propagation_memory import STATE_FILE, Memory
+from runtime.video import FrameSource, VideoWriter, as_frame_source
+
+SUMMARY_FILE = "summary.json"
+PROBS_DIR = "probs"
+FORMAT = "coordgan-propagate/1"
+
+
+@dataclass(frozen=True)
+class PropagateOptions:
+    batch: int = 8  # frames per encoder call
+    memory: int = 3  # M: recent propagated frames kept as references (besides the annotated ones)
+    tau: float = 0.01  # softmax temperature over L2 coordinate distances (the paper's value)
+    topk: int | None = None  # keep only the k nearest reference pixels per query (None: all)
+    save_probs: bool = False
+    overlay: Path | None = None  # video of the frames with the masks blended in
+    overwrite: bool = False
+    resume: bool = False
+
+    def validate(self) -> None:
+        if self.batch < 1:
+            raise CoordGANError(f"--batch must be at least 1, got {self.batch}.")
+        if self.memory < 0:
+            raise CoordGANError(f"--memory must be 0 or more frames, got {self.memory}.")
+        if not self.tau > 0:
+            raise CoordGANError(f"--tau must be a positive number, got {self.tau}.")
+        if self.topk is not None and self.topk < 1:
+            raise CoordGANError(f"--topk must be at least 1, got {self.topk}.")
+        if self.overwrite and self.resume:
+            raise CoordGANError("Choose one of --overwrite (start again) and --resume (continue).")
+
+    def algorithm(self) -> dict:
+        """The options that decide the masks: a resumed run must use the same ones."""
+        return {"memory": self.memory, "tau": self.tau, "topk": self.topk}
+
+
+@dataclass(frozen=True)
+class Reference:
+    """An annotated frame: its labels at any resolution (resized nearest to the frames)."""
+
+    labels: np.ndarray  # (h, w) uint8
+    palette: bytes | None = None  # None: grayscale labels, DAVIS colours
+    frame: str | int = 0  # the frame's name (with or without extension), or its index
+    source: str = "<array>"
+
+    @classmethod
+    def from_png(cls, path, frame: str | int = 0) -> "Reference":
+        labels, palette = mask_io.read_mask(path, what="Reference mask")
+        return cls(labels, palette, frame, str(path))
+
+    def digest(self) -> str:
+        return hashlib.sha256(np.ascontiguousarray(self.labels).tobytes() + repr(self.labels.shape).encode()
+                              ).hexdigest()[:16]
+
+
+@dataclass
+class _Timer:
+    seconds: dict = field(default_factory=lambda: dict(decode=0.0, encode=0.0, lookup=0.0, upsample_write=0.0))
+
+    def add(self, stage: str, since: float) -> float:
+        now = time.perf_counter()
+        self.seconds[stage] += now - since
+        return now
+
+
+class _Labels:
+    """Label values <-> compact channels, and the palette of the outputs."""
+
+    def __init__(self, refs: list[Reference]):
+        values = sorted(set().union(*(np.unique(r.labels).tolist() for r in refs)))
+        self.values = np.array(values, np.uint8)  # channel -> label
+        self.channel_of = np.zeros(256, np.int64)  # label -> channel
+        self.channel_of[self.values] = np.arange(len(values))
+        self.palette = mask_io.full_palette(refs[0].palette)
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+
+def propagate_sequence(model, frames, refs: Sequence[Reference], out_dir,
+                       options: PropagateOptions = PropagateOptions(), *, name: str | None = None,
+                       on_frame: Callable[[int, int | None], None] | None = None) -> dict:
+    """Write a mask for every frame into `out_dir`; returns the summary (also written as summary.json).
+
+    model: a CorrespondenceModel (anything with `.correspondence(frames)` and `.lookup(q, k, v, ...)`).
+    frames: a FrameSource (runtime.video.open_frames), frames in memory ((T, H, W, 3) uint8), or any
+        iterable of (H, W, 3) uint8 frames or (name, frame) pairs (read once, as they come).
+    refs: the annotated frames; one of them must be frame 0.
+    on_frame(done, total): called after each frame is written (total None when unknown).
+    """
+    options.validate()
+    source = as_frame_source(frames)
+    out_dir = Path(out_dir)
+    name = name or out_dir.name
+    refs_at = _resolve_references(source, refs)
+    labels = _Labels([refs_at[i] for i in sorted(refs_at)])
+    fingerprint = _fingerprint(options, refs_at, labels)
+    start, memory, meta = _prepare_output(out_dir, source, options, fingerprint)
+    if memory is None:
+        return meta  # --resume of a complete sequence: its summary
+    if options.save_probs:
+        (out_dir / PROBS_DIR).mkdir(exist_ok=True)
+    run = _SequenceRun(model, source, refs_at, labels, out_dir, options, memory, start, on_frame)
+    run.state_meta = {"fingerprint": fingerprint, "frame_size": meta.get("frame_size")}
+    summary = run.execute()
+    summary.update(sequence=name, input=str(source.path))
+    with atomic_write(out_dir / SUMMARY_FILE, "w") as f:
+        json.dump(summary, f, indent=2)
+        f.write("\n")
+    (out_dir / STATE_FILE).unlink(missing_ok=True)  # complete: nothing left to resume
+    return summary
+
+
+def _resolve_references(source: FrameSource, refs: Sequence[Reference]) -> dict[int, Reference]:
+    if not refs:
+        raise CoordGANError("Propagation needs at least one reference mask (for the first frame).")
+    refs_at: dict[int, Reference] = {}
+    for ref in refs:
+        index = ref.frame if isinstance(ref.frame, int) else source.resolve(ref.frame)
+        if index in refs_at:
+            raise CoordGANError(f"Two reference masks are given for frame {ref.frame!r} ({refs_at[index].source} "
+                                f"and {ref.source}).")
+        labels = np.asarray(ref.labels)
+        if (labels.ndim != 2 or labels.size == 0 or not np.issubdtype(labels.dtype, np.integer)
+                or labels.min() < 0 or labels.max() > 255):
+            raise CoordGANError(f"Reference mask {ref.source} must be a 2-D array of labels 0..255, got "
+                                f"{labels.dtype} {list(labels.shape)}.")
+        refs_at[index] = replace(ref, labels=labels.astype(np.uint8, copy=False))
+    first = min(refs_at)
+    if first != 0:
+        raise CoordGANError(f"The first reference mask is for frame {refs_at[first].frame!r}, but propagation runs "
+                            "forward from the first frame: give a mask for the first frame too.")
+    palette = refs_at[0].palette
+    if palette is not None:
+        top = int(max(int(r.labels.max()) for r in refs_at.values()))
+        if top * 3 + 3 > len(palette):
+            raise CoordGANError(f"The reference masks use label {top}, but the palette of {refs_at[0].source} has only "
+                                f"{len(palette) // 3} colours.")
+    return refs_at
+
+
+def _prepare_output(out_dir: Path, source: FrameSource, options: PropagateOptions, fingerprint: dict):
+    """(first frame to process, memory, state meta); memory None and the summary for a complete sequence."""
+    if source.path.is_dir() and out_dir.resolve() == source.path.resolve():
+        raise CoordGANError(f"The output folder {out_dir} is the input frame folder; write the masks elsewhere.")
+    summary, state = out_dir / SUMMARY_FILE, out_dir / STATE_FILE
+    overlay = Path(options.overlay) if options.overlay else None
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CoordGANError(f"Cannot create the output folder {out_dir}: {exc.strerror or exc}.") from None
+    if options.resume:
+        if summary.is_file():
+            try:
+                return 0, None, {**json.loads(summary.read_text()), "skipped": "already complete"}
+            except (OSError, ValueError):
+                raise CoordGANError(f"{summary} is damaged; start again with --overwrite.") from None
+        if state.is_file():
+            memory, start, meta = Memory.load(state, options.memory)
+            if meta.get("fingerprint") != fingerprint:
+                raise CoordGANError(f"{out_dir} was started with other options or references "
+                                    f"({_differences(meta.get('fingerprint', {}), fingerprint)}); resume with the "
+                                    "same ones, or start again with --overwrite.")
+            return start, memory, meta
+        return 0, Memory(options.memory), {}  # nothing consistent to continue from: start over
+    existing = summary.exists() or state.exists() or any(out_dir.glob("*.png")) or (overlay and overlay.exists())
+    if existing and not options.overwrite:
+        what = overlay if overlay and overlay.exists() and not any(out_dir.glob("*.png")) else out_dir
+        raise CoordGANError(f"{what} already holds propagation results; pass --overwrite to replace them or "
+                            "--resume to continue an interrupted run.")
+    # Remove the completion marker first: while the new run writes, nothing may look complete.
+    summary.unlink(missing_ok=True)
+    state.unlink(missing_ok=True)
+    return 0, Memory(options.memory), {}
+
+
+def _fingerprint(options: PropagateOptions, refs_at: dict, labels: _Labels) -> dict:
+    return {**options.algorithm(), "labels": labels.values.tolist(),
+            "references": {str(i): refs_at[i].digest() for i in sorted(refs_at)}}
+
+
+def _differences(old: dict, new: dict) -> str:
+    keys = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    return ", ".join(f"{k} {old.get(k)!r} then, {new.get(k)!r} now" if k not in ("references", "labels")
+                     else f"different {k}" for k in keys) or "unknown"
+
+
+class _SequenceRun:
+    """One pass over a sequence's frames, from `start` on."""
+
+    def __init__(self, model, source, refs_at, labels, out_dir, options, memory, start, on_frame):
+        self.model, self.source, self.refs_at, self.labels = model, source, refs_at, labels
+        self.out_dir, self.options, self.memory, self.start = out_dir, options, memory, start
+        self.on_frame = on_frame or (lambda done, total: None)
+        self.timer = _Timer()
+        self.size = None  # (H, W) of the frames
+        self.full_refs: dict[int, np.ndarray] = {}  # annotated labels at frame size
+        self.names: dict[int, str] = {}  # of the annotated frames
+        self.seen = start  # frames known to exist
+        self.state_meta: dict = {}
+        self.processed = 0
+
+    def execute(self) -> dict:
+        wall = time.perf_counter()
+        overlay = self.options.overlay
+        writer = VideoWriter(overlay, fps=self.source.fps) if overlay else None
+        try:
+            self._loop(writer)
+            self._check_all_references_seen()
+            if writer:
+                writer.close()
+        except BaseException:
+            if writer:
+                writer.abort()
+            raise
+        wall = time.perf_counter() - wall
+        return self._summary(wall)
+
+    def _loop(self, writer):
+        # An overlay video is rebuilt from frame 0 on resume (a video cannot be appended to), so the
+        # frames before `start` are read then, composed with their masks already on disk.
+        first = 0 if writer else self.start
+        if self.start:
+            self.on_frame(self.start, self.source.count)
+        batch = []
+        tick = time.perf_counter()
+        for index, name, frame in self.source.frames(first):
+            tick = self.timer.add("decode", tick)
+            self.seen = max(self.seen, index + 1)
+            if index in self.refs_at:
+                self.names[index] = name  # for the summary; not every frame's (videos may be long)
+            if self.size is None:
+                self._set_frame_size(frame.shape[:2])
+            if index < self.start:
+                done_mask, _ = mask_io.read_mask(self.out_dir / f"{name}.png", what="Earlier output")
+                writer.write(mask_io.overlay(frame, done_mask, self.labels.palette))
+                tick = self.timer.add("upsample_write", tick)
+                continue
+            batch.append((index, name, frame))
+            if len(batch) == self.options.batch:
+                self._process(batch, writer)
+                batch = []
+            tick = time.perf_counter()
+        if batch:
+            self._process(batch, writer)
+
+    def _set_frame_size(self, size):
+        self.size = tuple(size)
+        self.state_meta["frame_size"] = list(self.size)
+        for index, ref in self.refs_at.items():  # all of them now: fail before writing anything
+            self.full_refs[index] = mask_io.resize_mask(ref.labels, self.size, what=f"Reference mask {ref.source}")
+
+    def _process(self, batch, writer):
+        tick = time.perf_counter()
+        corr = self.model.correspondence(np.stack([f for _, _, f in batch]))
+        tick = self.timer.add("encode", tick)
+        for (index, name, frame), c in zip(batch, corr):
+            if index in self.refs_at:
+                out = self.full_refs[index]
+                probs = labels_to_grid(self.labels.channel_of[out], len(self.labels), c.shape[-1])
+                self.memory.add_reference(name, c, probs)
+                tick = self.timer.add("upsample_write", tick)
+            else:
+                probs = self._lookup(c)
+                tick = self.timer.add("lookup", tick)
+                out = self.labels.values[upsample_argmax(probs, self.size)]
+                self.memory.push(name, c, probs)
+            self._write(name, out, probs, frame, writer)
+            tick = self.timer.add("upsample_write", tick)
+            self.processed += 1
+            self.on_frame(index + 1, self.source.count)
+        # Saved after the batch: a resumed run restarts at a batch boundary, as this one did.
+        self.memory.save(self.out_dir / STATE_FILE, next_frame=batch[-1][0] + 1,
+                         meta=self.state_meta)
+        self.timer.add("upsample_write", tick)
+
+    def _lookup(self, corr: np.ndarray) -> np.ndarray:
+        keys, values = self.memory.keys_values()
+        o = self.options
+        k = None if o.topk is None else min(o.topk, keys.shape[1] * keys.shape[3] * keys.shape[4])
+        probs, _ = self.model.lookup(corr[None], keys, values, tau=o.tau, mode="soft" if k is None else "topk", k=k)
+        return probs[0]
+
+    def _write(self, name, labels, probs, frame, writer):
+        if self.options.save_probs:
+            with atomic_write(self.out_dir / PROBS_DIR / f"{name}.npz") as f:
+                np.savez(f, probs=probs.astype(np.float16), labels=self.labels.values)
+        mask_io.write_mask(self.out_dir / f"{name}.png", labels, self.labels.palette)
+        if writer:
+            writer.write(mask_io.overlay(frame, labels, self.labels.palette))
+
+    def _check_all_references_seen(self):
+        late = [i for i in self.refs_at if i >= self.seen]
+        if late:
+            ref = self.refs_at[min(late)]
+            raise CoordGANError(f"Reference mask {ref.source} is for frame {ref.frame!r}, beyond the last frame of "
+                                f"{self.source.path} ({self.seen} frames).")
+
+    def _frame_size_wh(self):
+        size = self.size or self.state_meta.get("frame_size")  # a resume with nothing left reads no frame
+        return [int(size[1]), int(size[0])] if size else None
+
+    def _summary(self, wall: float) -> dict:
+        o = self.options
+        seconds = {k: round(v, 4) for k, v in self.timer.seconds.items()}
+        backend = getattr(self.model, "backend", None)
+        return {
+            "format": FORMAT,
+            "frames": self.seen,
+            "frames_processed": self.processed,
+            "resumed_from": self.start or None,
+            "frames_per_s": round(self.processed / wall, 3) if wall > 0 else None,
+            "seconds": {**seconds, "total": round(wall, 4)},
+            "frame_size": self._frame_size_wh(),
+            "labels": self.labels.values.tolist(),
+            "references": [{"frame": self.names.get(i, str(r.frame)), "mask": r.source}
+                           for i, r in sorted(self.refs_at.items())],
+            "options": {"batch": o.batch, **o.algorithm(), "save_probs": o.save_probs},
+            "model": backend.describe() if hasattr(backend, "describe") else type(self.model).__name__,
+            "outputs": {"masks": str(self.out_dir), "probs": str(self.out_dir / PROBS_DIR) if o.save_probs else None,
+                        "overlay": str(o.overlay) if o.overlay else None},
+            "completed": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }

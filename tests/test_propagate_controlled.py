@@ -1,0 +1,266 @@
+"""Propagation with correspondence maps we control: a hand-built ONNX "encoder" on real ONNX Runtime.
+
+The encoder outputs the canonical grid moved by a shift that the frame itself encodes (its mean red
+value: 16 per grid pixel). A frame whose red is 0 gets the identity map, so the reference mask must
+be copied exactly; frame t with red 16 t gets a map shifted by t pixels, so the mask must move by t.
+"""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from PIL import Image
+
+from coordgan.errors import CoordGANError
+from runtime.correspondence_model import CorrespondenceModel
+from runtime.masks import read_mask
+from runtime.propagate import PropagateOptions, Reference, propagate_sequence
+from runtime.propagation_memory import STATE_FILE
+from runtime.video import open_frames
+
+G = 32  # the fake model's grid
+
+
+def shift_encoder(path, direction=(1, 0)):
+    """image (N, 3, G, G) in [-1, 1] -> corr_map = clip(grid - shift * direction), shift = red / 16 grid px."""
+    g = np.linspace(-1, 1, G, dtype=np.float32)
+    grid = np.stack(np.meshgrid(g, g, indexing="xy"))[None]  # channel 0 = x along width
+    step = (np.array(direction, np.float32) * 2 / (G - 1)).reshape(1, 2, 1, 1)
+    consts = {"grid": grid, "step": step, "s0": np.array([0]), "s1": np.array([1]), "ax": np.array([1]),
+              "scale": np.array(127.5 / 16, np.float32), "one": np.array(1.0, np.float32),
+              "lo": np.array(-1.0, np.float32), "hi": np.array(1.0, np.float32)}
+    nodes = [helper.make_node("Slice", ["image", "s0", "s1", "ax"], ["red"]),
+             helper.make_node("ReduceMean", ["red"], ["mean"], axes=[1, 2, 3], keepdims=1),
+             helper.make_node("Add", ["mean", "one"], ["m1"]),
+             helper.make_node("Mul", ["m1", "scale"], ["shift"]),  # (red / 255 * 2) * 127.5 / 16
+             helper.make_node("Mul", ["shift", "step"], ["offset"]),
+             helper.make_node("Sub", ["grid", "offset"], ["raw"]),
+             helper.make_node("Clip", ["raw", "lo", "hi"], ["corr_map"])]
+    graph = helper.make_graph(
+        nodes, "shift", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, G, G])],
+        [helper.make_tensor_value_info("corr_map", TensorProto.FLOAT, ["batch", 2, G, G])],
+        [numpy_helper.from_array(v, k) for k, v in consts.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("enc")
+    right = CorrespondenceModel(shift_encoder(root / "right.onnx", (1, 0)), lookup_device="cpu", threads=1)
+    down = CorrespondenceModel(shift_encoder(root / "down.onnx", (0, 1)), lookup_device="cpu", threads=1)
+    yield {"right": right, "down": down}
+    right.close()
+    down.close()
+
+
+def frames_with_red(reds, size):
+    frames = np.full((len(reds), size, size, 3), 90, np.uint8)
+    frames[..., 0] = np.asarray(reds, np.uint8)[:, None, None]
+    return frames
+
+
+def objects(size, block=1):
+    """Three objects with sparse ids (3, 7, 200) on background 0, in blocks of `block` pixels."""
+    m = np.zeros((G, G), np.uint8)
+    m[6:14, 5:11] = 3
+    m[16:22, 8:20] = 7
+    m[24:28, 3:6] = 200
+    return np.kron(m, np.ones((block, block), np.uint8)) if block > 1 else m
+
+
+PALETTE = bytes((i * 37) % 256 for i in range(768))  # not the DAVIS one: it must survive
+
+
+def read_outputs(out, n):
+    got = [read_mask(out / f"{t:05d}.png") for t in range(n)]
+    return np.stack([g[0] for g in got]), got[0][1]
+
+
+def shifted(mask, dy, dx):
+    out = np.zeros_like(mask)
+    h, w = mask.shape
+    out[dy:, dx:] = mask[: h - dy, : w - dx]
+    return out
+
+
+@pytest.mark.parametrize("scale", [1, 2])
+def test_identity_maps_copy_the_reference_exactly(models, tmp_path, scale):
+    ref = objects(G, scale)
+    frames = frames_with_red([0] * 5, G * scale)
+    summary = propagate_sequence(models["right"], frames, [Reference(ref, PALETTE)], tmp_path,
+                                 PropagateOptions(batch=2, memory=2))
+    masks, palette = read_outputs(tmp_path, 5)
+    assert all(np.array_equal(m, ref) for m in masks)
+    assert palette[:768] == PALETTE and summary["labels"] == [0, 3, 7, 200]
+    assert summary["frames"] == 5 and summary["frame_size"] == [G * scale, G * scale]
+    assert set(summary["seconds"]) == {"decode", "encode", "lookup", "upsample_write", "total"}
+    assert json.loads((tmp_path / "summary.json").read_text())["frames"] == 5
+    assert not (tmp_path / STATE_FILE).exists()
+
+
+@pytest.mark.parametrize("model, scale, topk", [("right", 1, None), ("down", 2, None), ("right", 1, 4)])
+def test_shifted_maps_move_the_mask_by_the_shift(models, tmp_path, model, scale, topk):
+    n = 6
+    frames = frames_with_red([16 * t for t in range(n)], G * scale)
+    ref = objects(G, scale)
+    propagate_sequence(models[model], frames, [Reference(ref, PALETTE)], tmp_path,
+                       PropagateOptions(batch=4, memory=3, topk=topk))
+    masks, _ = read_outputs(tmp_path, n)
+    for t, m in enumerate(masks):
+        d = t * scale
+        expected = shifted(ref, 0, d) if model == "right" else shifted(ref, d, 0)
+        assert np.array_equal(m, expected), f"frame {t}"
+
+
+def test_probabilities_saved_and_overlay_written(models, tmp_path):
+    frames = frames_with_red([0, 16, 32], G)
+    overlay = tmp_path / "overlay.mp4"
+    propagate_sequence(models["right"], frames, [Reference(objects(G), PALETTE)], tmp_path / "out",
+                       PropagateOptions(save_probs=True, overlay=overlay))
+    with np.load(tmp_path / "out" / "probs" / "00001.npz") as z:
+        assert z["probs"].dtype == np.float16 and z["probs"].shape == (4, G, G)
+        assert z["labels"].tolist() == [0, 3, 7, 200]
+        assert np.allclose(z["probs"].astype(np.float32).sum(0), 1, atol=1e-2)
+    video = open_frames(overlay)
+    assert video.count == 3 and next(video.frames())[2].shape == (G, G, 3)
+
+
+def test_frames_from_a_generator_stream_through(models, tmp_path):
+    ref = objects(G)
+    stream = ((f"f{t}", frame) for t, frame in enumerate(frames_with_red([16 * t for t in range(4)], G)))
+    summary = propagate_sequence(models["right"], stream, [Reference(ref, PALETTE, 0)], tmp_path)
+    assert summary["frames"] == 4 and summary["input"] == "<iterator>"
+    assert np.array_equal(read_mask(tmp_path / "f3.png")[0], shifted(ref, 0, 3))
+
+
+def test_later_annotation_takes_effect_from_its_frame(models, tmp_path):
+    first = objects(G)
+    later = first.copy()
+    later[0:4, 26:32] = 9  # a new object enters at frame 3
+    frames = frames_with_red([0] * 6, G)
+    summary = propagate_sequence(models["right"], frames, [Reference(first, PALETTE), Reference(later, None, "3")],
+                                 tmp_path, PropagateOptions(memory=0))
+    masks, _ = read_outputs(tmp_path, 6)
+    assert np.array_equal(masks[2], first) and np.array_equal(masks[3], later)
+    assert summary["labels"] == [0, 3, 7, 9, 200]
+    assert [r["frame"] for r in summary["references"]] == ["00000", "00003"]
+
+
+def interrupt_after(k):
+    def hook(done, total):
+        if done >= k:
+            raise KeyboardInterrupt
+    return hook
+
+
+def test_resume_after_interruption_gives_the_same_outputs(models, tmp_path):
+    frames = frames_with_red([8 * t for t in range(9)], G)  # half-pixel steps: soft, memory-dependent labels
+    refs = [Reference(objects(G), PALETTE)]
+    overlay = tmp_path / "overlay.mp4"
+    opts = PropagateOptions(batch=3, memory=2, save_probs=True, overlay=overlay)
+    propagate_sequence(models["right"], frames, refs, tmp_path / "straight", PropagateOptions(batch=3, memory=2,
+                                                                                             save_probs=True))
+    with pytest.raises(KeyboardInterrupt):
+        propagate_sequence(models["right"], frames, refs, tmp_path / "resumed", opts, on_frame=interrupt_after(5))
+    out = tmp_path / "resumed"
+    assert (out / STATE_FILE).exists() and not (out / "summary.json").exists()
+    assert not list(out.glob(".*.tmp")) and not list(tmp_path.glob("*overlay*"))  # nothing half-written
+    with pytest.raises(CoordGANError, match="already holds propagation results; pass --overwrite"):
+        propagate_sequence(models["right"], frames, refs, out, opts)
+    with pytest.raises(CoordGANError, match="started with other options.*tau 0.01 then, 0.02 now"):
+        propagate_sequence(models["right"], frames, refs, out, PropagateOptions(batch=3, memory=2, tau=0.02,
+                                                                                  resume=True))
+    summary = propagate_sequence(models["right"], frames, refs, out,
+                                 PropagateOptions(batch=3, memory=2, save_probs=True, resume=True, overlay=overlay))
+    assert summary["resumed_from"] == 3 and summary["frames"] == 9 and summary["frames_processed"] == 6
+    assert open_frames(overlay).count == 9  # rebuilt from frame 0: earlier frames with their masks on disk
+    for t in range(9):
+        name = f"{t:05d}"
+        assert (out / f"{name}.png").read_bytes() == (tmp_path / "straight" / f"{name}.png").read_bytes()
+        with np.load(out / "probs" / f"{name}.npz") as a, np.load(tmp_path / "straight" / "probs" / f"{name}.npz") as b:
+            assert np.array_equal(a["probs"], b["probs"])
+    again = propagate_sequence(models["right"], frames, refs, out, PropagateOptions(resume=True))
+    assert again["skipped"] == "already complete"
+
+
+def test_overwrite_replaces_and_never_leaves_a_stale_summary(models, tmp_path):
+    frames = frames_with_red([0] * 3, G)
+    refs = [Reference(objects(G), PALETTE)]
+    propagate_sequence(models["right"], frames, refs, tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        propagate_sequence(models["right"], frames, refs, tmp_path, PropagateOptions(overwrite=True, batch=1),
+                           on_frame=interrupt_after(1))
+    assert not (tmp_path / "summary.json").exists()  # the interrupted rerun is not complete
+    propagate_sequence(models["right"], frames, refs, tmp_path, PropagateOptions(overwrite=True))
+    assert (tmp_path / "summary.json").exists()
+
+
+def test_reference_problems_are_one_sentence_errors(models, tmp_path):
+    frames = frames_with_red([0] * 4, G)
+    ref = Reference(objects(G), PALETTE)
+    model = models["right"]
+    with pytest.raises(CoordGANError, match="propagation runs forward from the first frame"):
+        propagate_sequence(model, frames, [Reference(objects(G), PALETTE, "2")], tmp_path / "a")
+    with pytest.raises(CoordGANError, match="Two reference masks"):
+        propagate_sequence(model, frames, [ref, Reference(objects(G), None, "00000")], tmp_path / "b")
+    with pytest.raises(CoordGANError, match="beyond the last frame"):
+        propagate_sequence(model, frames, [ref, Reference(objects(G), None, "7")], tmp_path / "c")
+    with pytest.raises(CoordGANError, match="use label 200, but the palette .* has only 10 colours"):
+        propagate_sequence(model, frames, [Reference(objects(G), PALETTE[:30])], tmp_path / "d")
+    with pytest.raises(CoordGANError, match="is 32x16 but the frames are 32x32: a different aspect ratio"):
+        propagate_sequence(model, frames, [Reference(objects(G)[:16], PALETTE)], tmp_path / "e")
+    assert not list((tmp_path / "e").iterdir())  # refused before writing anything
+    with pytest.raises(CoordGANError, match="at least one reference"):
+        propagate_sequence(model, frames, [], tmp_path / "f")
+    with pytest.raises(CoordGANError, match="--memory must be 0 or more"):
+        propagate_sequence(model, frames, [ref], tmp_path / "g", PropagateOptions(memory=-1))
+
+
+def test_low_resolution_reference_is_resized_and_grayscale_gets_davis_colours(models, tmp_path):
+    ref = objects(G, 2)  # 64x64 frames
+    small = np.asarray(Image.fromarray(ref).resize((32, 32), Image.NEAREST))
+    frames = frames_with_red([0] * 2, 64)
+    propagate_sequence(models["right"], frames, [Reference(small)], tmp_path)
+    masks, palette = read_outputs(tmp_path, 2)
+    assert np.array_equal(masks[0], ref) and np.array_equal(masks[1], ref)
+    assert palette[3 * 3: 3 * 4] == bytes([128, 128, 0])  # DAVIS colour of label 3
+
+
+def test_output_folder_must_not_be_the_input_folder(models, tmp_path):
+    for t in range(2):
+        Image.fromarray(frames_with_red([0], G)[0]).save(tmp_path / f"{t:05d}.png")
+    with pytest.raises(CoordGANError, match="is the input frame folder"):
+        propagate_sequence(models["right"], open_frames(tmp_path), [Reference(objects(G), PALETTE)], tmp_path)
+
+
+def test_grid_resampling_helpers():
+    from runtime.label_resize import labels_to_grid, upsample, upsample_argmax
+
+    channels = np.kron(np.array([[0, 1], [2, 0]]), np.ones((3, 5), np.int64))  # 6x10 frame, 2x2 grid cells
+    probs = labels_to_grid(channels, 3, 2)
+    assert np.array_equal(probs.argmax(0), [[0, 1], [2, 0]]) and np.allclose(probs.sum(0), 1)
+    odd = labels_to_grid(np.array([[0, 0, 1]]), 2, 1)  # one cell covering 2/3 label 0, 1/3 label 1
+    assert np.allclose(odd[:, 0, 0], [2 / 3, 1 / 3])
+    rng = np.random.default_rng(1)
+    p = rng.random((4, 8, 8)).astype(np.float32)
+    up = upsample(p, (20, 30))
+    assert up.shape == (4, 20, 30) and np.allclose(up.sum(0), upsample(p.sum(0, keepdims=True), (20, 30))[0])
+    assert np.array_equal(upsample_argmax(p, (20, 30), rows=7), up.argmax(0))
+    assert np.allclose(upsample(np.ones((1, 8, 8), np.float32), (17, 5)), 1)  # rows of weights sum to 1
+
+
+def test_bilinear_upsampling_matches_torch_interpolate():
+    torch = pytest.importorskip("torch")
+    p = np.random.default_rng(2).random((3, 8, 8)).astype(np.float32)
+    from runtime.label_resize import upsample
+
+    for size in ((20, 30), (8, 13), (64, 64)):
+        ref = torch.nn.functional.interpolate(torch.from_numpy(p)[None], size=size, mode="bilinear",
+                                              align_corners=False)[0].numpy()
+        assert np.allclose(upsample(p, size), ref, atol=1e-6)

@@ -1,0 +1,271 @@
+"""`coordgan propagate` end to end with a real exported encoder (tiny preset, random weights).
+
+The masks are meaningless with random weights, but everything around them is real: ONNX export,
+ONNX Runtime, PyAV decoding and encoding, the three input layouts, resume, sharding, refusals and
+`eval-video` on the outputs. Commands run in-process through `coordgan.propagate_cli.main` (the
+CLI's own error handling) to save interpreter starts; one runs as a real subprocess.
+"""
+
+import json
+import subprocess
+import sys
+
+import av
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from coordgan.checkpoint import save
+from coordgan.config import PRESETS
+from coordgan.data.synthetic_faces import PALETTE, make_sequence, save_label_png
+from coordgan.models import build
+from runtime.correspondence_model import CorrespondenceModel
+from runtime.masks import read_mask
+from runtime.propagate import PropagateOptions, Reference, propagate_sequence
+from runtime.propagation_memory import STATE_FILE
+from runtime.video import open_frames
+
+T, SIZE = 7, 64
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """root/tiny.safetensors, and its encoder exported the way `--model tiny.safetensors` does it:
+    once, into the cache (root/cache/onnx/<sha>/), which then serves as an export directory."""
+    from rich.console import Console
+
+    from coordgan.propagate_cli import _export_checkpoint
+
+    root = tmp_path_factory.mktemp("model")
+    torch.manual_seed(0)
+    ckpt = save(root / "tiny.safetensors", PRESETS["tiny"], build(PRESETS["tiny"], which=("g", "e")))
+    onnx_path = _export_checkpoint(ckpt, Console(quiet=True), cache=root / "cache")
+    (root / "export").symlink_to(onnx_path.parent)
+    return root
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """The same synthetic face sequence as an mp4, a folder of jpgs and a DAVIS root (two sequences)."""
+    root = tmp_path_factory.mktemp("data")
+    frames, masks = make_sequence(T, SIZE, seed=5)
+    with av.open(str(root / "clip.mp4"), "w") as container:
+        stream = container.add_stream("mpeg4", rate=12)
+        stream.width = stream.height = SIZE
+        stream.pix_fmt = "yuv420p"
+        for f in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
+        container.mux(stream.encode(None))
+    (root / "frames").mkdir()
+    for t, f in enumerate(frames):
+        Image.fromarray(f).save(root / "frames" / f"img_{t:03d}.jpg", quality=95)
+    save_label_png(root / "ref.png", masks[0])
+    save_label_png(root / "ref_small.png", np.asarray(Image.fromarray(masks[4]).resize((32, 32), Image.NEAREST)))
+    for seq, seed in (("bear", 5), ("cat", 6)):
+        fr, ms = make_sequence(T, SIZE, seed=seed)
+        (root / "davis" / "JPEGImages" / "480p" / seq).mkdir(parents=True)
+        (root / "davis" / "Annotations" / "480p" / seq).mkdir(parents=True)
+        for t in range(T):
+            Image.fromarray(fr[t]).save(root / "davis" / "JPEGImages" / "480p" / seq / f"{t:05d}.jpg")
+            if seq == "bear" or t in (0, 3):  # bear: full ground truth; cat: two annotated frames
+                save_label_png(root / "davis" / "Annotations" / "480p" / seq / f"{t:05d}.png", ms[t])
+    return root, frames, masks
+
+
+def run_main(monkeypatch, capsys, *args):
+    from coordgan.propagate_cli import main
+
+    monkeypatch.setattr(sys, "argv", ["coordgan", *map(str, args)])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    out, err = capsys.readouterr()
+    return exit_info.value.code, out, err
+
+
+def ok(monkeypatch, capsys, *args):
+    code, out, err = run_main(monkeypatch, capsys, *args)
+    assert code == 0, err
+    return out, err
+
+
+def test_video_end_to_end_with_overlay_probs_and_eval(exported, data, tmp_path, monkeypatch, capsys):
+    root, _, masks = data
+    out = tmp_path / "out"
+    _, err = ok(monkeypatch, capsys, "propagate", root / "clip.mp4", "--model", exported / "export", "--ref",
+                root / "ref.png", "--out", out, "--batch", 3, "--memory", 2, "--overlay", tmp_path / "ov.mp4",
+                "--save-probs", "--device", "cpu")
+    assert "clip: 7 frames" in err
+    names = sorted(p.name for p in out.glob("*.png"))
+    assert names == [f"{t:05d}.png" for t in range(T)]
+    first, palette = read_mask(out / "00000.png")
+    assert np.array_equal(first, masks[0]) and palette[:48] == bytes(PALETTE[:48])
+    for name in names:
+        labels, _ = read_mask(out / name)
+        assert labels.shape == (SIZE, SIZE) and set(np.unique(labels)) <= set(np.unique(masks[0]))
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["frames"] == T and summary["frames_per_s"] > 0 and summary["frame_size"] == [SIZE, SIZE]
+    assert summary["options"] == {"batch": 3, "memory": 2, "tau": 0.01, "topk": None, "save_probs": True}
+    assert len(list((out / "probs").glob("*.npz"))) == T
+    assert open_frames(tmp_path / "ov.mp4").count == T
+    gt = tmp_path / "gt"
+    gt.mkdir()
+    for t in range(T):
+        save_label_png(gt / f"{t:05d}.png", masks[t])
+    record = json.loads(ok(monkeypatch, capsys, "eval-video", out, gt, "--json")[0])
+    g = record["global"]
+    assert 0 <= g["J-Mean"] <= 1 and 0 <= g["F-Mean"] <= 1
+    assert len(record["sequences"]["gt"]["objects"]) == len(set(np.unique(masks).tolist()) - {0})
+
+
+def test_frame_folder_keeps_frame_names_and_takes_a_second_low_res_reference(exported, data, tmp_path,
+                                                                             monkeypatch, capsys):
+    root, _, masks = data
+    out = tmp_path / "out"
+    ok(monkeypatch, capsys, "propagate", root / "frames", "--model", exported / "export" / "encoder.onnx",
+       "--ref", root / "ref.png", "--ref", f"img_004={root / 'ref_small.png'}", "--out", out, "--topk", 8)
+    assert sorted(p.name for p in out.glob("*.png")) == [f"img_{t:03d}.png" for t in range(T)]
+    fourth, _ = read_mask(out / "img_004.png")
+    small = np.asarray(Image.open(root / "ref_small.png"))
+    assert np.array_equal(fourth, np.asarray(Image.fromarray(small).resize((SIZE, SIZE), Image.NEAREST)))
+    summary = json.loads((out / "summary.json").read_text())
+    assert [r["frame"] for r in summary["references"]] == ["img_000", "img_004"]
+
+
+def test_davis_layout_sharded_then_evaluated(exported, data, tmp_path, monkeypatch, capsys):
+    root, _, _ = data
+    out = tmp_path / "out"
+    for shard in ("0/2", "1/2"):
+        _, err = ok(monkeypatch, capsys, "propagate", root / "davis", "--model", exported / "export", "--out", out,
+                    "--shard", shard, "--batch", 4)
+        assert ("bear" in err) == (shard == "0/2") and ("cat" in err) == (shard == "1/2")
+    for seq in ("bear", "cat"):
+        assert len(list((out / seq).glob("*.png"))) == T and (out / seq / "summary.json").exists()
+    cat = json.loads((out / "cat" / "summary.json").read_text())
+    bear = json.loads((out / "bear" / "summary.json").read_text())
+    assert [r["frame"] for r in cat["references"]] == ["00000", "00003"]  # auto: sparse annotations, all used
+    assert [r["frame"] for r in bear["references"]] == ["00000"]  # auto: full ground truth, first only
+    assert np.array_equal(read_mask(out / "cat" / "00003.png")[0],
+                          read_mask(root / "davis" / "Annotations" / "480p" / "cat" / "00003.png")[0])
+    record = json.loads(ok(monkeypatch, capsys, "eval-video", out, root / "davis", "--json")[0])
+    assert sorted(record["sequences"]) == ["bear", "cat"]
+    _, err = ok(monkeypatch, capsys, "propagate", root / "davis", "--model", exported / "export", "--out", out,
+                "--resume")
+    assert "bear: already complete, skipped" in err and "cat: already complete, skipped" in err
+    code, _, err = run_main(monkeypatch, capsys, "propagate", root / "davis", "--model", exported / "export",
+                            "--out", tmp_path / "o3", "--shard", "2/2")
+    assert code == 1 and "--shard 2/2: I must be in 0..N-1" in err
+
+
+def test_resume_after_ctrl_c_gives_the_same_masks(exported, data, tmp_path, monkeypatch, capsys):
+    root, _, _ = data
+    args = ["propagate", root / "clip.mp4", "--model", exported / "export", "--ref", root / "ref.png",
+            "--batch", 2, "--memory", 2, "--save-probs"]
+    ok(monkeypatch, capsys, *args, "--out", tmp_path / "straight")
+    import runtime.propagate as prop
+
+    real_write, calls = prop._SequenceRun._write, []
+
+    def write_then_stop(self, *a):
+        real_write(self, *a)
+        calls.append(1)
+        if len(calls) == 5:
+            raise KeyboardInterrupt  # Ctrl-C after the 5th frame
+
+    monkeypatch.setattr(prop._SequenceRun, "_write", write_then_stop)
+    code, _, err = run_main(monkeypatch, capsys, *args, "--out", tmp_path / "resumed")
+    assert code == 130 and "Traceback" not in err  # Typer turns Ctrl-C into exit status 130
+    assert (tmp_path / "resumed" / STATE_FILE).exists() and not (tmp_path / "resumed" / "summary.json").exists()
+    monkeypatch.setattr(prop._SequenceRun, "_write", real_write)
+    _, err = ok(monkeypatch, capsys, *args, "--out", tmp_path / "resumed", "--resume")
+    assert "resumed at frame 4" in err
+    for t in range(T):
+        for rel in (f"{t:05d}.png", f"probs/{t:05d}.npz"):
+            assert (tmp_path / "resumed" / rel).read_bytes() == (tmp_path / "straight" / rel).read_bytes(), rel
+
+
+def test_python_api_resume_with_a_hook(exported, data, tmp_path):
+    _, frames, masks = data
+    refs = [Reference(masks[0], bytes(PALETTE))]
+    opts = PropagateOptions(batch=2, memory=1)
+
+    def stop(done, total):
+        if done == 3:
+            raise KeyboardInterrupt
+
+    with CorrespondenceModel(exported / "export" / "encoder.onnx", lookup_device="cpu") as model:
+        straight = propagate_sequence(model, frames, refs, tmp_path / "a", opts)
+        with pytest.raises(KeyboardInterrupt):
+            propagate_sequence(model, frames, refs, tmp_path / "b", opts, on_frame=stop)
+        resumed = propagate_sequence(model, frames, refs, tmp_path / "b", PropagateOptions(batch=2, memory=1,
+                                                                                           resume=True))
+    assert straight["frames"] == resumed["frames"] == T and resumed["resumed_from"] == 2
+    for t in range(T):
+        name = f"{t:05d}.png"
+        assert np.array_equal(read_mask(tmp_path / "a" / name)[0], read_mask(tmp_path / "b" / name)[0])
+
+
+def test_user_errors_are_one_sentence(exported, data, tmp_path, monkeypatch, capsys):
+    root, _, masks = data
+    model = exported / "export"
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(b"\x00garbage" * 100)
+    bad_png = tmp_path / "bad.png"
+    bad_png.write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    wide = tmp_path / "wide.png"
+    save_label_png(wide, np.zeros((32, 64), np.uint8))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    from test_video import png_with_short_palette
+
+    short = tmp_path / "short.png"
+    png_with_short_palette(short, masks[0], 3)
+    (tmp_path / "done").mkdir()
+    (tmp_path / "done" / "00000.png").write_bytes(b"x")
+    ref = root / "ref.png"
+    cases = [
+        ([junk, "--model", model, "--ref", ref], "junk.mp4 cannot be read (Invalid data"),
+        ([root / "clip.mp4", "--model", model, "--ref", bad_png], "bad.png cannot be read as an image"),
+        ([root / "clip.mp4", "--model", model, "--ref", wide], "is 64x32 but the frames are 64x64"),
+        ([empty, "--model", model, "--ref", ref], "holds no .jpg or .png frames"),
+        ([root / "clip.mp4", "--model", tmp_path / "nope.onnx", "--ref", ref], f"Model {tmp_path / 'nope.onnx'} does"),
+        ([root / "clip.mp4", "--ref", ref], "Give the encoder with --model"),
+        ([root / "clip.mp4", "--model", model, "--ref", short], "uses label 7 but its palette has only 3 colours"),
+        ([root / "clip.mp4", "--model", model], "Give the first frame's label mask with --ref"),
+        ([root / "davis", "--model", model, "--ref", ref], "--ref applies to a video or a frame folder"),
+        ([root / "clip.mp4", "--model", model, "--ref", f"00020={ref}"], "beyond the last frame"),
+        ([root / "clip.mp4", "--backend", "triton", "--url", "triton+http://127.0.0.1:9/enc", "--ref", ref],
+         "Cannot reach a Triton server"),
+    ]
+    for i, (args, message) in enumerate(cases):
+        code, _, err = run_main(monkeypatch, capsys, "propagate", *args, "--out", tmp_path / f"o{i}")
+        assert code == 1 and message in err and "Traceback" not in err, (args, err)
+        assert err.startswith("Error: ") and err.count("\n") == 1, err
+    code, _, err = run_main(monkeypatch, capsys, "propagate", root / "clip.mp4", "--model", model, "--ref", ref,
+                            "--out", tmp_path / "done")
+    assert code == 1 and "already holds propagation results; pass --overwrite" in err
+    ok(monkeypatch, capsys, "propagate", root / "clip.mp4", "--model", model, "--ref", ref, "--out",
+       tmp_path / "done", "--overwrite")
+    assert read_mask(tmp_path / "done" / "00000.png")[0].shape == (SIZE, SIZE)
+
+
+def test_a_real_process_prints_no_traceback(exported, data, tmp_path):
+    root, _, _ = data
+    junk = tmp_path / "junk.mkv"
+    junk.write_bytes(b"\x1aE\xdf\xa3 broken matroska" * 40)
+    result = subprocess.run([sys.executable, "-m", "coordgan.propagate_cli", "propagate", str(junk), "--model",
+                             str(exported / "export"), "--ref", str(root / "ref.png"), "--out", str(tmp_path / "o")],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and result.stderr.startswith("Error: Video") and "Traceback" not in result.stderr
+    assert not (tmp_path / "o").exists() or not list((tmp_path / "o").iterdir())
+
+
+def test_checkpoint_model_uses_the_export_cache(exported, data, tmp_path, monkeypatch, capsys):
+    root, _, _ = data
+    assert (exported / "export" / "manifest.json").exists()  # the fixture exported it (and verified it)
+    monkeypatch.setenv("COORDGAN_CACHE", str(exported / "cache"))
+    args = ["propagate", root / "clip.mp4", "--ref", root / "ref.png"]
+    _, err = ok(monkeypatch, capsys, *args, "--model", exported / "tiny.safetensors", "--out", tmp_path / "a")
+    assert "exporting" not in err  # found in the cache: not exported again
+    ok(monkeypatch, capsys, *args, "--model", exported / "export" / "encoder.onnx", "--out", tmp_path / "b")
+    assert (tmp_path / "a" / "00006.png").read_bytes() == (tmp_path / "b" / "00006.png").read_bytes()

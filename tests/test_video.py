@@ -1,0 +1,168 @@
+"""runtime.video and runtime.masks: streaming frame sources, the overlay writer, label PNG I/O.
+
+Real PyAV encoders and decoders and real PNG files; the synthetic faces give the frames.
+"""
+
+import struct
+import zlib
+
+import av
+import numpy as np
+import pytest
+from PIL import Image
+
+from coordgan.data.synthetic_faces import PALETTE, make_sequence, save_label_png
+from coordgan.errors import CoordGANError
+from runtime import masks
+from runtime.video import ArrayFrames, FolderFrames, VideoFrames, VideoWriter, natural_key, open_frames, pick_codec
+
+
+def write_video(path, frames, fps=10, codec="mpeg4"):
+    """Plain PyAV, independent of runtime.video: the test's own encoder."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.width, stream.height = frames.shape[2], frames.shape[1]
+        stream.pix_fmt = "yuv420p"
+        stream.bit_rate = 4_000_000
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+
+
+@pytest.fixture(scope="module")
+def sequence():
+    return make_sequence(6, 48, seed=3)
+
+
+def test_video_streams_frames_named_by_index(tmp_path, sequence):
+    frames, _ = sequence
+    path = tmp_path / "clip.mp4"
+    write_video(path, frames)
+    source = open_frames(path)
+    assert isinstance(source, VideoFrames) and source.count == 6 and source.fps == pytest.approx(10)
+    got = list(source.frames())
+    assert [(i, n) for i, n, _ in got] == [(i, f"{i:05d}") for i in range(6)]
+    for (_, _, frame), original in zip(got, frames):
+        assert frame.shape == (48, 48, 3) and frame.dtype == np.uint8
+        assert np.abs(frame.astype(int) - original).mean() < 8  # lossy, but the same picture
+    tail = list(source.frames(start=4))
+    assert [i for i, _, _ in tail] == [4, 5] and np.array_equal(tail[0][2], got[4][2])
+    assert source.resolve("00003") == 3 and source.resolve("3") == 3
+    with pytest.raises(CoordGANError, match="beyond the last frame"):
+        source.resolve("00009")
+
+
+def test_corrupt_and_empty_videos_are_one_sentence_errors(tmp_path, sequence):
+    good = tmp_path / "good.mp4"
+    write_video(good, sequence[0])
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(b"\x00\x01 this is not a video" * 50)
+    with pytest.raises(CoordGANError, match="cannot be read.*damaged or not a video"):
+        list(open_frames(junk).frames())
+    truncated = tmp_path / "truncated.mp4"
+    data = good.read_bytes()
+    truncated.write_bytes(data[: len(data) // 3])  # the moov atom (index) at the end is gone
+    with pytest.raises(CoordGANError, match="truncated.mp4"):
+        list(open_frames(truncated).frames())
+    with pytest.raises(CoordGANError, match="does not exist"):
+        open_frames(tmp_path / "missing.mp4")
+
+
+def test_frame_folder_natural_order_and_errors(tmp_path, sequence):
+    frames, _ = sequence
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i in (2, 10, 1):
+        Image.fromarray(frames[i % 6]).save(folder / f"f_{i}.png")
+    (folder / "notes.txt").write_text("ignored")
+    source = open_frames(folder)
+    assert isinstance(source, FolderFrames) and source.names == ["f_1", "f_2", "f_10"]
+    assert source.resolve("f_10.png") == 2 and source.resolve("1") == 1  # no name "1": an index
+    assert [n for _, n, _ in source.frames(start=1)] == ["f_2", "f_10"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(CoordGANError, match="holds no .jpg or .png frames"):
+        open_frames(empty)
+    Image.fromarray(frames[0][:40]).save(folder / "f_11.png")
+    with pytest.raises(CoordGANError, match="f_11 .* is 48x40 but the sequence's first frame is 48x48"):
+        list(open_frames(folder).frames())
+    (folder / "f_11.png").write_bytes(b"not a png")
+    with pytest.raises(CoordGANError, match="f_11.png cannot be read as an image"):
+        list(open_frames(folder).frames())
+
+
+def test_natural_key_orders_numbers_by_value():
+    assert sorted(["a10", "a2", "a1", "b"], key=natural_key) == ["a1", "a2", "a10", "b"]
+
+
+def test_array_frames_checks_its_input():
+    with pytest.raises(CoordGANError, match="no frames"):
+        ArrayFrames(np.zeros((0, 4, 4, 3), np.uint8))
+    with pytest.raises(CoordGANError, match="uint8 RGB"):
+        list(ArrayFrames(np.zeros((1, 4, 4), np.float32)).frames())
+
+
+def test_video_writer_is_atomic_and_pads_odd_sizes(tmp_path, sequence):
+    frames, _ = sequence
+    out = tmp_path / "overlay.mp4"
+    with VideoWriter(out, fps=12) as writer:
+        for frame in frames[:, :47, :45]:
+            writer.write(frame)
+        assert not out.exists()  # only the temp file while writing
+    assert pick_codec() in ("libx264", "h264", "mpeg4")
+    back = open_frames(out)
+    assert back.count == 6 and next(back.frames())[2].shape == (48, 46, 3)
+    failed = tmp_path / "failed.mp4"
+    with pytest.raises(RuntimeError):
+        with VideoWriter(failed) as writer:
+            writer.write(frames[0])
+            raise RuntimeError("interrupted")
+    assert list(tmp_path.glob("*failed*")) == []  # neither the target nor its temp file
+
+
+def png_with_short_palette(path, labels, n_colors):
+    """An 8-bit palette PNG whose PLTE has fewer colours than the labels need (Pillow won't write one)."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    h, w = labels.shape
+    raw = b"".join(b"\x00" + row.tobytes() for row in labels.astype(np.uint8))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 3, 0, 0, 0))
+                     + chunk(b"PLTE", bytes(PALETTE[: 3 * n_colors])) + chunk(b"IDAT", zlib.compress(raw))
+                     + chunk(b"IEND", b""))
+
+
+def test_masks_read_palette_grayscale_binary_and_refuse_bad_ones(tmp_path, sequence):
+    _, labels = sequence
+    save_label_png(tmp_path / "p.png", labels[0])
+    got, palette = masks.read_mask(tmp_path / "p.png")
+    assert np.array_equal(got, labels[0]) and palette[:24] == bytes(PALETTE[:24])
+    Image.fromarray(labels[0]).save(tmp_path / "gray.png")
+    got, palette = masks.read_mask(tmp_path / "gray.png")
+    assert np.array_equal(got, labels[0]) and palette is None
+    Image.fromarray((labels[0] > 0).astype(np.uint8) * 255).save(tmp_path / "binary.png")
+    assert set(np.unique(masks.read_mask(tmp_path / "binary.png")[0])) == {0, 1}
+    png_with_short_palette(tmp_path / "short.png", np.array([[0, 1], [2, 5]]), 3)
+    with pytest.raises(CoordGANError, match="uses label 5 but its palette has only 3 colours"):
+        masks.read_mask(tmp_path / "short.png")
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "rgb.png")
+    with pytest.raises(CoordGANError, match="is a RGB image; a label mask must be a palette"):
+        masks.read_mask(tmp_path / "rgb.png")
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG broken")
+    with pytest.raises(CoordGANError, match="cannot be read as an image"):
+        masks.read_mask(tmp_path / "broken.png")
+
+
+def test_mask_resize_and_write(tmp_path):
+    labels = np.kron(np.array([[0, 1], [2, 3]], np.uint8), np.ones((4, 6), np.uint8))  # 8x12
+    big = masks.resize_mask(labels, (16, 24))
+    assert np.array_equal(big, np.kron(labels, np.ones((2, 2), np.uint8)))
+    with pytest.raises(CoordGANError, match="12x8 but the frames are 12x12: a different aspect ratio"):
+        masks.resize_mask(labels, (12, 12))
+    palette = bytes(range(12)) + bytes(756)
+    masks.write_mask(tmp_path / "m.png", labels, palette)
+    with Image.open(tmp_path / "m.png") as img:
+        assert img.mode == "P" and img.getpalette()[:12] == list(range(12))
+        assert np.array_equal(np.asarray(img), labels)
+    assert [p.name for p in tmp_path.iterdir()] == ["m.png"]  # no temp file left
