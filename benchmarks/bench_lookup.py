@@ -32,23 +32,9 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from runtime import cuda_driver  # noqa: E402
+from runtime.bench.workload import warp_maps as warp  # noqa: E402
 from runtime.lookup import cuda as cl  # noqa: E402
 from runtime.lookup.cpu import lookup_dense, lookup_sparse  # noqa: E402
-
-
-def warp(rng, n: int, h: int, w: int, amp: float = 0.12) -> np.ndarray:
-    """(n, 2, h, w) canonical grid + low-frequency sinusoidal displacement, clipped to [-1, 1]."""
-    x = np.broadcast_to(np.linspace(-1, 1, w, dtype=np.float32)[None, :], (h, w))
-    y = np.broadcast_to(np.linspace(-1, 1, h, dtype=np.float32)[:, None], (h, w))
-    out = np.empty((n, 2, h, w), np.float32)
-    for i in range(n):
-        ph = rng.uniform(0, 2 * np.pi, 4)
-        fr = rng.uniform(0.5, 2.0, 4)
-        dx = amp * np.sin(np.pi * fr[0] * y + ph[0]) * np.cos(np.pi * fr[1] * x + ph[1])
-        dy = amp * np.sin(np.pi * fr[2] * x + ph[2]) * np.cos(np.pi * fr[3] * y + ph[3])
-        out[i, 0] = np.clip(x + dx, -1, 1)
-        out[i, 1] = np.clip(y + dy, -1, 1)
-    return out
 
 
 def make_inputs(rng, n: int, size: int, c: int, r: int = 1):

@@ -24,6 +24,7 @@ app = typer.Typer(
 
 
 def _register_subcommands() -> None:
+    from coordgan.bench_cli import register as register_bench
     from coordgan.eval_cli import register as register_eval
     from coordgan.propagate_cli import register as register_propagate
     from coordgan.train.cli import register as register_train
@@ -32,6 +33,7 @@ def _register_subcommands() -> None:
     register_train(app)
     register_eval(app)
     register_propagate(app)
+    register_bench(app)
     app.add_typer(export_app, name="export")
 
 

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from coordgan.errors import CoordGANError
+from runtime.bench.workload import warp_maps as warp
 from runtime.lookup import lookup
 from runtime.lookup import cpu
 from runtime.lookup.cpu import lookup_dense, lookup_sparse
@@ -49,21 +50,6 @@ def rng():
 
 def grid(h: int, w: int) -> np.ndarray:
     return canonical_grid(h, w).numpy()
-
-
-def warp(rng, n: int, h: int, w: int, amp: float = 0.12) -> np.ndarray:
-    """(n, 2, h, w) canonical grid + low-frequency sinusoidal displacement, clipped to [-1, 1]."""
-    g = grid(h, w)
-    out = np.empty((n, 2, h, w), np.float32)
-    for i in range(n):
-        ph = rng.uniform(0, 2 * np.pi, 4)
-        fr = rng.uniform(0.5, 2.0, 4)
-        x, y = g[0], g[1]
-        dx = amp * np.sin(np.pi * fr[0] * y + ph[0]) * np.cos(np.pi * fr[1] * x + ph[1])
-        dy = amp * np.sin(np.pi * fr[2] * x + ph[2]) * np.cos(np.pi * fr[3] * y + ph[3])
-        out[i, 0] = np.clip(x + dx, -1, 1)
-        out[i, 1] = np.clip(y + dy, -1, 1)
-    return out
 
 
 def probs(rng, n: int, r: int, c: int, h: int, w: int, one_hot: bool = False) -> np.ndarray:

@@ -1,0 +1,181 @@
+"""`coordgan bench`: statistics on known samples, end-to-end runs on the tiny preset (torch + ONNX
+Runtime CPU) for every target with JSON / CSV / PNG output, skipped backends with reasons, --compare."""
+
+import csv
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import typer
+from PIL import Image
+from typer.testing import CliRunner
+
+from coordgan.bench_cli import register
+from coordgan.errors import CoordGANError
+from runtime.bench.report import compare, to_csv
+from runtime.bench.stats import percentile, summarize
+from runtime.bench.workload import upsample_probs
+
+
+def make_app():
+    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    register(app)
+
+    @app.callback()
+    def _root():  # a group, so the command is invoked as `bench ...` as under `coordgan`
+        pass
+
+    return app
+
+
+def invoke(*args):
+    return CliRunner().invoke(make_app(), ["bench", *map(str, args)])
+
+
+# -- statistics -------------------------------------------------------------------------------------
+
+def test_percentiles_of_known_samples():
+    samples = [float(x) for x in range(1, 11)]  # 1..10
+    assert percentile(samples, 0) == 1.0
+    assert percentile(samples, 100) == 10.0
+    assert percentile(samples, 50) == pytest.approx(5.5)
+    assert percentile(samples, 90) == pytest.approx(9.1)
+    assert percentile(samples, 99) == pytest.approx(9.91)
+    assert percentile([7.0], 99) == 7.0
+    rng = np.random.default_rng(0)
+    data = list(rng.exponential(10.0, size=37))
+    for q in (50, 90, 99):
+        assert percentile(data, q) == pytest.approx(float(np.percentile(data, q)))
+    with pytest.raises(ValueError):
+        percentile([], 50)
+
+
+def test_summary_throughput_and_spread():
+    s = summarize([10.0, 20.0, 30.0, 40.0], batch=4)
+    assert s["iters"] == 4
+    assert s["mean_ms"] == pytest.approx(25.0)
+    assert s["p50_ms"] == pytest.approx(25.0)
+    assert s["min_ms"] == 10.0 and s["max_ms"] == 40.0
+    assert s["throughput"] == pytest.approx(4 * 1000 / 25.0)  # items/s over the whole loop
+    assert s["std_ms"] == pytest.approx(float(np.std([10, 20, 30, 40], ddof=1)))
+
+
+def test_upsample_matches_torch_bilinear():
+    torch = pytest.importorskip("torch")
+    p = np.random.default_rng(1).random((2, 3, 8, 6), dtype=np.float32)
+    ours = upsample_probs(p, (19, 11))
+    ref = torch.nn.functional.interpolate(torch.from_numpy(p), size=(19, 11), mode="bilinear", align_corners=False)
+    np.testing.assert_allclose(ours, ref.numpy(), atol=1e-5)
+
+
+# -- end to end on the tiny preset ------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("bench-cache")
+
+
+@pytest.mark.parametrize("target", ["encoder", "generator", "lookup", "pipeline"])
+def test_bench_end_to_end_tiny(target, cache_dir, tmp_path):
+    out_json, out_csv, out_png = tmp_path / "r.json", tmp_path / "r.csv", tmp_path / "r.png"
+    backends = "torch,ort-cpu,ort-cuda,trt,triton" + (",published" if target == "pipeline" else "")
+    result = invoke(target, "--preset", "tiny", "--backends", backends, "--batch", "1,2", "--warmup", "1",
+                    "--iters", "2", "--threads", "1", "--cache-dir", cache_dir, "--frame-size", "40x48",
+                    "--json", out_json, "--csv", out_csv, "--plot", out_png)
+    assert result.exit_code == 0, (result.output, result.exception)
+    data = json.loads(out_json.read_text())
+    assert data["format"] == "coordgan-bench/1" and data["meta"]["target"] == target
+    rows = data["rows"]
+    timed = {(r["backend"], r["batch"]) for r in rows if r["status"] == "ok"}
+    expected = {"torch", "ort-cpu"} | ({"published"} if target == "pipeline" else set())
+    assert timed == {(b, n) for b in expected for n in (1, 2)}, rows
+    for r in rows:
+        if r["status"] == "ok":
+            assert r["iters"] == 2 and r["target"] == target
+            assert 0 < r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"] <= r["max_ms"]
+            assert r["throughput"] == pytest.approx(r["batch"] * 1000 / r["mean_ms"])
+            assert r["host_peak_mb"] >= 0
+    skipped = {r["backend"]: r["reason"] for r in rows if r["status"] == "skipped"}
+    assert "trt" in skipped and "--trt-dir" in skipped["trt"] or target == "lookup"
+    assert "triton" in skipped and "--url" in skipped["triton"] or target == "lookup"
+    if target == "lookup":  # no engine / served model of its own: skipped with that reason
+        assert "trt" in skipped and "triton" in skipped
+    from runtime.lookup import cuda_available
+
+    if not cuda_available():
+        assert skipped.get("ort-cuda"), rows
+    for reason in skipped.values():
+        assert reason and "\n" not in reason
+    assert "skipped" in result.output
+    if target == "pipeline":
+        ratios = [r["vs_published"] for r in rows if r["status"] == "ok" and r["backend"] != "published"]
+        assert all(x is not None and x > 0 for x in ratios)
+        assert "the published path" in result.output
+    with open(out_csv, newline="") as f:
+        table = list(csv.DictReader(f))
+    assert len(table) == len(rows)
+    assert {(t["backend"], t["status"]) for t in table} == {(r["backend"], r["status"]) for r in rows}
+    with Image.open(out_png) as img:
+        assert img.format == "PNG" and img.width > 400
+
+
+def test_compare_ratios(tmp_path, cache_dir):
+    def result_file(name, rows):
+        path = tmp_path / name
+        path.write_text(json.dumps({"format": "coordgan-bench/1", "meta": {}, "rows": rows}))
+        return path
+
+    def row(backend, batch, ms, status="ok"):
+        return {"target": "encoder", "backend": backend, "batch": batch, "status": status, "p50_ms": ms,
+                "mean_ms": ms, "throughput": batch * 1000 / ms}
+
+    a = result_file("a.json", [row("torch", 1, 10.0), row("torch", 8, 40.0), row("ort-cpu", 1, 5.0)])
+    b = result_file("b.json", [row("torch", 1, 5.0), row("torch", 8, 80.0), row("trt", 1, 1.0)])
+    rows = compare(json.loads(a.read_text()), json.loads(b.read_text()))
+    by_key = {(r["backend"], r["batch"]): r for r in rows}
+    assert set(by_key) == {("torch", 1), ("torch", 8)}  # only rows in both runs
+    assert by_key[("torch", 1)]["p50_ratio"] == pytest.approx(0.5)
+    assert by_key[("torch", 1)]["throughput_ratio"] == pytest.approx(2.0)
+    assert by_key[("torch", 8)]["mean_ratio"] == pytest.approx(2.0)
+    out = tmp_path / "cmp.json"
+    result = invoke("--compare", a, b, "--json", out)  # the second file may follow as a bare argument
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert "0.500" in result.output and "2.000" in result.output
+    assert len(json.loads(out.read_text())["rows"]) == 2
+    result = invoke("--compare", a, "--compare", b)
+    assert result.exit_code == 0
+
+
+def test_user_errors_are_one_sentence(tmp_path):
+    for args, words in ((("encoder",), "--ckpt"), (("nonsense", "--preset", "tiny"), "Unknown target"),
+                        (("encoder", "--preset", "tiny", "--backends", "cuda-magic"), "Unknown backend"),
+                        (("encoder", "--preset", "tiny", "--batch", "0,x"), "--batch"),
+                        (("--compare", tmp_path / "missing.json", tmp_path / "b.json"), "does not exist")):
+        result = invoke(*args)
+        assert result.exit_code != 0
+        assert isinstance(result.exception, CoordGANError), (args, result.exception)
+        assert words in str(result.exception)
+
+
+def test_csv_has_header_and_blank_for_missing():
+    text = to_csv([{"target": "lookup", "backend": "trt", "batch": None, "status": "skipped", "reason": "why"}])
+    head, line = text.strip().splitlines()
+    assert head.startswith("target,backend,batch")
+    assert line.startswith("lookup,trt,,") and line.endswith("why")
+
+
+def test_bench_cli_imports_without_torch():
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "import typer\n"
+            "from coordgan.bench_cli import register\n"
+            "import runtime.bench, runtime.bench.report, runtime.bench.runners, runtime.bench.workload\n"
+            "app = typer.Typer(); register(app)\n"
+            "@app.callback()\n"
+            "def root(): pass\n"
+            "sys.argv = ['coordgan', 'bench', '--help']\n"
+            "app()\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "--backends" in result.stdout
