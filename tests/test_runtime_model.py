@@ -1,0 +1,81 @@
+"""The runtime's CorrespondenceModel on a real export equals PyTorch, frames in, maps out."""
+
+import numpy as np
+import pytest
+import torch
+
+from coordgan.checkpoint import save
+from coordgan.config import PRESETS
+from coordgan.errors import CoordGANError
+from coordgan.models import build
+from export.onnx_export import ExportOptions, export_onnx
+from runtime.correspondence_model import CorrespondenceModel
+from runtime.preprocess import resize_frames, to_unit_range
+
+TINY = PRESETS["tiny"]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    torch.manual_seed(0)
+    nets = {k: v.eval() for k, v in build(TINY, which=("g", "e")).items()}
+    with torch.no_grad():  # a less degenerate warp than the default init, so the maps vary
+        nets["g"].foldnet.conv1_3.weight.mul_(20)
+    root = tmp_path_factory.mktemp("rt")
+    ckpt = save(root / "tiny.safetensors", TINY, nets)
+    out = {}
+    for name, uint8 in (("float", False), ("uint8", True)):
+        out[name] = export_onnx(ckpt, root / name, ExportOptions(only="encoder", uint8_input=uint8,
+                                                                  verify_batches=(1,))).directory / "encoder.onnx"
+    return nets, out
+
+
+def _torch_maps(nets, frames):
+    x = torch.from_numpy(to_unit_range(resize_frames(frames, TINY.base_size)))
+    with torch.no_grad():
+        w_s, _ = nets["e"](x)
+        return nets["g"].warp(w_s).numpy()
+
+
+@pytest.mark.parametrize("variant", ["float", "uint8"])
+def test_frames_to_maps_equal_pytorch(exported, variant):
+    nets, paths = exported
+    rng = np.random.default_rng()
+    frames = rng.integers(0, 256, (5, 48, 40, 3), dtype=np.uint8)  # not the model size: resized first
+    with CorrespondenceModel(paths[variant], batch=2) as model:
+        assert model.size == TINY.base_size and model.uint8_input == (variant == "uint8")
+        maps = model.correspondence(frames)
+    want = _torch_maps(nets, frames)
+    assert maps.shape == (5, 2, TINY.base_size, TINY.base_size)
+    assert np.abs(maps - want).max() <= 1e-4
+    assert maps.std() > 1e-3  # the maps are not constant
+
+
+def test_lookup_on_model_maps_matches_reference(exported):
+    from coordgan.correspondence import lookup as reference
+
+    nets, paths = exported
+    frames = np.random.default_rng().integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    with CorrespondenceModel(paths["float"]) as model:
+        maps = model.correspondence(frames)
+        labels = np.random.default_rng().integers(0, 4, (1, 1, 32, 32))
+        v = np.eye(4, dtype=np.float32)[labels].transpose(0, 1, 4, 2, 3)
+        for method in ("dense", "sparse"):
+            p, lab = model.lookup(maps[1:2], maps[None, 0:1], v, method=method)
+            p_ref, lab_ref = reference(torch.from_numpy(maps[1:2]), torch.from_numpy(maps[None, 0:1]), torch.from_numpy(v))
+            assert np.abs(p - p_ref.numpy()).max() <= (1e-5 if method == "dense" else 1e-3)
+            assert (lab == lab_ref.numpy()).mean() >= 0.999
+
+
+def test_not_an_encoder_is_refused(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])
+    model = helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y]),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "relu.onnx")
+    with pytest.raises(CoordGANError, match="is not a CoordGAN encoder"):
+        CorrespondenceModel(tmp_path / "relu.onnx")
