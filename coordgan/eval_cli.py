@@ -57,14 +57,17 @@ def register(app: typer.Typer) -> None:
         json_out: Optional[Path] = typer.Option(None, "--json", help=_HELP["json"]),
         vis: Optional[Path] = typer.Option(None, "--vis", help=_HELP["vis"]),
         device: Optional[str] = typer.Option(None, "--device", help=_HELP["device"]),
+        lookup: str = typer.Option("auto", "--lookup", help="Lookup path: reference (torch, exact), sparse (numpy, "
+                                   "neglected mass <= 1e-4, much faster on CPU), or auto (sparse on CPU)."),
     ):
         """Label propagation IoU through encoder correspondence maps, beside the identity baseline."""
         run(ckpt, data=data, refs=refs, num_refs=num_refs, tau=tau, exclude=exclude, ignore=ignore,
-            max_queries=max_queries, batch=batch, n=n, seed=seed, json_out=json_out, vis=vis, device=device)
+            max_queries=max_queries, batch=batch, n=n, seed=seed, json_out=json_out, vis=vis, device=device,
+            lookup=lookup)
 
 
 def run(ckpt, *, data, refs=None, num_refs=5, tau=0.01, exclude="0", ignore=0, max_queries=None, batch=8,
-        n=50, seed=0, json_out=None, vis=None, device=None):
+        n=50, seed=0, json_out=None, vis=None, device=None, lookup="auto"):
     import json
     import math
 
@@ -86,6 +89,8 @@ def run(ckpt, *, data, refs=None, num_refs=5, tau=0.01, exclude="0", ignore=0, m
         device = "cuda" if torch.cuda.is_available() else "cpu"
     elif device.startswith("cuda") and not torch.cuda.is_available():
         raise CoordGANError("--device cuda was asked for, but PyTorch sees no CUDA GPU.")
+    if lookup == "auto":
+        lookup = "reference" if str(device).startswith("cuda") else "sparse"
     for out in (json_out, vis):
         if out is not None and not Path(out).parent.is_dir():
             raise CoordGANError(f"The folder of {out} does not exist.")
@@ -113,7 +118,7 @@ def run(ckpt, *, data, refs=None, num_refs=5, tau=0.01, exclude="0", ignore=0, m
             bar.update(tasks[stage], completed=done)
 
         result = ev.evaluate(corr_fn, ref_set, queries, tau=tau, exclude=exclude_ids, ignore_index=ignore_index,
-                             batch=batch, device=device, progress=progress)
+                             batch=batch, device=device, progress=progress, lookup=lookup)
 
     record = result.to_json()
     record.update({"checkpoint": str(ck.path), "sha256": ck.sha256, "preset": ck.config.name,

@@ -240,3 +240,22 @@ def test_cli_errors_are_one_line(ckpts, tmp_path):
         run(full, data=str(root), device="cpu")
     with pytest.raises(CoordGANError, match="--exclude"):
         run(full, data="synthetic-faces", exclude="a,b", device="cpu")
+
+
+def test_sparse_lookup_path_agrees_with_the_reference():
+    """The CLI's default on CPU (runtime's sparse numpy lookup) gives the reference's labels."""
+    import torch as _torch
+
+    from coordgan.correspondence import canonical_grid
+    from coordgan.evaluate import propagate
+
+    rng = _torch.Generator().manual_seed(0)
+    base = canonical_grid(32, 32)
+    queries = (base[None] + 0.03 * _torch.randn(4, 2, 32, 32, generator=rng)).clamp(-1, 1)
+    ref_map = (base + 0.03 * _torch.randn(2, 32, 32, generator=rng)).clamp(-1, 1)
+    ref_labels = _torch.randint(0, 5, (32, 32), generator=rng)
+    want = propagate(queries, ref_map, ref_labels, 5, lookup="reference")
+    got = propagate(queries, ref_map, ref_labels, 5, lookup="sparse")
+    assert (got == want).float().mean() >= 0.999
+    with pytest.raises(CoordGANError, match="--lookup must be one of"):
+        propagate(queries, ref_map, ref_labels, 5, lookup="fast")
