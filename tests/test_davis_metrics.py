@@ -1,7 +1,6 @@
 """DAVIS J and F on hand-built masks with known answers, and `coordgan eval-video` on folders of them."""
 
 import json
-import sys
 
 import numpy as np
 import pytest
@@ -11,6 +10,7 @@ from coordgan.errors import CoordGANError
 from runtime import davis_metrics as dm
 from runtime.davis_eval import evaluate, evaluate_sequence
 from runtime.masks import DAVIS_PALETTE, write_mask
+from cli_helpers import run_main
 
 
 def box(shape, y0, y1, x0, x1):
@@ -165,16 +165,6 @@ def test_missing_or_mismatched_predictions_are_errors(folders):
     (folders / "empty").mkdir()
     with pytest.raises(CoordGANError, match="Predictions for sequence 'seq' are missing"):
         evaluate(folders / "empty", folders / "gt")
-
-
-def run_main(monkeypatch, capsys, *args):
-    from coordgan.propagate_cli import main
-
-    monkeypatch.setattr(sys, "argv", ["coordgan", *map(str, args)])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    out, err = capsys.readouterr()
-    return exit_info.value.code, out, err
 
 
 def test_eval_video_cli_table_and_json(folders, monkeypatch, capsys):

@@ -25,6 +25,7 @@ from runtime.masks import read_mask
 from runtime.propagate import PropagateOptions, Reference, propagate_sequence
 from runtime.propagation_memory import STATE_FILE
 from runtime.video import open_frames
+from cli_helpers import run_main
 
 T, SIZE = 7, 64
 
@@ -71,16 +72,6 @@ def data(tmp_path_factory):
             if seq == "bear" or t in (0, 3):  # bear: full ground truth; cat: two annotated frames
                 save_label_png(root / "davis" / "Annotations" / "480p" / seq / f"{t:05d}.png", ms[t])
     return root, frames, masks
-
-
-def run_main(monkeypatch, capsys, *args):
-    from coordgan.propagate_cli import main
-
-    monkeypatch.setattr(sys, "argv", ["coordgan", *map(str, args)])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    out, err = capsys.readouterr()
-    return exit_info.value.code, out, err
 
 
 def ok(monkeypatch, capsys, *args):
