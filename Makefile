@@ -4,6 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 # torch/torchvision are pinned to the releases this machine class keeps on disk (a CUDA build that runs on CPU).
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+PYTRITON := nvidia-pytriton==0.7.0
 
 .PHONY: demo test venv clean
 
@@ -12,6 +13,9 @@ $(PY): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_PINS)
 	$(PY) -m pip install -q -e '.[dev]'
+	# tritonserver for `coordgan serve` and the serving tests: only the binary of this wheel is used,
+	# so --no-deps keeps its numpy<2 pin (for its own Python API) out of the environment.
+	$(PY) -m pip install -q --no-deps '$(PYTRITON)' || echo "no nvidia-pytriton wheel here: Triton tests will skip"
 	touch $(PY)
 
 venv: $(PY)
