@@ -25,6 +25,7 @@ app = typer.Typer(
 
 def _register_subcommands() -> None:
     from coordgan.bench_cli import register as register_bench
+    from coordgan.demo import register as register_demo
     from coordgan.eval_cli import register as register_eval
     from coordgan.propagate_cli import register as register_propagate
     from coordgan.train.cli import register as register_train
@@ -36,6 +37,7 @@ def _register_subcommands() -> None:
     register_propagate(app)
     register_bench(app)
     register_serve(app)
+    register_demo(app)
     app.add_typer(export_app, name="export")
 
 

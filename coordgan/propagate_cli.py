@@ -88,7 +88,7 @@ def register(app: typer.Typer) -> None:
         if not jobs:
             console.print(f"shard {shard} has no sequences; nothing to do")
             return
-        with _open_model(model, backend, url, device, batch, console) as corr_model:
+        with open_model(model, backend, url, device, batch, console) as corr_model:
             _run_jobs(corr_model, jobs, options, console)
 
     @app.command("eval-video")
@@ -144,11 +144,11 @@ def _resolve_model(model: str | None, backend: str | None, url: str | None, cons
                 return str(path / name)
         raise CoordGANError(f"{path} holds no {' or '.join(names)}; export one with `coordgan export onnx`.")
     if path.suffix.lower() in (".safetensors", ".pt", ".pth"):
-        return str(_export_checkpoint(path, console))
+        return str(export_checkpoint(path, console))
     return str(path)
 
 
-def _export_checkpoint(ckpt: Path, console, cache: Path | None = None) -> Path:
+def export_checkpoint(ckpt: Path, console, cache: Path | None = None) -> Path:
     """encoder.onnx of a checkpoint, exported (and verified) once into $COORDGAN_CACHE/onnx/<sha>/."""
     from coordgan.fileio import sha256_file
 
@@ -170,7 +170,7 @@ def _export_checkpoint(ckpt: Path, console, cache: Path | None = None) -> Path:
     return onnx_path
 
 
-def _open_model(model, backend, url, device, batch, console):
+def open_model(model, backend, url, device, batch, console):
     from runtime.correspondence_model import CorrespondenceModel
 
     if device not in ("auto", "cpu", "cuda"):
@@ -183,7 +183,7 @@ def _open_model(model, backend, url, device, batch, console):
     return CorrespondenceModel(artifact, backend=backend, batch=batch, lookup_device=device, **options)
 
 
-def _progress(console):
+def frames_progress(console):
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn,
                                TimeElapsedColumn, TimeRemainingColumn)
     from rich.text import Text
@@ -204,7 +204,7 @@ def _run_jobs(model, jobs, options, console) -> None:
     opened = [job.open() for job in jobs]  # every input and reference mask checked before any output
     for job, (source, refs) in zip(jobs, opened):
         job_options = dataclasses.replace(options, overlay=job.overlay)
-        progress, tasks = _progress(console), []
+        progress, tasks = frames_progress(console), []
 
         def on_frame(done, total, name=job.name):
             if not tasks:  # shown from the first frame on: a refused run leaves no empty bar behind

@@ -36,12 +36,12 @@ def exported(tmp_path_factory):
     once, into the cache (root/cache/onnx/<sha>/), which then serves as an export directory."""
     from rich.console import Console
 
-    from coordgan.propagate_cli import _export_checkpoint
+    from coordgan.propagate_cli import export_checkpoint
 
     root = tmp_path_factory.mktemp("model")
     torch.manual_seed(0)
     ckpt = save(root / "tiny.safetensors", PRESETS["tiny"], build(PRESETS["tiny"], which=("g", "e")))
-    onnx_path = _export_checkpoint(ckpt, Console(quiet=True), cache=root / "cache")
+    onnx_path = export_checkpoint(ckpt, Console(quiet=True), cache=root / "cache")
     (root / "export").symlink_to(onnx_path.parent)
     return root
 
