@@ -115,7 +115,9 @@ def trt_command(
     max_batch: int = typer.Option(32, "--max-batch"),
     workspace_gb: float = typer.Option(4.0, "--workspace-gb", help="Workspace memory pool limit (GiB)."),
     timing_cache: Optional[Path] = typer.Option(None, "--timing-cache", help="Timing cache to load, reuse and save."),
-    only: Optional[str] = typer.Option(None, "--only", help="Build one model: encoder or generator."),
+    max_refs: int = typer.Option(4, "--max-refs", help="corr_lookup engine: most reference frames per query."),
+    only: Optional[str] = typer.Option(None, "--only", help="Build one model: encoder, generator or corr_lookup "
+                                       "(corr_lookup.onnx from `coordgan export lookup --out DIR`)."),
 ):
     """Build TensorRT engines (*.plan + *.plan.json) from the directory's ONNX models."""
     from export.tensorrt_build import EngineOptions, build_engines
@@ -123,8 +125,8 @@ def trt_command(
     if fp16 and bf16:
         raise CoordGANError("Choose one of --fp16 and --bf16.")
     options = EngineOptions(precision="fp16" if fp16 else "bf16" if bf16 else "fp32", min_batch=min_batch,
-                            opt_batch=opt_batch, max_batch=max_batch, workspace_gb=workspace_gb,
-                            timing_cache=timing_cache, only=only)
+                            opt_batch=opt_batch, max_batch=max_batch, max_refs=max_refs,
+                            workspace_gb=workspace_gb, timing_cache=timing_cache, only=only)
     console = _console()
     notes: list[str] = []
     with _steps(console) as step:
@@ -136,7 +138,8 @@ def trt_command(
 
 @app.command("lookup")
 def lookup(
-    out: Path = typer.Option(..., "--out", "-o", help="ONNX file to write (e.g. exported/corr_lookup.onnx)."),
+    out: Path = typer.Option(..., "--out", "-o", help="ONNX file to write, or an export directory: its "
+                             "corr_lookup.onnx, which `coordgan export trt` then builds with the models."),
     classes: int = typer.Option(..., "--classes", help="Class count C of the label probabilities (1 to 64)."),
     tau: float = typer.Option(0.01, "--tau", help="Softmax temperature of the soft lookup."),
     mode: str = typer.Option("soft", "--mode", help="soft, hard or topk."),
@@ -146,7 +149,10 @@ def lookup(
 ):
     """The correspondence lookup as one coordgan::CorrLookup node, for TensorRT's plugin."""
     from export.lookup_onnx import write_lookup_model
+    from export.tensorrt_build import LOOKUP
 
+    if out.is_dir():
+        out = out / f"{LOOKUP}.onnx"
     path = write_lookup_model(out, classes, tau=tau, mode=mode, k=k, fp16=fp16, overwrite=overwrite)
     print(f"wrote {path}: coordgan::CorrLookup, C = {classes}, mode {mode}, tau {tau}"
           + (f", k {k}" if mode == "topk" else ""))

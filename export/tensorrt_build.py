@@ -11,6 +11,10 @@ Precision: on TensorRT 10 the fp32 ONNX is built with BuilderFlag.FP16/BF16 (wea
 fp32 ONNX is converted in memory (export.precision, float32 I/O, sensitive ops in float32) and the
 network is created STRONGLY_TYPED. An fp16 export directory is always built strongly typed.
 
+The lookup graph of `coordgan export lookup`, saved as corr_lookup.onnx in the export directory,
+is built beside the models: its reference count gets the range 1..--max-refs and its spatial axes
+the grid of the export's correspondence maps (the preset's base_size), fixed.
+
 If `export/plugin/trt_plugin.py` exists (the TensorRT plugin of the fused correspondence lookup,
 `coordgan::CorrLookup`), it is imported and its `register()` called before parsing, so the parser
 can resolve the custom op.
@@ -29,6 +33,8 @@ from coordgan.fileio import atomic_write, sha256_file
 from export.manifest import read_manifest
 
 PLUGIN_MODULE = "export.plugin.trt_plugin"
+LOOKUP = "corr_lookup"  # corr_lookup.onnx in an export directory: the CorrLookup graph
+SPATIAL_AXES = ("hq", "wq", "hk", "wk")
 PRECISIONS = ("fp32", "fp16", "bf16")
 
 
@@ -38,6 +44,7 @@ class EngineOptions:
     min_batch: int = 1
     opt_batch: int = 8
     max_batch: int = 32
+    max_refs: int = 4  # lookup engine: reference frames per query (annotated + memory)
     workspace_gb: float = 4.0
     timing_cache: Path | None = None
     only: str | None = None
@@ -48,6 +55,8 @@ class EngineOptions:
         if not 1 <= self.min_batch <= self.opt_batch <= self.max_batch:
             raise CoordGANError(f"Batch sizes must satisfy 1 <= min ({self.min_batch}) <= opt ({self.opt_batch}) "
                                 f"<= max ({self.max_batch}).")
+        if self.max_refs < 1:
+            raise CoordGANError(f"--max-refs must be at least 1, not {self.max_refs}.")
         if self.workspace_gb <= 0:
             raise CoordGANError(f"--workspace-gb must be positive, not {self.workspace_gb}.")
 
@@ -107,10 +116,11 @@ def build_engines(directory, options: EngineOptions = EngineOptions(), progress=
     options.validate()
     directory = Path(directory)
     manifest = read_manifest(directory)  # a bad directory is reported before TensorRT is looked for
-    names = [options.only] if options.only else list(manifest["models"])
+    files = model_files(directory, manifest)
+    names = [options.only] if options.only else list(files)
     for name in names:
-        if name not in manifest["models"]:
-            raise CoordGANError(f"{directory} has no {name} model (it holds: {', '.join(manifest['models'])}).")
+        if name not in files:
+            raise CoordGANError(f"{directory} has no {name} model (it holds: {', '.join(files)}).")
     if manifest["fp16"] and options.precision == "bf16":
         raise CoordGANError(f"{directory} holds float16 models; export fp32 ONNX to build bf16 engines.")
     trt = import_tensorrt()
@@ -122,7 +132,7 @@ def build_engines(directory, options: EngineOptions = EngineOptions(), progress=
     if builder is None:
         raise CoordGANError("TensorRT found no usable NVIDIA GPU (the builder could not be created).")
     trt.init_libnvinfer_plugins(logger, "")
-    needed = set().union(*(custom_ops(directory / manifest["models"][n]["file"]) for n in names))
+    needed = set().union(*(custom_ops(directory / files[n]) for n in names))
     plugin, warning = load_plugin(required=bool(needed))
     if warning and notes is not None:
         notes.append(warning)
@@ -140,11 +150,49 @@ def build_engines(directory, options: EngineOptions = EngineOptions(), progress=
     for name in names:
         if progress:
             progress(f"building {name} engine ({options.precision})")
-        plans.append(_build_one(trt, builder, logger, directory, manifest, name, options, timing_cache,
-                                strongly_typed_only, plugin))
+        plans.append(_build_one(trt, builder, logger, directory, manifest, name, files[name], options,
+                                timing_cache, strongly_typed_only, plugin))
         if options.timing_cache:  # after each build: a later failure keeps the timings measured so far
             _save_timing_cache(timing_cache, options.timing_cache)
     return plans
+
+
+def model_files(directory: Path, manifest: dict) -> dict[str, str]:
+    """name -> ONNX file of what `export trt` builds: the manifest's models and corr_lookup.onnx if present."""
+    files = {name: entry["file"] for name, entry in manifest["models"].items()}
+    if (Path(directory) / f"{LOOKUP}.onnx").is_file():
+        files[LOOKUP] = f"{LOOKUP}.onnx"
+    return files
+
+
+def profile_ranges(onnx_path: Path, manifest: dict, options: EngineOptions) -> dict[str, list[tuple]]:
+    """input name -> [(min, opt, max)] per axis, from the graph's named (dynamic) axes.
+
+    "batch" spans --min/--opt/--max-batch, "refs" 1..--max-refs, the lookup's spatial axes are the
+    export's grid; fixed axes keep their size. An axis named otherwise cannot be given a range.
+    """
+    import onnx
+
+    grid = int(manifest["config"]["base_size"])
+    named = {"batch": (options.min_batch, options.opt_batch, options.max_batch),
+             "refs": (1, options.max_refs, options.max_refs), **{a: (grid, grid, grid) for a in SPATIAL_AXES}}
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    initializers = {t.name for t in graph.initializer}
+    ranges = {}
+    for value in graph.input:
+        if value.name in initializers:
+            continue
+        axes = []
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.HasField("dim_value"):
+                axes.append((dim.dim_value,) * 3)
+            elif dim.dim_param in named:
+                axes.append(named[dim.dim_param])
+            else:
+                raise CoordGANError(f"{onnx_path.name}: input {value.name} has an axis {dim.dim_param!r} that "
+                                    f"TensorRT needs a range for; known axes: {', '.join(named)}.")
+        ranges[value.name] = axes
+    return ranges
 
 
 def _save_timing_cache(cache, path) -> None:
@@ -155,9 +203,9 @@ def _save_timing_cache(cache, path) -> None:
         raise CoordGANError(f"Cannot write the timing cache {path}: {exc.strerror or exc}.") from None
 
 
-def _build_one(trt, builder, logger, directory, manifest, name, options, timing_cache, strongly_typed_only, plugin):
-    entry = manifest["models"][name]
-    onnx_path = directory / entry["file"]
+def _build_one(trt, builder, logger, directory, manifest, name, file, options, timing_cache, strongly_typed_only,
+               plugin):
+    onnx_path = directory / file
     precision = options.precision
     onnx_bytes = None
     strongly_typed = manifest["fp16"]
@@ -191,12 +239,12 @@ def _build_one(trt, builder, logger, directory, manifest, name, options, timing_
     profile = builder.create_optimization_profile()
     bindings = {"inputs": [], "outputs": []}
     batch_profile = {"min": options.min_batch, "opt": options.opt_batch, "max": options.max_batch}
+    ranges = profile_ranges(onnx_path, manifest, options)
     for i in range(network.num_inputs):
         tensor = network.get_input(i)
-        rest = tuple(tensor.shape)[1:]
-        profile.set_shape(tensor.name, (options.min_batch, *rest), (options.opt_batch, *rest),
-                          (options.max_batch, *rest))
-        bindings["inputs"].append(_binding(tensor, {k: [v, *rest] for k, v in batch_profile.items()}))
+        shapes = {key: [axis[j] for axis in ranges[tensor.name]] for j, key in enumerate(("min", "opt", "max"))}
+        profile.set_shape(tensor.name, shapes["min"], shapes["opt"], shapes["max"])
+        bindings["inputs"].append(_binding(tensor, shapes))
     for i in range(network.num_outputs):
         bindings["outputs"].append(_binding(network.get_output(i), None))
     config.add_optimization_profile(profile)
@@ -209,7 +257,7 @@ def _build_one(trt, builder, logger, directory, manifest, name, options, timing_
         f.write(memoryview(serialized))
     sidecar = {
         "engine": plan.name,
-        "onnx": {"file": entry["file"], "sha256": sha256_file(onnx_path)},
+        "onnx": {"file": file, "sha256": sha256_file(onnx_path)},
         "tensorrt_version": trt.__version__,
         "precision": "fp16" if manifest["fp16"] else precision,  # an fp16 ONNX builds as fp16
         "strongly_typed": bool(strongly_typed),
@@ -232,7 +280,7 @@ _TRT_DTYPES = {"FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16", "UINT8
 
 
 def _binding(tensor, profile_shapes) -> dict:
-    shape = ["batch" if i == 0 else int(d) for i, d in enumerate(tensor.shape)]
+    shape = ["batch" if i == 0 else int(d) for i, d in enumerate(tensor.shape)]  # -1: a dynamic axis
     out = {"name": tensor.name, "shape": shape, "dtype": _TRT_DTYPES.get(tensor.dtype.name, tensor.dtype.name)}
     if profile_shapes:
         out["profile_shapes"] = profile_shapes

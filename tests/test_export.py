@@ -367,6 +367,12 @@ def test_trt_builds_engines_and_reuses_the_timing_cache(tmp_path, fp32_export):
         assert sidecar["bindings"]["inputs"][0]["shape"][0] == "batch"
     result = runner.invoke(app, args + ["--only", "encoder"])  # second build reads the cache
     assert result.exit_code == 0, result.output + repr(result.exception)
+    # The lookup graph in the directory builds too, with the plugin and the export's grid.
+    assert runner.invoke(app, ["lookup", "--out", str(out), "--classes", "8"]).exit_code == 0
+    result = runner.invoke(app, args[:2] + ["--max-refs", "3", "--only", "corr_lookup"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    sidecar = json.loads((out / "corr_lookup.plan.json").read_text())
+    assert sidecar["bindings"]["inputs"][1]["profile_shapes"]["max"][1] == 3
 
 
 def test_bfloat16_conversion_for_strongly_typed_tensorrt(fp32_export):

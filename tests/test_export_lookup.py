@@ -56,3 +56,35 @@ def test_cli_writes_and_refuses_to_overwrite(tmp_path):
     assert again.returncode == 1 and "exists; pass --overwrite" in again.stderr and "Traceback" not in again.stderr
     with pytest.raises(CoordGANError, match="is not a directory"):
         write_lookup_model(tmp_path / "missing" / "x.onnx", 8)
+
+
+def test_engine_profile_of_the_lookup_graph(tmp_path):
+    """`export trt` builds corr_lookup.onnx beside the models: refs 1..max_refs, the export's grid fixed."""
+    from export.tensorrt_build import EngineOptions, model_files, profile_ranges
+
+    path = write_lookup_model(tmp_path / "corr_lookup.onnx", 8)
+    manifest = {"config": {"base_size": 32}, "models": {"encoder": {"file": "encoder.onnx"}}}
+    assert model_files(tmp_path, manifest) == {"encoder": "encoder.onnx", "corr_lookup": "corr_lookup.onnx"}
+    ranges = profile_ranges(path, manifest, EngineOptions(min_batch=1, opt_batch=2, max_batch=4, max_refs=3))
+    grid = (32, 32, 32)
+    assert ranges["query"] == [(1, 2, 4), (2, 2, 2), grid, grid]
+    assert ranges["ref_maps"] == [(1, 2, 4), (1, 3, 3), (2, 2, 2), grid, grid]
+    assert ranges["ref_probs"] == [(1, 2, 4), (1, 3, 3), (8, 8, 8), grid, grid]
+
+
+def test_engine_profile_refuses_an_unknown_axis(tmp_path):
+    from export.tensorrt_build import EngineOptions, profile_ranges
+
+    model = lookup_model(4)
+    model.graph.input[0].type.tensor_type.shape.dim[2].dim_param = "height"
+    path = tmp_path / "odd.onnx"
+    onnx.save(model, str(path))
+    with pytest.raises(CoordGANError, match="axis 'height'"):
+        profile_ranges(path, {"config": {"base_size": 32}}, EngineOptions())
+
+
+def test_cli_writes_into_an_export_directory(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "export.cli", "lookup", "--out", str(tmp_path), "--classes", "8"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert onnx.load(str(tmp_path / "corr_lookup.onnx")).graph.node[0].op_type == "CorrLookup"
