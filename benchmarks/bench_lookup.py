@@ -1,10 +1,14 @@
 """Benchmark of the correspondence lookup implementations, ratios taken within one run.
 
-    python benchmarks/bench_lookup.py            # CPU part, then the GPU part if there is a GPU
-    python benchmarks/bench_lookup.py --size 96 --repeat 5
+    python benchmarks/bench_lookup.py            # CPU part (1 and 2 threads), then the GPU part if any
+    python benchmarks/bench_lookup.py --threads 1 --size 96 --repeat 5
+    python benchmarks/bench_lookup.py --skip-cpu   # the GPU part alone
 
-CPU: dense numpy vs sparse numpy (runtime.lookup) at 128x128, C = 8, R = 1, tau = 0.01, on smooth
-random warps of the canonical grid (what a warping network produces). Same inputs for both.
+CPU: dense numpy vs the sparse path (runtime.lookup; numba kernels) at 128x128, C = 8, R = 1,
+tau = 0.01, on smooth random warps of the canonical grid (what a warping network produces). Same
+inputs, same thread count for both: each thread count runs in its own process with
+OPENBLAS_NUM_THREADS = OMP_NUM_THREADS = threads (the dense path's GEMM) and ``threads=`` for the
+sparse path; dense and sparse runs are interleaved and the best of each is kept.
 
 GPU (skipped with a message without one): the fused kernel (runtime.lookup.cuda) vs the torch
 formulation of the paper (differences, norm, softmax, einsum; chunked over queries so it fits)
@@ -16,14 +20,19 @@ special-function units (16 per SM per clock) and C FMAs on the FP32 lanes.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
 
-# One BLAS thread unless told otherwise: numpy's ufuncs are single-threaded, so this compares the
-# two CPU paths on one core each, and keeps OpenBLAS's spinning threads from skewing a busy machine.
+# BLAS threads are fixed when numpy loads: a child process per thread count (see cpu_part) sets them
+# through --cpu-child; otherwise one thread, so OpenBLAS's spinning threads do not skew a busy machine.
+if "--cpu-child" in sys.argv:
+    _threads = sys.argv[sys.argv.index("--threads") + 1]
+    os.environ["OPENBLAS_NUM_THREADS"] = os.environ["OMP_NUM_THREADS"] = _threads
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -62,31 +71,54 @@ def table(rows: list[list[str]], header: list[str]) -> str:
 # --------------------------------------------------------------------------------------------------
 
 
-def cpu_part(args) -> None:
+def cpu_child(args) -> None:
+    """One thread count, in this process (BLAS threads already set): prints one JSON line."""
+    threads = int(args.threads)
     rng = np.random.default_rng(args.seed)
     q, k, v = make_inputs(rng, 1, args.size, args.classes)
-    m = k.shape[1] * k.shape[3] * k.shape[4]
-    print(f"CPU: Q {q.shape}, K {k.shape}, V {v.shape}, tau {args.tau}, tol {args.tol}, seed {args.seed}")
-    lookup_sparse(q[..., :8, :8], k[..., :8, :8], v[..., :8, :8])  # imports (scipy) out of the timing
-    # Interleaved rounds, best of each: load from other processes hits both paths alike.
+    t0 = time.perf_counter()
+    lookup_sparse(q[..., :16, :16], k[..., :16, :16], v[..., :16, :16], tau=0.001, threads=threads)
+    first_call = time.perf_counter() - t0  # numba: compile, or load from its on-disk cache
     info: dict = {}
     t_dense = t_sparse = math.inf
-    for _ in range(args.dense_repeat):
+    for _ in range(args.dense_repeat):  # interleaved rounds: load from other processes hits both alike
         t, (p_d, l_d) = best_of(lambda: lookup_dense(q, k, v, tau=args.tau), 1)
         t_dense = min(t_dense, t)
-        t, (p_s, l_s) = best_of(lambda: lookup_sparse(q, k, v, tau=args.tau, tol=args.tol, info=info), args.repeat)
+        t, (p_s, l_s) = best_of(
+            lambda: lookup_sparse(q, k, v, tau=args.tau, tol=args.tol, threads=threads, info=info), args.repeat)
         t_sparse = min(t_sparse, t)
-    pairs = q.shape[2] * q.shape[3] * m
-    rows = [
-        ["dense numpy", f"{t_dense * 1e3:.1f}", f"{pairs / 1e6:.1f}", f"{t_dense / pairs * 1e9:.2f}", "1.0x", "-", "-"],
-        ["sparse numpy", f"{t_sparse * 1e3:.1f}", f"{info['pairs'] / 1e6:.1f}",
-         f"{t_sparse / info['pairs'] * 1e9:.2f}", f"{t_dense / t_sparse:.1f}x",
-         f"{np.abs(p_s - p_d).max():.2e}", f"{(l_s == l_d).mean() * 100:.3f}%"],
-    ]
-    print(table(rows, ["method", "ms", "Mpairs", "ns/pair", "speedup", "max|dP|", "labels agree"]))
-    print(f"(best of {args.dense_repeat} dense / {args.dense_repeat * args.repeat} sparse runs, interleaved, "
-          f"OPENBLAS_NUM_THREADS={os.environ['OPENBLAS_NUM_THREADS']}; sparse path: {info['path']}; "
-          f"pairs evaluated {info['pairs'] / pairs * 100:.1f}% of dense)")
+    print(json.dumps({
+        "threads": threads, "dense_s": t_dense, "sparse_s": t_sparse, "pairs": q.shape[2] * q.shape[3] * k.shape[3] * k.shape[4],
+        "sparse_pairs": info["pairs"], "path": info["path"], "max_dp": float(np.abs(p_s - p_d).max()),
+        "agree": float((l_s == l_d).mean()), "first_call_s": first_call,
+    }))
+
+
+def cpu_part(args) -> None:
+    thread_counts = [int(t) for t in str(args.threads).split(",")]
+    print(f"CPU: Q (1, 2, {args.size}, {args.size}), K (1, 1, 2, {args.size}, {args.size}), C {args.classes}, "
+          f"tau {args.tau}, tol {args.tol}, seed {args.seed}")
+    rows, notes = [], []
+    for threads in thread_counts:
+        cmd = [sys.executable, __file__, "--cpu-child", "--threads", str(threads), "--size", str(args.size),
+               "--classes", str(args.classes), "--tau", str(args.tau), "--tol", str(args.tol), "--repeat",
+               str(args.repeat), "--dense-repeat", str(args.dense_repeat), "--seed", str(args.seed)]
+        out = subprocess.run(cmd, capture_output=True, text=True)
+        if out.returncode != 0:
+            raise SystemExit(f"CPU benchmark with {threads} thread(s) failed:\n{out.stderr}")
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        rows.append([str(threads), "dense numpy", f"{r['dense_s'] * 1e3:.1f}", f"{r['pairs'] / 1e6:.1f}",
+                     f"{r['dense_s'] / r['pairs'] * 1e9:.2f}", "1.0x", "-", "-"])
+        rows.append([str(threads), f"sparse ({r['path']})", f"{r['sparse_s'] * 1e3:.1f}", f"{r['sparse_pairs'] / 1e6:.2f}",
+                     f"{r['sparse_s'] / r['sparse_pairs'] * 1e9:.2f}", f"{r['dense_s'] / r['sparse_s']:.1f}x",
+                     f"{r['max_dp']:.2e}", f"{r['agree'] * 100:.3f}%"])
+        notes.append(f"{threads} thread(s): sparse evaluated {r['sparse_pairs'] / r['pairs'] * 100:.2f}% of the pairs "
+                     f"({r['sparse_pairs'] / (args.size * args.size):.0f} per query); first sparse call in the "
+                     f"process {r['first_call_s']:.2f} s (numba compile, or its disk cache)")
+    print(table(rows, ["threads", "method", "ms", "Mpairs", "ns/pair", "speedup", "max|dP|", "labels agree"]))
+    print(f"(best of {args.dense_repeat} dense / {args.dense_repeat * args.repeat} sparse runs, interleaved; "
+          "OPENBLAS_NUM_THREADS = OMP_NUM_THREADS = threads)")
+    print("\n".join(notes))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -203,9 +235,16 @@ def main(argv=None) -> None:
     parser.add_argument("--dense-repeat", type=int, default=3, help="interleaved rounds (one dense run each)")
     parser.add_argument("--gpu-batch", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", default="1,2", help="CPU thread counts, comma-separated (one process each)")
     parser.add_argument("--skip-gpu", action="store_true")
+    parser.add_argument("--skip-cpu", action="store_true")
+    parser.add_argument("--cpu-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    cpu_part(args)
+    if args.cpu_child:
+        cpu_child(args)
+        return
+    if not args.skip_cpu:
+        cpu_part(args)
     if not args.skip_gpu:
         gpu_part(args)
 

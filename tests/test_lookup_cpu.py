@@ -1,12 +1,13 @@
-"""The numpy correspondence lookups (runtime.lookup) against the torch reference.
+"""The CPU correspondence lookups (runtime.lookup) against the torch reference.
 
-Dense numpy must equal coordgan.correspondence.lookup to 1e-5; sparse must stay within its stated
-bound of dense (|dP| <= tol * max V) and agree on >= 99.9% of labels; hard and topk are exact in
-both. Inputs are smooth random warps of the canonical grid (what a CoordGAN warping network makes),
-drawn fresh on every run: a failure prints its seed so it can be replayed with LOOKUP_TEST_SEED.
+Dense numpy must equal coordgan.correspondence.lookup to 1e-5; sparse (numba kernels) must stay
+within its stated bound of dense (|dP| <= tol * max V, and <= 1e-3) and agree on >= 99.9% of labels;
+hard and topk are exact in both. Inputs are smooth random warps of the canonical grid (what a
+CoordGAN warping network makes) and the maps of a real tiny-preset model's warping network, drawn
+fresh on every run: a failure prints its seed so it can be replayed with LOOKUP_TEST_SEED.
 
-Maps from a real (tiny) trained model are not used yet; add that test once a tiny checkpoint is
-part of the test fixtures.
+The first sparse calls of a fresh checkout compile the kernels (~5 s soft, ~3 s hard/topk on 2 cores);
+numba caches them on disk (~0.5 s to load).
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import pytest
 from coordgan.errors import CoordGANError
 from runtime.bench.workload import warp_maps as warp
 from runtime.lookup import lookup
-from runtime.lookup import cpu
 from runtime.lookup.cpu import lookup_dense, lookup_sparse
 
 torch = pytest.importorskip("torch")
@@ -170,6 +170,19 @@ def test_sparse_matches_dense(rng, r, c):
     assert (l_s == l_d).mean() >= 0.999, f"seed {rng.seed_value}"
 
 
+@pytest.mark.parametrize("tol,tau", [(1e-2, 0.01), (1e-6, 0.01), (1e-4, 0.003), (1e-4, 0.04)])
+def test_sparse_error_within_its_bound(rng, tol, tau):
+    """|dP| <= tol * max(V) for any tol and tau (the bound, not just the default's slack); the kernel
+    runs even where the dense path would be chosen (dense_above=1)."""
+    q, kmap, v = case(rng, n=1, r=1, c=4, hq=48, wq=48, hk=48, wk=48)
+    info: dict = {}
+    p_s, _ = lookup_sparse(q, kmap, v, tau=tau, tol=tol, dense_above=1.0, info=info)
+    p_d, _ = lookup_dense(q, kmap, v, tau=tau)
+    assert info["path"] == "sparse"
+    err = np.abs(p_s - p_d).max()
+    assert err <= tol * v.max() + 2e-6, f"max |dP| {err:.3g} > tol {tol}, seed {rng.seed_value}"
+
+
 @pytest.mark.parametrize("mode,k", [("hard", None), ("topk", 1), ("topk", 16)])
 def test_sparse_hard_and_topk_are_exact(rng, mode, k):
     q, kmap, v = case(rng, n=2, r=2, c=5, hq=40, wq=48, hk=44, wk=40)
@@ -180,28 +193,106 @@ def test_sparse_hard_and_topk_are_exact(rng, mode, k):
     assert np.abs(p_s - p_d).max() <= 1e-6 and np.array_equal(l_s, l_d), f"seed {rng.seed_value}"
 
 
-def test_sparse_without_scipy(rng, monkeypatch):
-    """The cell-based radius (no cKDTree) is looser but must keep the same guarantee."""
-    monkeypatch.setattr(cpu, "_kdtree", lambda: None)
-    q, kmap, v = case(rng, n=1, r=1, c=4, hq=48, wq=48, hk=48, wk=48)
-    for mode, k in (("soft", None), ("hard", None), ("topk", 5)):
-        p_s, l_s = lookup_sparse(q, kmap, v, mode=mode, k=k)
-        p_d, l_d = lookup_dense(q, kmap, v, mode=mode, k=k)
-        assert np.abs(p_s - p_d).max() <= 1e-4 * v.max() + 1e-6, (mode, rng.seed_value)
-        assert (l_s == l_d).mean() >= 0.999, (mode, rng.seed_value)
+def test_sparse_n_and_threads(rng):
+    """N > 1 items, Hq != Hk, any thread count: each run within the bound of dense."""
+    q, kmap, v = case(rng, n=2, r=2, c=6, hq=48, wq=40, hk=36, wk=52)
+    p_d, l_d = lookup_dense(q, kmap, v)
+    for threads in (1, 2, 3):
+        info: dict = {}
+        p_s, l_s = lookup_sparse(q, kmap, v, threads=threads, info=info)
+        assert info["path"] == "sparse" and info["threads"] == threads
+        assert np.abs(p_s - p_d).max() <= 1e-4 * v.max() + 1e-6, (threads, rng.seed_value)
+        assert (l_s == l_d).mean() >= 0.999, (threads, rng.seed_value)
 
 
-def test_sparse_far_queries_and_scattered_maps(rng):
-    """Queries far from every reference pixel, and references that are random points."""
+def tiny_model_maps(seed: int, n: int) -> np.ndarray:
+    """(n, 2, 32, 32) correspondence maps from the tiny preset's warping network (random weights,
+    the warp made less degenerate as in test_runtime_model), for random structure codes."""
+    from coordgan.config import PRESETS
+    from coordgan.models import build
+
+    torch.manual_seed(seed)
+    g = build(PRESETS["tiny"], which=("g",))["g"].eval()
+    with torch.no_grad():
+        g.foldnet.conv1_3.weight.mul_(20)
+        return g.warp(g.map_structure(torch.randn(n, PRESETS["tiny"].style_dim))).numpy()
+
+
+@pytest.mark.parametrize("mode,k", [("soft", None), ("hard", None), ("topk", 4)])
+def test_sparse_on_tiny_model_maps(rng, mode, k):
+    maps = tiny_model_maps(rng.seed_value, 3)
+    assert maps.std() > 1e-2  # the maps vary
+    v = probs(rng, 2, 1, 5, 32, 32)
+    q, kmap = maps[:2], maps[2][None, None].repeat(2, axis=0)  # two queries against one reference
+    p_s, l_s = lookup_sparse(q, kmap, v, mode=mode, k=k)
+    p_d, l_d = lookup_dense(q, kmap, v, mode=mode, k=k)
+    assert np.abs(p_s - p_d).max() <= (1e-4 * v.max() + 1e-6 if mode == "soft" else 1e-6), f"seed {rng.seed_value}"
+    assert (l_s == l_d).mean() >= 0.999, f"seed {rng.seed_value}"
+
+
+@pytest.mark.parametrize("mode,k", [("soft", None), ("hard", None), ("topk", 3)])
+def test_sparse_degenerate_maps(rng, mode, k):
+    """References squeezed into a tiny area or a corner, all on one point, or scattered at random;
+    queries far from all of them. Correct either way (the dense fallback or the kernel)."""
     q, kmap, v = case(rng, n=1, r=1, c=3, hq=32, wq=32, hk=40, wk=40)
-    kmap = (kmap * 0.3 - 0.6).astype(np.float32)  # references squeezed into a corner
-    p_s, _ = lookup_sparse(q, kmap, v)
-    p_d, _ = lookup_dense(q, kmap, v)
-    assert np.abs(p_s - p_d).max() <= 1e-4 + 1e-6
-    scattered = rng.uniform(-1, 1, kmap.shape).astype(np.float32)
-    p_s, _ = lookup_sparse(q, scattered, v)
-    p_d, _ = lookup_dense(q, scattered, v)
-    assert np.abs(p_s - p_d).max() <= 1e-4 + 1e-6
+    tol = 1e-4 * v.max() + 1e-6 if mode == "soft" else 1e-6
+    maps = {
+        "corner": (kmap * 0.3 - 0.6).astype(np.float32),  # queries far from every reference
+        "tiny area": (kmap * 0.01 + 0.5).astype(np.float32),
+        "one point": np.full_like(kmap, 0.25),
+        "scattered": rng.uniform(-1, 1, kmap.shape).astype(np.float32),
+    }
+    for name, k_map in maps.items():
+        p_s, l_s = lookup_sparse(q, k_map, v, mode=mode, k=k)
+        p_d, l_d = lookup_dense(q, k_map, v, mode=mode, k=k)
+        assert np.abs(p_s - p_d).max() <= tol, (name, rng.seed_value)
+        assert (l_s == l_d).mean() >= 0.999, (name, rng.seed_value)
+    # the kernel itself on the hard cases (dense_above=1: never the dense shortcut)
+    far = (q * 0.2 + 0.75).astype(np.float32)  # every query far outside the references' box
+    for k_map in (maps["tiny area"], maps["one point"], -(kmap * 0.2 + 0.75).astype(np.float32)):
+        info: dict = {}
+        p_s, l_s = lookup_sparse(far, k_map, v, mode=mode, k=k, dense_above=1.0, info=info)
+        p_d, l_d = lookup_dense(far, k_map, v, mode=mode, k=k)
+        assert info["path"] == "sparse"
+        assert np.abs(p_s - p_d).max() <= tol, rng.seed_value
+        assert (l_s == l_d).mean() >= 0.999, rng.seed_value
+
+
+def test_sparse_without_numba_runs_dense():
+    """No numba: the sparse call warns once and returns the dense result."""
+    code = (
+        "import sys, warnings; sys.modules['numba'] = None\n"
+        "import numpy as np\n"
+        "from runtime.lookup import lookup_sparse, lookup_dense\n"
+        "rng = np.random.default_rng(0)\n"
+        "q = rng.uniform(-1, 1, (1, 2, 6, 6)).astype(np.float32); k = rng.uniform(-1, 1, (1, 1, 2, 6, 6)).astype(np.float32)\n"
+        "v = rng.uniform(0, 1, (1, 1, 3, 6, 6)).astype(np.float32)\n"
+        "info = {}\n"
+        "with warnings.catch_warnings(record=True) as w:\n"
+        "    warnings.simplefilter('always')\n"
+        "    p, _ = lookup_sparse(q, k, v, tau=0.001, info=info)\n"
+        "    lookup_sparse(q, k, v, tau=0.001)\n"
+        "assert info['path'] == 'dense' and 'numba is not installed' in info['reason'], info\n"
+        "assert sum('numba is not installed' in str(x.message) for x in w) == 1, [str(x.message) for x in w]\n"
+        "assert np.array_equal(p, lookup_dense(q, k, v, tau=0.001)[0])\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_kernel_cache_falls_back_to_a_temp_dir_when_read_only():
+    """Package directory and user cache not writable (simulated): numba caches in a temp dir."""
+    code = (
+        "import numba.core.caching as c\n"
+        "c.InTreeCacheLocator.from_function = classmethod(lambda cls, f, p: None)\n"
+        "c.UserWideCacheLocator.from_function = classmethod(lambda cls, f, p: None)\n"
+        "import numba, tempfile\n"
+        "from runtime.lookup import _sparse_kernels as k\n"
+        "assert k.CACHE and numba.config.CACHE_DIR.startswith(tempfile.gettempdir()), numba.config.CACHE_DIR\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                            env={**os.environ, "NUMBA_CACHE_DIR": ""})
+    assert result.returncode == 0, result.stderr
 
 
 def test_sparse_falls_back_to_dense_for_large_tau(rng):
@@ -218,7 +309,7 @@ def test_dispatcher(rng):
     q, kmap, v = case(rng, r=1, c=3)
     p_ref, _ = ref(q, kmap, v)
     for method in ("auto", "dense", "sparse"):
-        p, _ = lookup(q, kmap, v, tau=0.01, mode="soft", device="cpu", method=method)
+        p, _ = lookup(q, kmap, v, tau=0.01, mode="soft", device="cpu", method=method, threads=2)
         assert np.abs(p - p_ref).max() <= 1e-4
     with pytest.raises(CoordGANError):
         lookup(q, kmap, v, device="tpu")
@@ -255,6 +346,10 @@ def test_user_errors(rng, fn):
                {"mode": "soft", "k": 3}, {"tau": 0.0}, {"tau": float("nan")}, {"tau": -1}):
         with pytest.raises(CoordGANError):
             fn(q, kmap, v, **kw)
+    if fn is lookup_sparse:
+        for kw in ({"tol": 0}, {"tol": 1.5}, {"threads": 0}, {"threads": 1.5}, {"dense_above": 2}):
+            with pytest.raises(CoordGANError):
+                fn(q, kmap, v, **kw)
     # the boundary itself is fine: tanh output rounded to float16 can exceed 1 a little
     edge = q.copy()
     edge.flat[3] = 1.0 + 5e-4

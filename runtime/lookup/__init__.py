@@ -6,17 +6,18 @@ Hk, Wk), V (N, R, C, Hk, Wk) -> P (N, C, Hq, Wq) float32, labels (N, Hq, Wq) int
     from runtime.lookup import lookup
     p, labels = lookup(q, k, v, tau=0.01, mode="soft")           # numpy in, numpy out
 
-``device="cuda"`` runs the fused kernel (needs cuda-python and a GPU; numpy arrays are copied in
-and out). To run on device memory another framework owns, use
+The CPU's sparse path is compiled with numba (``runtime/lookup/_sparse_kernels.py``, cached on
+disk after the first call). ``device="cuda"`` runs the fused kernel (needs cuda-python and a GPU;
+numpy arrays are copied in and out). To run on device memory another framework owns, use
 :func:`runtime.lookup.cuda.lookup_device` with raw pointers.
 """
 
 from __future__ import annotations
 
 from coordgan.errors import CoordGANError
-from runtime.lookup.cpu import MODES, lookup_dense, lookup_sparse
+from runtime.lookup.cpu import MODES, default_threads, lookup_dense, lookup_sparse
 
-__all__ = ["MODES", "lookup", "lookup_dense", "lookup_sparse", "cuda_available"]
+__all__ = ["MODES", "lookup", "lookup_dense", "lookup_sparse", "cuda_available", "default_threads"]
 
 _DEVICES = ("auto", "cpu", "cuda")
 _METHODS = ("auto", "dense", "sparse")
@@ -49,6 +50,7 @@ def lookup(
     device: str = "auto",
     method: str = "auto",
     tol: float = 1e-4,
+    threads: int | None = None,
 ):
     """Propagate label probabilities from reference pixels to query pixels (numpy arrays).
 
@@ -57,10 +59,13 @@ def lookup(
         tau, mode, k: as in the torch reference (softmax temperature, "soft"/"hard"/"topk", k).
         device: "cpu", "cuda", or "auto" (the GPU kernel when cuda-python and a GPU are there and
             the op fits it, C <= 64 and k <= 64; else the CPU).
-        method: CPU only: "dense" (exact), "sparse" (skips pixels whose weight is provably below
-            ``tol``; exact for hard/topk), or "auto" (= sparse, which falls back to dense itself
-            where that is faster).
+        method: CPU only: "dense" (exact), "sparse" (per query, skips the pixels whose total weight
+            is provably below ``tol``; exact for hard/topk; compiled with numba, and the dense path
+            where numba is missing), or "auto" (= sparse, which falls back to dense itself where
+            that is faster).
         tol: neglected softmax mass per query allowed to the sparse path.
+        threads: CPU threads of the sparse path (default: the CPUs available, capped by
+            OMP_NUM_THREADS); the dense path's BLAS follows its own settings (OPENBLAS_NUM_THREADS...).
 
     Returns:
         P (N, C, Hq, Wq) float32 and labels (N, Hq, Wq) int32, numpy.
@@ -80,4 +85,4 @@ def lookup(
         return _cuda.lookup_numpy(query, ref_maps, ref_probs, tau=tau, mode=mode, k=k)
     if method == "dense":
         return lookup_dense(query, ref_maps, ref_probs, tau=tau, mode=mode, k=k)
-    return lookup_sparse(query, ref_maps, ref_probs, tau=tau, mode=mode, k=k, tol=tol)
+    return lookup_sparse(query, ref_maps, ref_probs, tau=tau, mode=mode, k=k, tol=tol, threads=threads)
