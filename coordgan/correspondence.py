@@ -36,8 +36,9 @@ import operator
 import torch
 
 from coordgan.errors import CoordGANError
+from runtime.lookup.cpu import check_mode  # the one mode/k rule of every lookup path
 
-__all__ = ["MODES", "canonical_grid", "lookup", "lookup_published", "chamfer_distance", "soft_warp"]
+__all__ = ["MODES", "canonical_grid", "lookup", "lookup_fused", "lookup_published", "chamfer_distance", "soft_warp"]
 
 MODES = ("soft", "hard", "topk")
 
@@ -245,16 +246,7 @@ def lookup(
     chunk_size = _check_positive_int("chunk_size", chunk_size)
     q, kmap, v = _validate(query, ref_maps, ref_probs)
     n, r, _, hk, wk = kmap.shape
-    m = r * hk * wk
-    if mode == "topk":
-        if k is None:
-            raise CoordGANError("mode='topk' needs k, the number of nearest reference pixels to keep.")
-        k_int = _as_int(k)
-        if k_int is None or not 1 <= k_int <= m:
-            raise CoordGANError(f"k must be an integer between 1 and R*Hk*Wk = {m}, got {k!r}.")
-        k = k_int
-    elif k is not None:
-        raise CoordGANError(f"k is only used with mode='topk', but it was given ({k!r}) with mode={mode!r}.")
+    k = check_mode(mode, k, r * hk * wk)
 
     hq, wq = q.shape[2], q.shape[3]
     qf, kf, vf = _flatten(q, kmap, v)
@@ -278,6 +270,43 @@ def lookup(
             w.masked_fill_(~keep, 0.0)
         out[:, start : start + step] = torch.bmm(w, vf).div_(w.sum(dim=-1, keepdim=True))
     return _finish(out, hq, wq)
+
+
+@torch.no_grad()
+def lookup_fused(
+    query: torch.Tensor,
+    ref_maps: torch.Tensor,
+    ref_probs: torch.Tensor,
+    *,
+    tau: float = 0.01,
+    mode: str = "soft",
+    k: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`lookup` through the fused CUDA kernel (runtime.lookup.cuda) on CUDA tensors.
+
+    Same arguments, checks and outputs as :func:`lookup` (P within 1e-4 of it: the kernel's
+    approximate sqrt/exp); launched on torch's current stream, nothing copied to the host. topk
+    keeps at most 64 neighbours here. Needs cuda-python.
+    """
+    if mode not in MODES:
+        raise CoordGANError(f"mode must be one of 'soft', 'hard' or 'topk', got {mode!r}.")
+    tau = _check_tau(tau)
+    q, kmap, v = _validate(query, ref_maps, ref_probs)
+    if not q.is_cuda:
+        raise CoordGANError("lookup_fused runs the CUDA kernel and needs CUDA tensors; use lookup() on the CPU.")
+    n, r, c, hk, wk = v.shape
+    k = check_mode(mode, k, r * hk * wk)
+    from runtime.lookup import cuda as fused  # cuda-python, imported only here
+
+    q, kmap, v = (t.contiguous() for t in (q, kmap, v))
+    hq, wq = q.shape[2], q.shape[3]
+    p = torch.empty(n, c, hq, wq, dtype=torch.float32, device=q.device)
+    labels = torch.empty(n, hq, wq, dtype=torch.int32, device=q.device)
+    with torch.cuda.device(q.device):
+        fused.lookup_device(q.data_ptr(), kmap.data_ptr(), v.data_ptr(), p.data_ptr(), labels.data_ptr(), n=n,
+                            hq=hq, wq=wq, r=r, hk=hk, wk=wk, c=c, dtype="float32", tau=tau, mode=mode, k=k,
+                            stream=torch.cuda.current_stream().cuda_stream)
+    return p, labels
 
 
 @torch.no_grad()

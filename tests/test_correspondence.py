@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from coordgan.correspondence import canonical_grid, chamfer_distance, lookup, lookup_published
+from coordgan.correspondence import canonical_grid, chamfer_distance, lookup, lookup_fused, lookup_published
 from coordgan.errors import CoordGANError
 
 
@@ -268,6 +268,15 @@ def test_cuda_matches_cpu():
         p_gpu, lab_gpu = lookup(q.cuda(), k.cuda(), v.cuda(), mode=mode, k=kk)
         assert p_gpu.is_cuda and lab_gpu.is_cuda
         torch.testing.assert_close(p_gpu.cpu(), p_cpu, atol=1e-5, rtol=0)
+
+
+def test_lookup_fused_refuses_cpu_tensors():
+    """The fused kernel path says what it needs instead of failing inside CUDA (its GPU tests: test_lookup_cuda)."""
+    q = torch.zeros(1, 2, 4, 4)
+    with pytest.raises(CoordGANError, match="needs CUDA tensors"):
+        lookup_fused(q, torch.zeros(1, 1, 2, 4, 4), torch.ones(1, 1, 3, 4, 4))
+    with pytest.raises(CoordGANError, match="mode must be one of"):
+        lookup_fused(q, torch.zeros(1, 1, 2, 4, 4), torch.ones(1, 1, 3, 4, 4), mode="fuzzy")
 
 
 # ---------------------------------------------------------------------------------- bad inputs

@@ -40,6 +40,14 @@ class _CudaEventTimer:
         self.ms = self.start.elapsed_time(self.end)
 
 
+def _fused_kernel_available() -> bool:
+    try:
+        from runtime.lookup import cuda as fused
+    except ImportError:
+        return False
+    return fused.available()
+
+
 class TorchRunner(Runner):
     def __init__(self, backend: str, workload: Workload, checkpoint, *, device: str = "auto",
                  precision: str = "fp32"):
@@ -67,8 +75,11 @@ class TorchRunner(Runner):
                 self.encoder = checkpoint.encoder.to(device=device, dtype=self.dtype).eval()
         self.detail = {"torch": "eager", "torch-compile": "torch.compile (default mode)",
                        "published": "encoder + full generator + norm/softmax/einsum lookup per frame"}[backend]
+        # eager torch on a GPU looks up with the fused kernel (what a deployment would run); compile
+        # keeps the torch formulation, which is what it can trace
+        self.fused_lookup = self.uses_gpu and backend == "torch" and _fused_kernel_available()
         if workload.target in ("lookup", "pipeline") and backend != "published":
-            self.detail += ", chunked reference lookup"
+            self.detail += ", fused CUDA lookup kernel" if self.fused_lookup else ", chunked reference lookup"
         self._call = None
 
     # -- the computations -------------------------------------------------------------------------
@@ -76,7 +87,12 @@ class TorchRunner(Runner):
         torch, wl = self.torch, self.workload
         import torch.nn.functional as F
 
-        from coordgan.correspondence import lookup, lookup_published
+        from coordgan.correspondence import lookup_published
+
+        if self.fused_lookup:
+            from coordgan.correspondence import lookup_fused as lookup
+        else:
+            from coordgan.correspondence import lookup
 
         if wl.target == "encoder":
             def fn(image):
