@@ -8,17 +8,13 @@
         summary = propagate_sequence(model, open_frames("clip.mp4"), [Reference.from_png("first.png")],
                                      "out/clip", PropagateOptions(batch=8, memory=3))
 
-Per frame (DESIGN.md, "Data flow of mask propagation"): the encoder gives its correspondence map
-at the model's grid G (frames go through it `batch` at a time); an annotated frame's output is its
-mask, and its area-averaged label probabilities join the memory for good; any other frame looks
-its pixels up in the memory (soft lookup, temperature tau, optionally only the top-k neighbours),
-its grid probabilities are upsampled bilinearly to the frame size and the argmax is its mask; its
-grid probabilities then enter the window of the last M propagated frames. Annotations take effect
-from their frame on (propagation streams forward), so frame 0 must be annotated.
-
-Labels keep their values: the labels found in the references (any of 0..255) map to compact
-channels inside and back on output, and the PNGs carry the first reference's palette (the DAVIS
-palette for grayscale references).
+Frames go through the encoder `batch` at a time; each frame's correspondence map then takes one
+step of runtime.propagator.Propagator (the algorithm: an annotated frame's mask joins the memory,
+any other frame is looked up in it; the Triton model coordgan_video runs the same step).
+Annotations take effect from their frame on (propagation streams forward), so frame 0 must be
+annotated. This module adds the files: frames in, references resized to the frames, PNGs out
+(label values kept, the first reference's palette, or the DAVIS palette for grayscale
+references), resume, timing.
 
 Outputs in `out_dir`, each written atomically (temp + rename): NAME.png per frame (palette PNG),
 probs/NAME.npz with `--save-probs` (float16 grid probabilities "probs" (C, G, G) and the label of
@@ -42,8 +38,8 @@ import numpy as np
 from coordgan.errors import CoordGANError
 from coordgan.fileio import atomic_write
 from runtime import masks as mask_io
-from runtime.label_resize import labels_to_grid, upsample_argmax
 from runtime.propagation_memory import STATE_FILE, Memory
+from runtime.propagator import LabelChannels, Propagator
 from runtime.video import FrameSource, VideoWriter, as_frame_source
 
 SUMMARY_FILE = "summary.json"
@@ -108,20 +104,6 @@ class _Timer:
         return now
 
 
-class _Labels:
-    """Label values <-> compact channels, and the palette of the outputs."""
-
-    def __init__(self, refs: list[Reference]):
-        values = sorted(set().union(*(np.unique(r.labels).tolist() for r in refs)))
-        self.values = np.array(values, np.uint8)  # channel -> label
-        self.channel_of = np.zeros(256, np.int64)  # label -> channel
-        self.channel_of[self.values] = np.arange(len(values))
-        self.palette = mask_io.full_palette(refs[0].palette)
-
-    def __len__(self) -> int:
-        return len(self.values)
-
-
 def propagate_sequence(model, frames, refs: Sequence[Reference], out_dir,
                        options: PropagateOptions = PropagateOptions(), *, name: str | None = None,
                        on_frame: Callable[[int, int | None], None] | None = None) -> dict:
@@ -138,7 +120,7 @@ def propagate_sequence(model, frames, refs: Sequence[Reference], out_dir,
     out_dir = Path(out_dir)
     name = name or out_dir.name
     refs_at = _resolve_references(source, refs)
-    labels = _Labels([refs_at[i] for i in sorted(refs_at)])
+    labels = LabelChannels(np.concatenate([np.unique(r.labels) for r in refs_at.values()]))  # all, up front
     fingerprint = _fingerprint(options, refs_at, labels)
     start, memory, meta = _prepare_output(out_dir, source, options, fingerprint)
     if memory is None:
@@ -219,7 +201,7 @@ def _prepare_output(out_dir: Path, source: FrameSource, options: PropagateOption
     return 0, Memory(options.memory), {}
 
 
-def _fingerprint(options: PropagateOptions, refs_at: dict, labels: _Labels) -> dict:
+def _fingerprint(options: PropagateOptions, refs_at: dict, labels: LabelChannels) -> dict:
     return {**options.algorithm(), "labels": labels.values.tolist(),
             "references": {str(i): refs_at[i].digest() for i in sorted(refs_at)}}
 
@@ -235,7 +217,9 @@ class _SequenceRun:
 
     def __init__(self, model, source, refs_at, labels, out_dir, options, memory, start, on_frame):
         self.model, self.source, self.refs_at, self.labels = model, source, refs_at, labels
-        self.out_dir, self.options, self.memory, self.start = out_dir, options, memory, start
+        self.out_dir, self.options, self.start = out_dir, options, start
+        self.step = Propagator(model.lookup, memory=memory, tau=options.tau, topk=options.topk, labels=labels.values)
+        self.palette = mask_io.full_palette(refs_at[0].palette)
         self.on_frame = on_frame or (lambda done, total: None)
         self.timer = _Timer()
         self.size = None  # (H, W) of the frames
@@ -278,7 +262,7 @@ class _SequenceRun:
                 self._set_frame_size(frame.shape[:2])
             if index < self.start:
                 done_mask, _ = mask_io.read_mask(self.out_dir / f"{name}.png", what="Earlier output")
-                writer.write(mask_io.overlay(frame, done_mask, self.labels.palette))
+                writer.write(mask_io.overlay(frame, done_mask, self.palette))
                 tick = self.timer.add("upsample_write", tick)
                 continue
             batch.append((index, name, frame))
@@ -302,37 +286,25 @@ class _SequenceRun:
         for (index, name, frame), c in zip(batch, corr):
             if index in self.refs_at:
                 out = self.full_refs[index]
-                probs = labels_to_grid(self.labels.channel_of[out], len(self.labels), c.shape[-1])
-                self.memory.add_reference(name, c, probs)
-                tick = self.timer.add("upsample_write", tick)
+                probs = self.step.annotate(name, c, out)
             else:
-                probs = self._lookup(c)
-                tick = self.timer.add("lookup", tick)
-                out = self.labels.values[upsample_argmax(probs, self.size)]
-                self.memory.push(name, c, probs)
+                out, probs = self.step.propagate(name, c, self.size)
+                tick = self.timer.add("lookup", tick)  # lookup, upsample and argmax
             self._write(name, out, probs, frame, writer)
             tick = self.timer.add("upsample_write", tick)
             self.processed += 1
             self.on_frame(index + 1, self.source.count)
         # Saved after the batch: a resumed run restarts at a batch boundary, as this one did.
-        self.memory.save(self.out_dir / STATE_FILE, next_frame=batch[-1][0] + 1,
-                         meta=self.state_meta)
+        self.step.memory.save(self.out_dir / STATE_FILE, next_frame=batch[-1][0] + 1, meta=self.state_meta)
         self.timer.add("upsample_write", tick)
-
-    def _lookup(self, corr: np.ndarray) -> np.ndarray:
-        keys, values = self.memory.keys_values()
-        o = self.options
-        k = None if o.topk is None else min(o.topk, keys.shape[1] * keys.shape[3] * keys.shape[4])
-        probs, _ = self.model.lookup(corr[None], keys, values, tau=o.tau, mode="soft" if k is None else "topk", k=k)
-        return probs[0]
 
     def _write(self, name, labels, probs, frame, writer):
         if self.options.save_probs:
             with atomic_write(self.out_dir / PROBS_DIR / f"{name}.npz") as f:
                 np.savez(f, probs=probs.astype(np.float16), labels=self.labels.values)
-        mask_io.write_mask(self.out_dir / f"{name}.png", labels, self.labels.palette)
+        mask_io.write_mask(self.out_dir / f"{name}.png", labels, self.palette)
         if writer:
-            writer.write(mask_io.overlay(frame, labels, self.labels.palette))
+            writer.write(mask_io.overlay(frame, labels, self.palette))
 
     def _check_all_references_seen(self):
         late = [i for i in self.refs_at if i >= self.seen]

@@ -44,6 +44,17 @@ class Memory:
         if self.recent_size:
             self.recent.append((name, _f32(corr), _f32(probs)))  # the deque drops the oldest
 
+    def widen(self, index_of_old: np.ndarray, channels: int) -> None:
+        """More label channels: channel c of every entry moves to index_of_old[c], the new ones hold 0."""
+        def wide(entry):
+            name, corr, probs = entry
+            out = np.zeros((channels,) + probs.shape[1:], np.float32)
+            out[index_of_old] = probs
+            return name, corr, out
+
+        self.refs = [wide(e) for e in self.refs]
+        self.recent = deque((wide(e) for e in self.recent), maxlen=self.recent.maxlen)
+
     def entries(self) -> list[tuple[str, np.ndarray, np.ndarray]]:
         return self.refs + list(self.recent)
 
