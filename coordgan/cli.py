@@ -30,12 +30,14 @@ def _register_subcommands() -> None:
     from coordgan.propagate_cli import register as register_propagate
     from coordgan.train.cli import register as register_train
     from export.cli import app as export_app
+    from triton_models.build_cli import register as register_triton
     from triton_models.serve_cli import register as register_serve
 
     register_train(app)
     register_eval(app)
     register_propagate(app)
     register_bench(app)
+    register_triton(app)
     register_serve(app)
     register_demo(app)
     app.add_typer(export_app, name="export")
