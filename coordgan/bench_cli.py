@@ -6,6 +6,7 @@ runners and the exporter load inside the command, so `coordgan --help` starts wi
     coordgan bench encoder --preset celeba-128 --batch 1,8
     coordgan bench pipeline --ckpt ckpt.pt --backends published,torch,ort-cpu --json run.json
     coordgan bench --compare before.json after.json
+    coordgan bench triton --url 127.0.0.1:8001 --model coordgan_encoder --concurrency 1,2,4,8,16 --json t.json
 """
 
 from __future__ import annotations
@@ -47,17 +48,29 @@ def _frame_size(text: Optional[str]):
     return (h, w)
 
 
+def _shapes(values: Optional[List[str]]) -> dict:
+    """--shape NAME:D1,D2 (repeatable) -> {NAME: (D1, D2)}: dims without the batch dimension."""
+    shapes = {}
+    for text in values or ():
+        name, sep, dims = text.partition(":")
+        if not sep or not name:
+            raise CoordGANError(f"--shape must be NAME:D1,D2,... (dims without the batch), not {text!r}.")
+        shapes[name] = _ints(dims, f"--shape {name}")
+    return shapes
+
+
 def bench(
-    target: Optional[str] = typer.Argument(None, help="encoder, generator, lookup or pipeline "
-                                           "(omit with --compare)."),
+    target: Optional[str] = typer.Argument(None, help="encoder, generator, lookup, pipeline, or triton (a load "
+                                           "test of a served model; omit with --compare)."),
     ckpt: Optional[Path] = typer.Option(None, "--ckpt", help="Checkpoint: ours (.safetensors) or the authors' .pt."),
     preset: Optional[str] = typer.Option(None, "--preset", help="Random weights of this preset (timing does not "
                                          "depend on the values)."),
     backends: Optional[str] = typer.Option(None, "--backends", help=BACKENDS_HELP),
-    batch: str = typer.Option("1", "--batch", help="Batch sizes to sweep, comma-separated (e.g. 1,2,4,8)."),
+    batch: str = typer.Option("1", "--batch", help="Batch sizes to sweep, comma-separated (e.g. 1,2,4,8); "
+                              "triton: the batch of each request."),
     precision: str = typer.Option("fp32", "--precision", help="fp32 or fp16 (fp16: torch on CUDA, ONNX exported "
                                   "with --fp16; TensorRT plans run as built)."),
-    warmup: int = typer.Option(3, "--warmup", help="Untimed calls per batch size."),
+    warmup: int = typer.Option(3, "--warmup", help="Untimed calls per batch size (triton: per client and level)."),
     iters: int = typer.Option(20, "--iters", help="Timed calls per batch size."),
     max_time: Optional[float] = typer.Option(None, "--max-time", help="Stop a batch size's timed loop after this "
                                              "many seconds (at least one call is always timed)."),
@@ -67,7 +80,20 @@ def bench(
                                             "(default: export on the fly into the cache)."),
     trt_dir: Optional[Path] = typer.Option(None, "--trt-dir", help="Directory with encoder.plan / generator.plan."),
     url: Optional[str] = typer.Option(None, "--url", help="Triton server, triton://host:port (model named after "
-                                      "the target) or triton://host:port/model."),
+                                      "the target) or triton://host:port/model; triton target: also HOST:PORT "
+                                      "or triton+http://host:port."),
+    model: Optional[str] = typer.Option(None, "--model", help="triton: the served model to load-test "
+                                        "(e.g. coordgan_encoder)."),
+    concurrency: str = typer.Option("1,2,4,8,16", "--concurrency", help="triton: closed-loop clients per level, "
+                                    "comma-separated."),
+    protocol: Optional[str] = typer.Option(None, "--protocol", help="triton: grpc or http (default: the --url "
+                                           "scheme's, else grpc)."),
+    requests: Optional[int] = typer.Option(None, "--requests", help="triton: timed requests per level, shared by "
+                                           "its clients (default 100, or unbounded with --duration)."),
+    duration: Optional[float] = typer.Option(None, "--duration", help="triton: seconds per level (with --requests:"
+                                             " whichever ends first)."),
+    shape: Optional[List[str]] = typer.Option(None, "--shape", help="triton: NAME:D1,D2 for inputs with -1 dims "
+                                              "(dims without the batch; repeatable)."),
     lookup_method: str = typer.Option("auto", "--lookup-method", help="CPU lookup: dense, sparse or auto."),
     refs: int = typer.Option(1, "--refs", help="Reference frames in the lookup's memory (R)."),
     classes: int = typer.Option(8, "--classes", help="Label classes (C)."),
@@ -83,7 +109,8 @@ def bench(
     compare: Optional[List[Path]] = typer.Option(None, "--compare", help="Compare two --json results: "
                                                  "--compare a.json --compare b.json (or: --compare a.json b.json)."),
 ):
-    """Latency (p50/p90/p99/mean), throughput and peak memory of a target on every backend."""
+    """Latency (p50/p90/p99/mean), throughput and peak memory of a target on every backend; `triton`: a
+    perf_analyzer-style load test of a served model (latency, throughput, Triton's queue / compute times)."""
     import json
     import sys
 
@@ -98,7 +125,7 @@ def bench(
         files = list(compare) + ([Path(target)] if target and len(compare) == 1 else [])
         if len(files) != 2:
             raise CoordGANError("--compare takes two result files: --compare a.json b.json.")
-        a, b = (report.load_results(f) for f in files)
+        a, b = (_concurrency_in_backend(report.load_results(f)) for f in files)
         rows = report.compare(a, b)
         if not rows:
             raise CoordGANError(f"{files[0]} and {files[1]} have no timed rows in common "
@@ -109,7 +136,23 @@ def bench(
                                                   indent=2) + "\n")
         return
     if target is None:
-        raise CoordGANError("Give a target: encoder, generator, lookup or pipeline (or --compare a.json b.json).")
+        raise CoordGANError("Give a target: encoder, generator, lookup, pipeline or triton "
+                            "(or --compare a.json b.json).")
+    if target == "triton":
+        if csv_out or plot:
+            raise CoordGANError("--csv and --plot are not available for the triton load test; use --json.")
+        if ckpt or preset or backends:
+            raise CoordGANError("--ckpt, --preset and --backends do not apply to the triton load test: it times "
+                                "the model the server at --url serves.")
+        if url is None:
+            raise CoordGANError("The triton load test needs --url HOST:PORT (or triton://host:port).")
+        from runtime.bench.triton_load import LoadOptions
+
+        options = LoadOptions(concurrency=_ints(concurrency, "--concurrency"), batches=_ints(batch, "--batch"),
+                              requests=requests if requests is not None or duration is not None else 100,
+                              duration_s=duration, warmup=warmup, shapes=_shapes(shape), seed=seed)
+        _bench_triton(url, model, protocol, options, json_out, console)
+        return
     from runtime.bench.workload import TARGETS
 
     if target not in TARGETS:
@@ -148,6 +191,39 @@ def bench(
     if plot:
         report.render_plot(rows, plot, title=f"coordgan bench {target} ({meta['source']})")
         console.print(f"wrote {plot}")
+
+
+def _concurrency_in_backend(data: dict) -> dict:
+    """Triton load-test rows differ by concurrency too: fold it into the backend, which compare() matches on."""
+    for r in data["rows"]:
+        if r.get("concurrency") is not None:
+            r["backend"] = f"{r['backend']} x{r['concurrency']}"
+    return data
+
+
+def _bench_triton(url, model, protocol, options, json_out, console) -> None:
+    """`coordgan bench triton`: perf_analyzer-style load levels against a running server."""
+    import sys
+
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from runtime.bench import report
+    from runtime.bench.triton_load import TritonTarget, render_table, run_load
+
+    options.validate()
+    target = TritonTarget(url, model, protocol)
+    try:
+        with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console,
+                      transient=True) as bar:
+            task = bar.add_task("starting", total=None)
+            meta, rows = run_load(target, options, progress=lambda m: bar.update(task, description=m))
+    finally:
+        target.close()
+    meta["command"] = " ".join(sys.argv)
+    render_table(rows, f"coordgan bench triton: {meta['source']}", meta["batching"], console)
+    if json_out:
+        report.write_text(json_out, report.to_json(meta, rows))
+        console.print(f"wrote {json_out}")
 
 
 def _print_published_ratio(rows, console) -> None:
