@@ -205,10 +205,10 @@ def gpu_part(args) -> None:
     except Exception:
         pass
     rows = [
-        ["fused kernel", f"{t_kernel:.3f}", f"{pairs / t_kernel / 1e9:.1f}", "1.0x"],
-        ["torch eager (norm+softmax+einsum)", f"{t_eager:.3f}", f"{pairs / t_eager / 1e9:.1f}",
+        ["fused kernel", f"{t_kernel:.3f}", f"{pairs / t_kernel / 1e6:.1f}", "1.0x"],
+        ["torch eager (norm+softmax+einsum)", f"{t_eager:.3f}", f"{pairs / t_eager / 1e6:.1f}",
          f"{t_eager / t_kernel:.1f}x"],
-        ["torch.compile of the same", f"{t_compiled:.3f}", f"{pairs / t_compiled / 1e9:.1f}",
+        ["torch.compile of the same", f"{t_compiled:.3f}", f"{pairs / t_compiled / 1e6:.1f}",
          f"{t_compiled / t_kernel:.1f}x"],
     ]
     if clock_khz:
@@ -216,7 +216,7 @@ def gpu_part(args) -> None:
         sfu_ms = 2 * pairs / (16 * sms * hz) * 1e3
         fma_ms = c * pairs / (_fp32_lanes_per_sm(props.major, props.minor) * sms * hz) * 1e3
         floor = max(sfu_ms, fma_ms)
-        rows.append(["arithmetic floor", f"{floor:.3f}", f"{pairs / floor / 1e9:.1f}", f"{floor / t_kernel:.2f}x"])
+        rows.append(["arithmetic floor", f"{floor:.3f}", f"{pairs / floor / 1e6:.1f}", f"{floor / t_kernel:.2f}x"])
         note = (f"floor: {sms} SMs at {hz / 1e9:.2f} GHz; SFU (sqrt+exp) {sfu_ms:.3f} ms, FMA (C={c}) {fma_ms:.3f} ms; "
                 f"kernel at {floor / t_kernel * 100:.0f}% of it")
     else:
