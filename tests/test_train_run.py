@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -123,19 +124,22 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     assert "step 3" in (out / "train.log").read_text()
 
 
-def test_sigterm_writes_a_checkpoint(tmp_path):
+def test_sigterm_to_the_process_group_writes_a_checkpoint(tmp_path):
+    """SIGTERM to the whole process group (docker stop, Slurm, a terminal's Ctrl-C do that), data
+    workers included: the trainer still finishes the step, checkpoints and exits 128 + 15."""
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "coordgan.train", "train", "--preset", "tiny", "--data", "synthetic-faces",
            "--out", str(out), "--steps", "100000", "--batch", "2", "--ckpt-every", "100000",
-           "--lpips-net", "alex", "--lpips-random-backbone", "--workers", "0", "--device", "cpu"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           "--lpips-net", "alex", "--lpips-random-backbone", "--workers", "1", "--device", "cpu"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
     try:
         deadline = time.monotonic() + 120
         while not ((out / "log.jsonl").is_file() and (out / "log.jsonl").read_text().strip()):
             assert proc.poll() is None, proc.communicate()[1]
             assert time.monotonic() < deadline, "no training step within 120 s"
             time.sleep(0.2)
-        proc.send_signal(signal.SIGTERM)
+        os.killpg(proc.pid, signal.SIGTERM)
         _, stderr = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:

@@ -94,6 +94,7 @@ def _session(c: Common, cfg: ModelConfig, kind: str, build_task, info: dict, hoo
     """Set up everything, build the task with `build_task(cfg, run, lpips, dataset, record)`, run the loop."""
     wanted = c.device or ("cuda" if torch.cuda.is_available() else "cpu")
     d = ddp.init("cuda" if wanted.startswith("cuda") else "cpu")
+    loader = None
     try:
         device = _device(c.device, d)
         notes = _check_amp(c.amp, device)
@@ -120,6 +121,8 @@ def _session(c: Common, cfg: ModelConfig, kind: str, build_task, info: dict, hoo
                     "notes": notes, **info}
         return train_loop(task, run, loader, record, run_info, console)
     finally:
+        if loader is not None:
+            loader.close()
         ddp.shutdown(d)
 
 

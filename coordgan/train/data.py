@@ -8,6 +8,7 @@ the only loader state is (epoch, batches taken) and worker processes change noth
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,14 @@ def image_extensions() -> set[str]:
     from PIL import Image
 
     return {ext.lower() for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
+
+
+def _leave_signals_to_the_trainer(_worker_id: int) -> None:
+    """Workers ignore SIGTERM/SIGINT. Ctrl-C, `docker stop`, Slurm and `kill -- -PGID` signal the
+    whole process group; a worker that died of it would crash the trainer mid-step instead of
+    letting it finish the step, checkpoint and stop (the trainer ends its workers itself)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 class ImageFolder(Dataset):
@@ -148,8 +157,17 @@ class ResumableLoader:
         # would make the training RNG depend on when epochs start and runs resume.
         loader = DataLoader(self.dataset, batch_size=self.batch, sampler=sampler, drop_last=True,
                             num_workers=self.workers, generator=torch.Generator().manual_seed(self.epoch),
-                            persistent_workers=False, pin_memory=torch.cuda.is_available())
+                            persistent_workers=False, pin_memory=torch.cuda.is_available(),
+                            worker_init_fn=_leave_signals_to_the_trainer if self.workers else None)
         self._it = iter(loader)
+
+    def close(self) -> None:
+        """End the worker processes now, through DataLoader's own shutdown: they ignore SIGTERM, so
+        leaving them to the interpreter's exit (which terminates, then joins) would hang."""
+        it, self._it = self._it, None
+        shutdown = getattr(it, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
 
     def next(self):
         """(images (B, 3, H, W), [paths of unreadable files met])."""
