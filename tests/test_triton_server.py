@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from coordgan.errors import CoordGANError
-from triton_models.server import TritonServer, check_repository
+from triton_models.server import EXIT_TIMEOUT_S, TritonServer, check_repository
 from triton_helpers import needs_tritonserver, start_server, write_echo_repo
 
 COORDGAN = str(Path(sys.executable).parent / "coordgan")
@@ -61,6 +61,25 @@ def test_server_serves_http_and_grpc_and_leaves_nothing(tmp_path):
         assert _processes_mentioning("triton_python_backend_stub"), "the python backend runs no stub"
     with pytest.raises(ProcessLookupError):
         os.killpg(group, 0)  # the server and its stubs are gone
+
+
+@needs_tritonserver
+def test_stop_does_not_wait_for_idle_client_connections(tmp_path):
+    """A client that keeps its connection open (any pooled HTTP client) must not hold shutdown for
+    Triton's default 30 s exit timeout."""
+    import tritonclient.http as http
+
+    repo = write_echo_repo(tmp_path / "repo")
+    with start_server(repo) as server:
+        client = http.InferenceServerClient(server.http_url)
+        _infer_echo(http, server.http_url)
+        assert client.is_server_live()  # the connection stays open in the client's pool
+        started = time.monotonic()
+        code = server.stop()
+        took = time.monotonic() - started
+        assert code in (0, 1), server.log_text()[-2000:]  # 1: Triton had to cut the idle connection
+        client.close()
+    assert took < EXIT_TIMEOUT_S + 5, f"stopping took {took:.1f} s"
 
 
 @needs_tritonserver

@@ -35,6 +35,9 @@ from coordgan.errors import CoordGANError
 _INSTALL_HINT = "pip install --no-deps 'nvidia-pytriton>=0.5' (its binary is all that is used)"
 
 
+EXIT_TIMEOUT_S = 5  # seconds Triton gives in-flight requests once asked to stop
+
+
 def pytriton_server_dir() -> Path:
     """<site-packages>/pytriton/tritonserver, without importing pytriton (its API is not needed)."""
     spec = importlib.util.find_spec("pytriton")
@@ -118,6 +121,9 @@ class TritonServer:
             cmd.append("--allow-metrics=false")
         else:
             cmd += [f"--metrics-address={self.host}", f"--metrics-port={self.metrics_port}"]
+        # in-flight requests get this long after SIGTERM; Triton's default (30 s) also waits that
+        # long for any client that merely keeps an idle connection open, which makes Ctrl-C look hung
+        cmd.append(f"--exit-timeout-secs={EXIT_TIMEOUT_S}")
         if self.binary is None:
             cmd.append(f"--backend-directory={python_backend_dir(self._scratch / 'backends')}")
         return cmd + list(self.extra_args)
