@@ -100,6 +100,23 @@ def test_encoder_and_generator_equal_the_runtime(client, local):
         np.testing.assert_allclose(got[name], value, atol=ATOL, rtol=0, err_msg=name)
 
 
+@pytest.mark.parametrize("scheme", ["triton", "triton+http"])
+def test_runtime_triton_backend_equals_local_onnx_runtime(served, scheme):
+    """The runtime's own Triton backend (what `coordgan propagate --backend triton` uses): same
+    correspondence maps and codes through the server as from ONNX Runtime in process."""
+    from runtime.correspondence_model import CorrespondenceModel
+
+    server, exported = served
+    address = server.grpc_url if scheme == "triton" else server.http_url
+    frames = np.random.default_rng(3).integers(0, 256, (5, 40, 48, 3), dtype=np.uint8)
+    with CorrespondenceModel(f"{scheme}://{address}/coordgan_encoder", batch=2) as remote, \
+            CorrespondenceModel(exported / "encoder.onnx", backend="onnxruntime", batch=2) as here:
+        got, want = remote.encode(frames), here.encode(frames)
+    assert set(got) == set(want) == {"corr_map", "w_struct", "w_texture"}
+    for name in want:
+        np.testing.assert_allclose(got[name], want[name], atol=ATOL, err_msg=name)
+
+
 def test_lookup_and_frame_labels_equal_the_runtime(client, local):
     x = images(2, seed=5)
     ref_maps, ref_probs = memory(local["encoder"], 2)
