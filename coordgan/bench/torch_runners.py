@@ -40,14 +40,6 @@ class _CudaEventTimer:
         self.ms = self.start.elapsed_time(self.end)
 
 
-def _fused_kernel_available() -> bool:
-    try:
-        from runtime.lookup import cuda as fused
-    except ImportError:
-        return False
-    return fused.available()
-
-
 class TorchRunner(Runner):
     def __init__(self, backend: str, workload: Workload, checkpoint, *, device: str = "auto",
                  precision: str = "fp32"):
@@ -75,9 +67,11 @@ class TorchRunner(Runner):
                 self.encoder = checkpoint.encoder.to(device=device, dtype=self.dtype).eval()
         self.detail = {"torch": "eager", "torch-compile": "torch.compile (default mode)",
                        "published": "encoder + full generator + norm/softmax/einsum lookup per frame"}[backend]
-        # eager torch on a GPU looks up with the fused kernel (what a deployment would run); compile
-        # keeps the torch formulation, which is what it can trace
-        self.fused_lookup = self.uses_gpu and backend == "torch" and _fused_kernel_available()
+        # eager torch on a GPU looks up with the fused kernel (what a deployment would run; it takes
+        # C <= 64); compile keeps the torch formulation, which is what it can trace
+        from runtime.lookup import cuda_available
+
+        self.fused_lookup = self.uses_gpu and backend == "torch" and workload.classes <= 64 and cuda_available()
         if workload.target in ("lookup", "pipeline") and backend != "published":
             self.detail += ", fused CUDA lookup kernel" if self.fused_lookup else ", chunked reference lookup"
         self._call = None
