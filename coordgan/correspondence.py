@@ -30,13 +30,10 @@ The published evaluation (NVlabs/CoordGAN ``eval_corr.py``) uses the soft mode w
 
 from __future__ import annotations
 
-import math
-import operator
-
 import torch
 
 from coordgan.errors import CoordGANError
-from runtime.lookup.cpu import check_mode  # the one mode/k rule of every lookup path
+from runtime.lookup.cpu import as_int, check_mode, check_tau  # one set of argument rules for every lookup path
 
 __all__ = ["MODES", "canonical_grid", "lookup", "lookup_fused", "lookup_published", "chamfer_distance", "soft_warp"]
 
@@ -109,27 +106,11 @@ def _check_probs(name: str, t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def _check_tau(tau: object) -> float:
-    if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not math.isfinite(tau) or tau <= 0:
-        raise CoordGANError(f"tau must be a finite number > 0, got {tau!r}.")
-    return float(tau)
-
-
-def _as_int(value: object) -> int | None:
-    """value as an int (Python or numpy integer), or None for anything else, bool included."""
-    if isinstance(value, bool):
-        return None
-    try:
-        return operator.index(value)
-    except TypeError:
-        return None
-
-
 def _check_positive_int(name: str, value: object) -> int:
-    as_int = _as_int(value)
-    if as_int is None or as_int < 1:
+    number = as_int(value)
+    if number is None or number < 1:
         raise CoordGANError(f"{name} must be a positive integer, got {value!r}.")
-    return as_int
+    return number
 
 
 def _validate(
@@ -242,7 +223,7 @@ def lookup(
     """
     if mode not in MODES:
         raise CoordGANError(f"mode must be one of 'soft', 'hard' or 'topk', got {mode!r}.")
-    tau = _check_tau(tau)
+    tau = check_tau(tau)
     chunk_size = _check_positive_int("chunk_size", chunk_size)
     q, kmap, v = _validate(query, ref_maps, ref_probs)
     n, r, _, hk, wk = kmap.shape
@@ -290,7 +271,7 @@ def lookup_fused(
     """
     if mode not in MODES:
         raise CoordGANError(f"mode must be one of 'soft', 'hard' or 'topk', got {mode!r}.")
-    tau = _check_tau(tau)
+    tau = check_tau(tau)
     q, kmap, v = _validate(query, ref_maps, ref_probs)
     if not q.is_cuda:
         raise CoordGANError("lookup_fused runs the CUDA kernel and needs CUDA tensors; use lookup() on the CPU.")
@@ -320,7 +301,7 @@ def lookup_published(
     as HqWq x M x 2 floats (about 2 GiB per item at 128x128 with one reference); do not use it for
     real work.
     """
-    tau = _check_tau(tau)
+    tau = check_tau(tau)
     q, kmap, v = _validate(query, ref_maps, ref_probs)
     qf, kf, vf = _flatten(q, kmap, v)
     dist = torch.norm(qf.unsqueeze(2) - kf.unsqueeze(1), dim=3)
@@ -486,7 +467,7 @@ def soft_warp(
         )
     if not (q.is_floating_point() and k.is_floating_point() and v.is_floating_point()):
         raise CoordGANError("query_map, ref_map and ref_values must be floating-point tensors.")
-    tau = _check_tau(tau)
+    tau = check_tau(tau)
     chunk_size = _check_positive_int("chunk_size", chunk_size)
     dtype = torch.float64 if torch.float64 in (q.dtype, k.dtype, v.dtype) else torch.float32
     hq, wq = q.shape[2:]

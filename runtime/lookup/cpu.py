@@ -123,7 +123,8 @@ def _check_probs(name: str, a: np.ndarray) -> np.ndarray:
     return a
 
 
-def _as_int(value: object) -> int | None:
+def as_int(value: object) -> int | None:
+    """value as an int (Python or numpy integer), or None for anything else, bool included."""
     if isinstance(value, (bool, np.bool_)):
         return None
     try:
@@ -147,7 +148,7 @@ def check_mode(mode: object, k: object, m: int) -> int | None:
     if mode == "topk":
         if k is None:
             raise CoordGANError("mode='topk' needs k, the number of nearest reference pixels to keep.")
-        k_int = _as_int(k)
+        k_int = as_int(k)
         if k_int is None or not 1 <= k_int <= m:
             raise CoordGANError(f"k must be an integer between 1 and R*Hk*Wk = {m}, got {k!r}.")
         return k_int
@@ -328,7 +329,7 @@ def lookup_dense(
     x = prepare(query, ref_maps, ref_probs, tau=tau, mode=mode, k=k)
     if chunk is None:
         chunk = _dense_chunk(x.m, x.mode, memory_budget)
-    elif _as_int(chunk) is None or chunk < 1:
+    elif as_int(chunk) is None or chunk < 1:
         raise CoordGANError(f"chunk must be a positive integer, got {chunk!r}.")
     out = np.empty((x.n, x.c, x.hq * x.wq), np.float32)
     ws = _Workspace()
@@ -553,7 +554,7 @@ def lookup_sparse(
         raise CoordGANError(f"dense_above must be a number between 0 and 1, got {dense_above!r}.")
     if threads is None:
         threads = default_threads()
-    elif _as_int(threads) is None or threads < 1:
+    elif as_int(threads) is None or threads < 1:
         raise CoordGANError(f"threads must be a positive integer, got {threads!r}.")
     n, m, nq = x.n, x.m, x.hq * x.wq
     stats = {"path": "sparse", "pairs": 0, "dense_pairs": n * nq * m, "threads": int(threads), "reason": None}

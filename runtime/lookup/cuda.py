@@ -209,7 +209,7 @@ def _function(name: str):
 
 
 def _positive(name: str, value) -> int:
-    v = cpu._as_int(value)
+    v = cpu.as_int(value)
     if v is None or v < 1:
         raise CoordGANError(f"{name} must be a positive integer, got {value!r}.")
     return v
@@ -255,7 +255,7 @@ def lookup_device(
     pointers = []
     for name, ptr in (("query", query_ptr), ("ref_maps", ref_maps_ptr), ("ref_probs", ref_probs_ptr),
                       ("probs_out", probs_out_ptr), ("labels_out", labels_out_ptr)):
-        p = cpu._as_int(ptr)
+        p = cpu.as_int(ptr)
         if p is None or p <= 0:
             raise CoordGANError(f"{name} must be a device pointer (a positive int), got {ptr!r}.")
         pointers.append(p)
