@@ -6,6 +6,7 @@ import copy
 import dataclasses
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -269,7 +270,13 @@ def test_cli_train_writes_checkpoints_logs_and_samples(tmp_path):
     assert {"d_gan", "d_patch", "r1", "r1_patch", "g_gan", "g_texture", "g_structure", "g_warp", "g_chamfer",
             "lr_g", "lr_d", "time"} <= set(rows[0])
     assert rows[0]["lr_g"] == pytest.approx(0.002 * 4 / 5) and rows[0]["lr_d"] == pytest.approx(0.002 * 16 / 17)
-    assert "RANDOM backbone" in (out / "train.log").read_text()
+    log = (out / "train.log").read_text()
+    assert "RANDOM backbone" in log
+    # beside each grid, how far the structure code moves the correspondence map (the collapse to watch for)
+    moved = re.findall(r"step (\d+): structure branch: correspondence maps vary by ([0-9.]+) \(([0-9.]+) px\)", log)
+    assert [m[0] for m in moved] == ["1", "2"]
+    std, px = float(moved[-1][1]), float(moved[-1][2])
+    assert 0 < std < 1 and px == pytest.approx(std * (TINY.base_size - 1) / 2, abs=0.01)
     assert len(list((out / "checkpoints").glob("*.safetensors"))) == 4  # the last 2 pairs are kept
 
 

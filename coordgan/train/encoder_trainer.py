@@ -77,6 +77,9 @@ class EncoderTraining:
             return images
         return F.interpolate(images, size=(base, base), mode="bilinear", align_corners=False, antialias=True)
 
+    def sample_stats(self) -> str:
+        return ""
+
     @torch.no_grad()
     def sample_grid(self) -> np.ndarray:
         """Rows: real images, their reconstructions (fixed noise), their correspondence maps."""

@@ -82,6 +82,7 @@ class Task(Protocol):
     def optimizers(self) -> dict[str, torch.optim.Optimizer]: ...
     def train_step(self, it: int, images: torch.Tensor) -> dict[str, float]: ...
     def sample_grid(self) -> np.ndarray: ...
+    def sample_stats(self) -> str: ...  # one line for train.log beside each sample grid ("" for none)
 
 
 @dataclass
@@ -396,6 +397,8 @@ def train_loop(task: Task, run: Run, loader, record: dict | None, run_info: dict
                     log.event(f"checkpoint {path} (step {step})")
                 if opts.sample_every > 0 and step % opts.sample_every == 0 and d.is_main:
                     write_png(out / "samples" / f"step_{step:06d}.png", task.sample_grid())
+                    if stats := task.sample_stats():
+                        log.event(f"step {step}: {stats}")
                 if stop:
                     name, num = signals.received or ("a signal on another process", signal.SIGTERM)
                     log.event(f"stopped by {name} after step {step}", console)
