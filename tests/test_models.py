@@ -99,6 +99,17 @@ def test_folded_warp_equals_published_per_pixel_concatenation():
     assert torch.allclose(g.warp(w_s).reshape(3, 2, hw), published, atol=1e-6)
 
 
+def test_warp_latent_gain_scales_only_the_structure_code_weights_at_init():
+    cfg = dataclasses.replace(PRESETS["tiny"], warp_latent_gain=1.0)
+    torch.manual_seed(0)
+    plain = Generator(cfg).foldnet.conv1_1
+    torch.manual_seed(0)
+    strong = Generator(dataclasses.replace(cfg, warp_latent_gain=4.0)).foldnet.conv1_1
+    assert torch.equal(strong.weight[:, :2], plain.weight[:, :2])  # coordinate weights untouched
+    assert torch.equal(strong.weight[:, 2:], plain.weight[:, 2:] * 4.0)
+    assert torch.equal(strong.bias, plain.bias)
+
+
 def test_canonical_grid_orientation():
     grid = canonical_grid(4, 6)
     assert torch.equal(grid[0, 0], torch.linspace(-1, 1, 6))  # x along width

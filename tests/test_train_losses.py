@@ -127,6 +127,22 @@ def test_ramp_pairs_and_crops():
     torch.testing.assert_close(crops, torch.full_like(crops, 0.25))  # inside the image: no padding
 
 
+def test_luminance_ignores_colour_and_keeps_layout(lpips):
+    """The colour-blind texture-swap distance: recolouring costs nothing, moving the content does."""
+    torch.manual_seed(4)
+    x = torch.nn.functional.interpolate(torch.rand(4, 3, 6, 6) * 2 - 1, size=(32, 32), mode="bilinear")
+    recoloured = (x[:, [2, 0, 1]] * 0.6 + 0.2)  # same grey layout, other colours and contrast
+    moved = torch.roll(x, shifts=3, dims=3)
+    lum = L.luminance(x)
+    assert lum.shape == x.shape and lum.min() >= -1 and lum.max() <= 1
+    assert torch.equal(lum[:, 0], lum[:, 2])
+    torch.testing.assert_close(L.luminance(recoloured), lum, atol=1e-2, rtol=0)  # eps in the std
+    with torch.no_grad():
+        assert L.perceptual(lpips, lum, L.luminance(recoloured)) < 1e-3
+        assert L.perceptual(lpips, lum, L.luminance(moved)) > 0.01
+        assert L.perceptual(lpips, x, recoloured) > 0.01  # RGB does pay for the colours
+
+
 def test_discriminator_losses_reach_every_group(nets):
     torch.manual_seed(1)
     g, d, dp = nets["g"], nets["d"], nets["d_patch"]
@@ -164,14 +180,15 @@ def test_generator_losses_reach_their_groups(nets, lpips):
     terms = {
         "gan": L.g_nonsaturating(d(x)),
         "texture": L.perceptual(lpips, x, x_t),
+        "texture_luminance": L.perceptual(lpips, L.luminance(x), L.luminance(x_t)),
         "structure": L.patch_g_loss(dp, x, x_t[perm], TINY),
         "warp": L.warp_loss(lpips, x, corr, 0.01),
         "chamfer": L.chamfer_loss(corr, g.grid),
     }
     everything = set(groups(g))
     structure_branch = {k for k in everything if k.startswith(("struc", "foldnet"))}
-    expected = {"gan": everything, "texture": everything, "structure": everything, "warp": everything,
-                "chamfer": structure_branch}
+    expected = {"gan": everything, "texture": everything, "texture_luminance": everything,
+                "structure": everything, "warp": everything, "chamfer": structure_branch}
     for name, value in terms.items():
         assert torch.isfinite(value), name
         g.zero_grad(set_to_none=True)

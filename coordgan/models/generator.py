@@ -36,11 +36,14 @@ class CoordWarpNet(nn.Module):
     function with about half the FLOPs of the published per-pixel concatenation.
     """
 
-    def __init__(self, style_dim: int, hidden: int):
+    def __init__(self, style_dim: int, hidden: int, latent_gain: float = 1.0):
         super().__init__()
         self.conv1_1 = nn.Conv1d(2 + style_dim, hidden, 1)
         self.conv1_2 = nn.Conv1d(hidden, hidden, 1)
         self.conv1_3 = nn.Conv1d(hidden, 2, 1)
+        if latent_gain != 1.0:  # a stronger start for the structure code (ModelConfig.warp_latent_gain)
+            with torch.no_grad():
+                self.conv1_1.weight[:, 2:] *= latent_gain
 
     def forward(self, coords: torch.Tensor, w_struct: torch.Tensor) -> torch.Tensor:
         """coords (2, H, W) canonical grid, w_struct (N, D) -> correspondence map (N, 2, H, W)."""
@@ -83,7 +86,7 @@ class Generator(nn.Module):
         d, ch, base = cfg.style_dim, cfg.channels, cfg.base_size
         self.style = mapping_network(d, cfg.n_mlp, cfg.lr_mlp)  # texture
         self.struc = mapping_network(d, cfg.n_mlp, cfg.lr_mlp)  # structure
-        self.foldnet = CoordWarpNet(d, cfg.warp_hidden)
+        self.foldnet = CoordWarpNet(d, cfg.warp_hidden, cfg.warp_latent_gain)
         self.lff = FourierFeatures(ch)
         self.conv1 = StyledConv(ch, ch, 3, d)
         self.to_rgb1 = ToRGB(ch + 2, d, upsample=False)

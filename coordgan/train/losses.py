@@ -2,7 +2,8 @@
 
 Image GAN: non-saturating G loss, logistic D loss, lazy R1. Structure swap: a Swapping-Autoencoder
 patch discriminator judges whether a crop belongs to the image that gave the (averaged) reference
-crops. Texture swap: LPIPS between two renders of one structure with two textures. Warp: LPIPS
+crops. Texture swap: LPIPS between two renders of one structure with two textures (or between
+their standardised luminance, for random LPIPS backbones that see mostly colour). Warp: LPIPS
 between an image and its partner warped into its frame by the soft correspondence lookup. Chamfer:
 the warped coordinates must cover the canonical grid. Pairs are formed within the batch as
 (0, 1), (2, 3), ... as in the public code, so batches are even.
@@ -101,6 +102,13 @@ def patch_r1(d_patch, reference: torch.Tensor, cfg) -> torch.Tensor:
 
 def perceptual(lpips, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return lpips(a, b).mean()
+
+
+def luminance(images: torch.Tensor) -> torch.Tensor:
+    """Grey images standardised per image (3 equal channels in [-1, 1]): what is left is layout."""
+    grey = images.float().mean(1, keepdim=True)
+    grey = (grey - grey.mean((2, 3), keepdim=True)) / (grey.std((2, 3), keepdim=True) + 1e-3)
+    return (grey * 0.5).clamp(-1, 1).expand(-1, 3, -1, -1)
 
 
 def warp_partner(images: torch.Tensor, corr: torch.Tensor, tau: float) -> torch.Tensor:

@@ -148,9 +148,10 @@ class GeneratorTraining:
         ramp = L.ramp(it, w.warmup_iters)
         with run.autocast():
             x, x_t, corr, perm = self._generate(n)
+            swap_pair = map(L.luminance, (x, x_t)) if w.texture_swap_luminance else (x, x_t)
             terms = {
                 "g_gan": L.g_nonsaturating(self.d(x)),
-                "g_texture": L.perceptual(self.lpips, x, x_t),
+                "g_texture": L.perceptual(self.lpips, *swap_pair),
                 "g_structure": L.patch_g_loss(self.d_patch, x, x_t[perm], cfg),
                 "g_warp": L.warp_loss(self.lpips, x, corr, w.warp_tau),
                 "g_chamfer": L.chamfer_loss(corr.float(), self.g.grid),
