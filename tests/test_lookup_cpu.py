@@ -206,15 +206,14 @@ def test_sparse_n_and_threads(rng):
 
 
 def tiny_model_maps(seed: int, n: int) -> np.ndarray:
-    """(n, 2, 32, 32) correspondence maps from the tiny preset's warping network (random weights,
-    the warp made less degenerate as in test_runtime_model), for random structure codes."""
+    """(n, 2, 32, 32) correspondence maps from the tiny preset's warping network (random weights),
+    for random structure codes."""
     from coordgan.config import PRESETS
     from coordgan.models import build
 
     torch.manual_seed(seed)
     g = build(PRESETS["tiny"], which=("g",))["g"].eval()
     with torch.no_grad():
-        g.foldnet.conv1_3.weight.mul_(20)
         return g.warp(g.map_structure(torch.randn(n, PRESETS["tiny"].style_dim))).numpy()
 
 
