@@ -117,10 +117,15 @@ def run(ckpt, *, data, refs=None, num_refs=5, tau=0.01, exclude="0", ignore=0, m
                 tasks[stage] = bar.add_task(label, total=total)
             bar.update(tasks[stage], completed=done)
 
-        result = ev.evaluate(corr_fn, ref_set, queries, tau=tau, exclude=exclude_ids, ignore_index=ignore_index,
-                             batch=batch, device=device, progress=progress, lookup=lookup)
+        options = dict(tau=tau, exclude=exclude_ids, ignore_index=ignore_index, batch=batch, device=device,
+                       lookup=lookup)
+        result = ev.evaluate(corr_fn, ref_set, queries, progress=progress, **options)
+    ceiling = ev.ground_truth(ref_set, queries, **options)  # synthetic data: the renderer's own maps
 
     record = result.to_json()
+    if ceiling is not None:
+        gt = ceiling.to_json()
+        record.update({"ground_truth_miou": gt["miou"], "ground_truth_class_iou": gt["class_iou"]})
     record.update({"checkpoint": str(ck.path), "sha256": ck.sha256, "preset": ck.config.name,
                    "data": str(data), "size": size})
     if data == ev.SYNTHETIC:
@@ -142,13 +147,21 @@ def run(ckpt, *, data, refs=None, num_refs=5, tau=0.01, exclude="0", ignore=0, m
     table.add_column("class")
     table.add_column("IoU %", justify="right")
     table.add_column("identity %", justify="right")
-    for name, v, b in zip(result.class_names, result.class_iou, result.identity_class_iou):
+    gt_iou = [None] * len(result.class_iou)
+    if ceiling is not None:
+        table.add_column("ground truth %", justify="right")
+        gt_iou = ceiling.class_iou
+    for name, v, b, g in zip(result.class_names, result.class_iou, result.identity_class_iou, gt_iou):
         if v is None and b is None:
             continue
-        table.add_row(name, pct(v), pct(b))
-    table.add_row("[bold]mean[/bold]", f"[bold]{pct(result.miou)}[/bold]", pct(result.identity_miou))
+        table.add_row(name, pct(v), pct(b), *([pct(g)] if ceiling is not None else []))
+    table.add_row("[bold]mean[/bold]", f"[bold]{pct(result.miou)}[/bold]", pct(result.identity_miou),
+                  *([pct(ceiling.miou)] if ceiling is not None else []))
     Console().print(table)
-    print(f"mIoU {pct(result.miou)} % (identity baseline {pct(result.identity_miou)} %) over "
+    beside = f"identity baseline {pct(result.identity_miou)} %"
+    if ceiling is not None:
+        beside += f"; ground-truth correspondence {pct(ceiling.miou)} %"
+    print(f"mIoU {pct(result.miou)} % ({beside}) over "
           f"{len(ref_set)} reference(s), {len(queries)} queries; excluded classes {exclude_ids or 'none'}")
     if json_out is not None:
         print(f"wrote {json_out}")

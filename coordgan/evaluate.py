@@ -48,6 +48,8 @@ __all__ = [
     "checkpoint_corr_fn",
     "propagate",
     "evaluate",
+    "evaluate_maps",
+    "ground_truth",
     "load_folder",
     "synthetic_faces",
     "split_refs",
@@ -64,19 +66,23 @@ CorrFn = Callable[[torch.Tensor], torch.Tensor]
 
 @dataclass
 class LabelledImages:
-    """Images (N, H, W, 3) uint8 and labels (N, H, W) int64 at one size, with their names."""
+    """Images (N, H, W, 3) uint8 and labels (N, H, W) int64 at one size, with their names; `coords`
+    (N, 2, H, W) float32: ground-truth correspondence maps, where the data knows them (synthetic)."""
 
     images: np.ndarray
     labels: np.ndarray
     names: list[str]
     class_names: list[str] | None = None
+    coords: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.names)
 
     def subset(self, idx: Sequence[int]) -> "LabelledImages":
         idx = list(idx)
-        return LabelledImages(self.images[idx], self.labels[idx], [self.names[i] for i in idx], self.class_names)
+        coords = None if self.coords is None else self.coords[idx]
+        return LabelledImages(self.images[idx], self.labels[idx], [self.names[i] for i in idx], self.class_names,
+                              coords)
 
 
 def _image_exts() -> set[str]:
@@ -148,11 +154,14 @@ def load_folder(root, size: int) -> LabelledImages:
 
 
 def synthetic_faces(n: int, size: int, seed: int) -> LabelledImages:
-    """coordgan.data.make_images(n, size, seed) with PART_NAMES as class names."""
-    from coordgan.data import PART_NAMES, make_images
+    """coordgan.data.make_images(n, size, seed) with PART_NAMES as class names and the renderer's
+    ground-truth correspondence maps."""
+    from coordgan.data import PART_NAMES, face_coordinates, face_params, make_images
 
     images, labels = make_images(n, size, seed)
-    return LabelledImages(images, labels.astype(np.int64), [f"{i:05d}.png" for i in range(n)], list(PART_NAMES))
+    coords = np.stack([face_coordinates(face_params(seed, i), size) for i in range(n)])
+    return LabelledImages(images, labels.astype(np.int64), [f"{i:05d}.png" for i in range(n)], list(PART_NAMES),
+                          coords)
 
 
 def split_refs(data: LabelledImages, refs: Sequence[str] | None = None, num_refs: int = 5,
@@ -360,23 +369,9 @@ def evaluate(corr_fn: CorrFn, refs: LabelledImages, queries: LabelledImages, *, 
 
     ``progress(stage, done, total)`` is called as work completes (stage: "maps", "propagation").
     """
-    if len(refs) == 0 or len(queries) == 0:
-        raise CoordGANError("Label propagation needs at least one reference and one query image.")
+    size = _check_sets(refs, queries)
     if batch < 1:
         raise CoordGANError(f"--batch must be at least 1, got {batch}.")
-    size = tuple(refs.labels.shape[1:])
-    if tuple(queries.labels.shape[1:]) != size or tuple(refs.images.shape[1:3]) != size \
-            or tuple(queries.images.shape[1:3]) != size:
-        raise CoordGANError("References and queries (images and labels) must all have one size.")
-    top = int(max(refs.labels.max(), queries.labels.max()))
-    if num_classes is None:
-        num_classes = max(top + 1, len(refs.class_names or []))
-    elif top >= num_classes:
-        raise CoordGANError(f"The labels hold class id {top}, beyond the {num_classes} classes.")
-    class_names = list(refs.class_names or [])[:num_classes]
-    class_names += [str(c) for c in range(len(class_names), num_classes)]
-    exclude = sorted({int(c) for c in exclude})
-
     total_maps = len(refs) + len(queries)
     done = [0]
 
@@ -387,6 +382,47 @@ def evaluate(corr_fn: CorrFn, refs: LabelledImages, queries: LabelledImages, *, 
 
     ref_maps = _maps(corr_fn, refs.images, batch, device, size, "references", adv)
     query_maps = _maps(corr_fn, queries.images, batch, device, size, "queries", adv)
+    return evaluate_maps(ref_maps, query_maps, refs, queries, num_classes=num_classes, tau=tau, mode=mode,
+                         exclude=exclude, ignore_index=ignore_index, batch=batch, device=device,
+                         keep_examples=keep_examples, progress=progress, chunk_size=chunk_size, lookup=lookup)
+
+
+def ground_truth(refs: LabelledImages, queries: LabelledImages, **kwargs) -> PropagationResult | None:
+    """evaluate_maps through the data's own correspondence maps (the ceiling); None when it has none."""
+    if refs.coords is None or queries.coords is None:
+        return None
+    return evaluate_maps(torch.from_numpy(refs.coords), torch.from_numpy(queries.coords), refs, queries, **kwargs)
+
+
+def _check_sets(refs: LabelledImages, queries: LabelledImages) -> tuple[int, int]:
+    if len(refs) == 0 or len(queries) == 0:
+        raise CoordGANError("Label propagation needs at least one reference and one query image.")
+    size = tuple(refs.labels.shape[1:])
+    if tuple(queries.labels.shape[1:]) != size or tuple(refs.images.shape[1:3]) != size \
+            or tuple(queries.images.shape[1:3]) != size:
+        raise CoordGANError("References and queries (images and labels) must all have one size.")
+    return size
+
+
+def evaluate_maps(ref_maps: torch.Tensor, query_maps: torch.Tensor, refs: LabelledImages, queries: LabelledImages,
+                  *, num_classes: int | None = None, tau: float = 0.01, mode: str = "soft",
+                  exclude: Sequence[int] = (0,), ignore_index: int | None = 0, batch: int = 8,
+                  device: str | torch.device = "cpu", keep_examples: int = 6,
+                  progress: Callable[[str, int, int], None] | None = None, chunk_size: int = 4096,
+                  lookup: str = "reference") -> PropagationResult:
+    """`evaluate` from correspondence maps already made: ref_maps (R, 2, H, W), query_maps (Q, 2, H, W)."""
+    _check_sets(refs, queries)
+    if batch < 1:
+        raise CoordGANError(f"--batch must be at least 1, got {batch}.")
+    ref_maps, query_maps = ref_maps.float().to(device), query_maps.float().to(device)
+    top = int(max(refs.labels.max(), queries.labels.max()))
+    if num_classes is None:
+        num_classes = max(top + 1, len(refs.class_names or []))
+    elif top >= num_classes:
+        raise CoordGANError(f"The labels hold class id {top}, beyond the {num_classes} classes.")
+    class_names = list(refs.class_names or [])[:num_classes]
+    class_names += [str(c) for c in range(len(class_names), num_classes)]
+    exclude = sorted({int(c) for c in exclude})
     from coordgan.correspondence import _check_coords
 
     _check_coords("the correspondence maps", torch.cat([ref_maps, query_maps]))  # NaN / out of range: one sentence

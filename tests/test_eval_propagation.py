@@ -1,5 +1,6 @@
 """Label-propagation evaluation: hand-built cases with known IoU, the data loaders, the CLI end to end."""
 
+import dataclasses
 import json
 import math
 import subprocess
@@ -96,6 +97,20 @@ def test_identity_maps_equal_identity_baseline_exactly():
     assert 0 < res.miou < 1
     assert res.class_iou[0] is None  # background excluded from the mean by default
     assert res.class_names[1] == "skin"
+
+
+def test_ground_truth_maps_are_the_ceiling_and_evaluate_maps_agrees():
+    data = ev.synthetic_faces(12, 32, seed=3)
+    refs, queries = ev.split_refs(data, num_refs=3)
+    assert data.coords.shape == (12, 2, 32, 32) and queries.coords.shape == (9, 2, 32, 32)
+    ceiling = ev.ground_truth(refs, queries)
+    assert ceiling.miou > ceiling.identity_miou + 0.1  # knowing the true correspondence pays
+    np.testing.assert_array_equal(ceiling.examples["pred"][0][0].shape, (32, 32))
+    ident = ev.evaluate(ev.identity_corr, refs, queries)
+    grid = ev.identity_corr(torch.zeros(1, 3, 32, 32))
+    via_maps = ev.evaluate_maps(grid.expand(3, -1, -1, -1), grid.expand(9, -1, -1, -1), refs, queries)
+    assert via_maps.to_json() == ident.to_json()
+    assert ev.ground_truth(refs.subset([0]), dataclasses.replace(queries, coords=None)) is None
 
 
 def test_query_equal_to_reference_scores_one():
@@ -215,8 +230,9 @@ def test_cli_end_to_end_synthetic(ckpts, tmp_path):
     result = run_cli("eval-propagation", str(full), "--data", "synthetic-faces", "--n", "9", "--seed", "2",
                      "--max-queries", "3", "--batch", "2", "--json", str(out), "--vis", str(vis), "--device", "cpu")
     assert result.returncode == 0, result.stderr
-    assert "identity baseline" in result.stdout
+    assert "identity baseline" in result.stdout and "ground-truth correspondence" in result.stdout
     record = json.loads(out.read_text())
+    assert record["ground_truth_miou"] > record["identity_miou"]
     assert len(record["references"]) == 5 and record["num_queries"] == 3
     assert math.isfinite(record["miou"]) and math.isfinite(record["identity_miou"])
     assert record["tau"] == 0.01 and record["exclude"] == [0] and record["ignore_index"] == 0

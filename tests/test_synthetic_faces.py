@@ -13,6 +13,7 @@ from coordgan.data.synthetic_faces import (
     PALETTE,
     PART_NAMES,
     SyntheticFaces,
+    face_coordinates,
     face_params,
     make_images,
     make_sequence,
@@ -181,6 +182,26 @@ def test_labels_follow_the_image_under_a_different_pose():
     _, a = render(p, 64)
     _, b = render(replace(p, tx=0.25), 64)  # 0.25 image units = 8 px at 64
     assert (a[:, :-8] == b[:, 8:]).mean() > 0.97
+
+
+def test_face_coordinates_move_with_the_face_and_name_the_same_parts():
+    from dataclasses import replace
+
+    p = replace(face_params(0, 1), tx=0.0, ty=0.0)
+    a = face_coordinates(p, 64)
+    assert a.shape == (2, 64, 64) and a.dtype == np.float32 and np.abs(a).max() <= 1
+    b = face_coordinates(replace(p, tx=0.25), 64)  # 8 px to the right: the same face points, moved
+    np.testing.assert_allclose(a[:, :, :-8], b[:, :, 8:], atol=1e-5)
+    # one-to-one on the face: neighbouring pixels differ by about a canonical grid step (2 / 64)
+    _, lab = render(p, 64)
+    step = np.linalg.norm(np.diff(a, axis=2), axis=0)[interior(lab, 1)[:, 1:]]
+    assert 0.5 * 2 / 64 < np.median(step) < 2 * 2 / 64
+    # another face: its eyes sit near the template point of this face's eyes
+    q = face_params(0, 2)
+    _, lab_q = render(q, 64)
+    eyes_a = a[:, lab == PART_NAMES.index("eyes")].mean(1)
+    eyes_q = face_coordinates(q, 64)[:, lab_q == PART_NAMES.index("eyes")].mean(1)
+    assert np.abs(eyes_a - eyes_q).max() < 0.1
 
 
 def test_sequence_smooth_and_moving():

@@ -32,6 +32,7 @@ __all__ = [
     "sample_params",
     "face_params",
     "render",
+    "face_coordinates",
     "make_images",
     "make_sequence",
     "write_image_folder",
@@ -42,6 +43,8 @@ __all__ = [
 
 PART_NAMES: tuple[str, ...] = ("background", "skin", "ears", "eyes", "brows", "nose", "mouth", "hair")
 BACKGROUND, SKIN, EARS, EYES, BROWS, NOSE, MOUTH, HAIR = range(len(PART_NAMES))
+_SCALE_RANGE = (0.64, 0.78)  # pose scale: face units -> image units
+_MEAN_SCALE = sum(_SCALE_RANGE) / 2
 
 
 def _davis_palette() -> list[int]:
@@ -223,7 +226,7 @@ def sample_params(rng: np.random.Generator) -> FaceParams:
     deform = np.concatenate([deform_w, deform_a, u(0.03, 0.08, (4, 1)) * rng.choice([-1, 1], (4, 1))], 1)
 
     return FaceParams(
-        tx=u(-0.1, 0.1), ty=u(-0.08, 0.1), angle=u(-0.3, 0.3), scale=u(0.64, 0.78), yaw=u(-0.3, 0.3),
+        tx=u(-0.1, 0.1), ty=u(-0.08, 0.1), angle=u(-0.3, 0.3), scale=u(*_SCALE_RANGE), yaw=u(-0.3, 0.3),
         head_rx=head_rx, head_ry=head_ry, chin=u(0.1, 0.35), neck_w=head_rx * u(0.45, 0.6),
         ear_y=u(-0.05, 0.08), ear_w=u(0.1, 0.14), ear_h=u(0.17, 0.24),
         eye_x=u(0.24, 0.3), eye_y=u(-0.12, -0.03), eye_w=eye_w, eye_h=u(0.042, 0.06),
@@ -289,17 +292,16 @@ def _background(p: FaceParams, x, y):
     return bg + m[..., None] * (bg2 - bg)
 
 
-def render(params: FaceParams, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Render one face: image (size, size, 3) uint8 and labels (size, size) uint8 (ids of PART_NAMES)."""
-    size = _check_size(size)
-    p = params
-    f32 = np.float32
-    c = ((np.arange(size, dtype=f32) + 0.5) / size * 2 - 1).astype(f32)
-    x, y = np.meshgrid(c, c)
-    img = _background(p, x, y)
-    lab = np.zeros((size, size), np.uint8)
+def _pixel_grid(size: int):
+    """Pixel centres in image coordinates: x, y (size, size) float32 in (-1, 1)."""
+    c = ((np.arange(size, dtype=np.float32) + 0.5) / size * 2 - 1).astype(np.float32)
+    return np.meshgrid(c, c)
 
-    # image -> face units: undo translation, rotation and scale, then the non-rigid displacement
+
+def _face_units(p: FaceParams, x, y):
+    """Image coordinates -> face units: (fx, fy) of the head and u, where the features lie across the yaw."""
+    f32 = np.float32
+    # undo translation, rotation and scale, then the non-rigid displacement
     fx, fy = _rotate(x - f32(p.tx), y - f32(p.ty), f32(p.angle))
     fx, fy = fx / f32(p.scale), fy / f32(p.scale)
     dx = np.zeros_like(fx)
@@ -309,11 +311,38 @@ def render(params: FaceParams, size: int) -> tuple[np.ndarray, np.ndarray]:
         dx += f32(ax) * s
         dy += f32(ay) * s
     fx, fy = fx + dx, fy + dy
-    aa = 2.0 / size / p.scale  # one pixel in face units: the anti-aliasing ramp width
-
     # yaw: the features sit on a sphere of radius r; pixel fx shows the feature at u
     r = p.head_rx * 1.1
     u = r * np.sin(np.arcsin(np.clip(fx / r, -1, 1)) - p.yaw)
+    return fx, fy, u
+
+
+def face_coordinates(params: FaceParams, size: int) -> np.ndarray:
+    """The ground-truth correspondence map of a face: (2, size, size) float32 in [-1, 1].
+
+    Each pixel holds the point of the face template it shows, (u, fy) in face units times the
+    mean pose scale (so a pixel step is about one canonical-grid step), clipped to [-1, 1]. Beyond
+    the yaw sphere u continues fx, so the map stays one-to-one there. Two faces agree where they
+    show the same template point; label propagation through these maps is the best any
+    correspondence can do on this data (the ceiling beside the identity baseline).
+    """
+    p = params
+    fx, fy, u = _face_units(p, *_pixel_grid(_check_size(size)))
+    r = p.head_rx * 1.1
+    u = np.where(np.abs(fx) < r, u, fx - np.sign(fx) * r * (1 - np.cos(p.yaw)))
+    return np.clip(np.stack([u, fy]) * _MEAN_SCALE, -1, 1).astype(np.float32)
+
+
+def render(params: FaceParams, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Render one face: image (size, size, 3) uint8 and labels (size, size) uint8 (ids of PART_NAMES)."""
+    size = _check_size(size)
+    p = params
+    f32 = np.float32
+    x, y = _pixel_grid(size)
+    img = _background(p, x, y)
+    lab = np.zeros((size, size), np.uint8)
+    fx, fy, u = _face_units(p, x, y)
+    aa = 2.0 / size / p.scale  # one pixel in face units: the anti-aliasing ramp width
 
     # shading: light gradient + smooth noise, attached to the face so it moves with it
     shade = 1 + f32(p.light[0]) * fx + f32(p.light[1]) * fy
