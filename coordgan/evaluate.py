@@ -411,9 +411,12 @@ def evaluate_maps(ref_maps: torch.Tensor, query_maps: torch.Tensor, refs: Labell
                   progress: Callable[[str, int, int], None] | None = None, chunk_size: int = 4096,
                   lookup: str = "reference") -> PropagationResult:
     """`evaluate` from correspondence maps already made: ref_maps (R, 2, H, W), query_maps (Q, 2, H, W)."""
-    _check_sets(refs, queries)
+    size = _check_sets(refs, queries)
     if batch < 1:
         raise CoordGANError(f"--batch must be at least 1, got {batch}.")
+    for what, maps, n in (("reference", ref_maps, len(refs)), ("query", query_maps, len(queries))):
+        if tuple(maps.shape) != (n, 2, *size):
+            raise CoordGANError(f"The {what} maps must be ({n}, 2, {size[0]}, {size[1]}), got {tuple(maps.shape)}.")
     ref_maps, query_maps = ref_maps.float().to(device), query_maps.float().to(device)
     top = int(max(refs.labels.max(), queries.labels.max()))
     if num_classes is None:

@@ -111,6 +111,8 @@ def test_ground_truth_maps_are_the_ceiling_and_evaluate_maps_agrees():
     via_maps = ev.evaluate_maps(grid.expand(3, -1, -1, -1), grid.expand(9, -1, -1, -1), refs, queries)
     assert via_maps.to_json() == ident.to_json()
     assert ev.ground_truth(refs.subset([0]), dataclasses.replace(queries, coords=None)) is None
+    with pytest.raises(CoordGANError, match="query maps must be"):
+        ev.evaluate_maps(grid.expand(3, -1, -1, -1), grid.expand(8, -1, -1, -1), refs, queries)
 
 
 def test_query_equal_to_reference_scores_one():
