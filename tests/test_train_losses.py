@@ -132,15 +132,21 @@ def test_luminance_ignores_colour_and_keeps_layout(lpips):
     torch.manual_seed(4)
     x = torch.nn.functional.interpolate(torch.rand(4, 3, 6, 6) * 2 - 1, size=(32, 32), mode="bilinear")
     recoloured = (x[:, [2, 0, 1]] * 0.6 + 0.2)  # same grey layout, other colours and contrast
+    tinted = x + torch.tensor([0.3, -0.1, -0.2]).view(1, 3, 1, 1)  # other hues, the same channel mean
     moved = torch.roll(x, shifts=3, dims=3)
     lum = L.luminance(x)
     assert lum.shape == x.shape and lum.min() >= -1 and lum.max() <= 1
     assert torch.equal(lum[:, 0], lum[:, 2])
-    torch.testing.assert_close(L.luminance(recoloured), lum, atol=1e-2, rtol=0)  # eps in the std
+    torch.testing.assert_close(L.luminance(recoloured), lum, atol=1e-4, rtol=0)
+    torch.testing.assert_close(L.luminance(tinted), lum, atol=1e-5, rtol=0)
+    flat = torch.zeros(1, 3, 8, 8, requires_grad=True)
+    L.luminance(flat).sum().backward()
+    assert torch.isfinite(flat.grad).all()  # a flat image: zero layout, finite gradient
     with torch.no_grad():
         assert L.perceptual(lpips, lum, L.luminance(recoloured)) < 1e-3
         assert L.perceptual(lpips, lum, L.luminance(moved)) > 0.01
         assert L.perceptual(lpips, x, recoloured) > 0.01  # RGB does pay for the colours
+        assert L.perceptual(lpips, x, tinted) > 0.01
 
 
 def test_discriminator_losses_reach_every_group(nets):

@@ -105,9 +105,14 @@ def perceptual(lpips, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def luminance(images: torch.Tensor) -> torch.Tensor:
-    """Grey images standardised per image (3 equal channels in [-1, 1]): what is left is layout."""
+    """Grey images standardised per image (3 equal channels in [-1, 1]): what is left is layout.
+
+    Grey is the plain channel mean (not a weighted luma): any recolouring that keeps it, and any
+    gain or offset of it, costs nothing. The variance gets an epsilon, not the std: a flat image
+    must not give a NaN gradient.
+    """
     grey = images.float().mean(1, keepdim=True)
-    grey = (grey - grey.mean((2, 3), keepdim=True)) / (grey.std((2, 3), keepdim=True) + 1e-3)
+    grey = (grey - grey.mean((2, 3), keepdim=True)) / grey.var((2, 3), keepdim=True).add(1e-6).sqrt()
     return (grey * 0.5).clamp(-1, 1).expand(-1, 3, -1, -1)
 
 
