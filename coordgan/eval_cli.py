@@ -113,14 +113,16 @@ def run(ckpt, *, data, refs=None, num_refs=5, tau=0.01, exclude="0", ignore=0, m
 
         def progress(stage, done, total):
             if stage not in tasks:
-                label = "correspondence maps" if stage == "maps" else "propagation (ref x query)"
+                label = {"maps": "correspondence maps", "propagation": "propagation (ref x query)"}.get(stage, stage)
                 tasks[stage] = bar.add_task(label, total=total)
             bar.update(tasks[stage], completed=done)
 
         options = dict(tau=tau, exclude=exclude_ids, ignore_index=ignore_index, batch=batch, device=device,
                        lookup=lookup)
         result = ev.evaluate(corr_fn, ref_set, queries, progress=progress, **options)
-    ceiling = ev.ground_truth(ref_set, queries, **options)  # synthetic data: the renderer's own maps
+        # synthetic data: the renderer's own maps, the ceiling beside the identity baseline
+        ceiling = ev.ground_truth(ref_set, queries, progress=lambda _, done, total: progress(
+            "ground-truth propagation", done, total), **options)
 
     record = result.to_json()
     if ceiling is not None:

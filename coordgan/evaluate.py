@@ -369,9 +369,7 @@ def evaluate(corr_fn: CorrFn, refs: LabelledImages, queries: LabelledImages, *, 
 
     ``progress(stage, done, total)`` is called as work completes (stage: "maps", "propagation").
     """
-    size = _check_sets(refs, queries)
-    if batch < 1:
-        raise CoordGANError(f"--batch must be at least 1, got {batch}.")
+    size = _check_sets(refs, queries, batch)
     total_maps = len(refs) + len(queries)
     done = [0]
 
@@ -391,12 +389,15 @@ def ground_truth(refs: LabelledImages, queries: LabelledImages, **kwargs) -> Pro
     """evaluate_maps through the data's own correspondence maps (the ceiling); None when it has none."""
     if refs.coords is None or queries.coords is None:
         return None
-    return evaluate_maps(torch.from_numpy(refs.coords), torch.from_numpy(queries.coords), refs, queries, **kwargs)
+    return evaluate_maps(refs.coords, queries.coords, refs, queries, **kwargs)
 
 
-def _check_sets(refs: LabelledImages, queries: LabelledImages) -> tuple[int, int]:
+def _check_sets(refs: LabelledImages, queries: LabelledImages, batch: int) -> tuple[int, int]:
+    """The label size (H, W) shared by references and queries."""
     if len(refs) == 0 or len(queries) == 0:
         raise CoordGANError("Label propagation needs at least one reference and one query image.")
+    if batch < 1:
+        raise CoordGANError(f"--batch must be at least 1, got {batch}.")
     size = tuple(refs.labels.shape[1:])
     if tuple(queries.labels.shape[1:]) != size or tuple(refs.images.shape[1:3]) != size \
             or tuple(queries.images.shape[1:3]) != size:
@@ -411,9 +412,8 @@ def evaluate_maps(ref_maps: torch.Tensor, query_maps: torch.Tensor, refs: Labell
                   progress: Callable[[str, int, int], None] | None = None, chunk_size: int = 4096,
                   lookup: str = "reference") -> PropagationResult:
     """`evaluate` from correspondence maps already made: ref_maps (R, 2, H, W), query_maps (Q, 2, H, W)."""
-    size = _check_sets(refs, queries)
-    if batch < 1:
-        raise CoordGANError(f"--batch must be at least 1, got {batch}.")
+    size = _check_sets(refs, queries, batch)
+    ref_maps, query_maps = torch.as_tensor(ref_maps), torch.as_tensor(query_maps)  # numpy maps too
     for what, maps, n in (("reference", ref_maps, len(refs)), ("query", query_maps, len(queries))):
         if tuple(maps.shape) != (n, 2, *size):
             raise CoordGANError(f"The {what} maps must be ({n}, 2, {size[0]}, {size[1]}), got {tuple(maps.shape)}.")

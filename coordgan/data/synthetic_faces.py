@@ -299,7 +299,8 @@ def _pixel_grid(size: int):
 
 
 def _face_units(p: FaceParams, x, y):
-    """Image coordinates -> face units: (fx, fy) of the head and u, where the features lie across the yaw."""
+    """Image coordinates -> face units: (fx, fy) of the head, u where the features lie across the yaw,
+    and r, the radius of the yaw sphere."""
     f32 = np.float32
     # undo translation, rotation and scale, then the non-rigid displacement
     fx, fy = _rotate(x - f32(p.tx), y - f32(p.ty), f32(p.angle))
@@ -314,21 +315,21 @@ def _face_units(p: FaceParams, x, y):
     # yaw: the features sit on a sphere of radius r; pixel fx shows the feature at u
     r = p.head_rx * 1.1
     u = r * np.sin(np.arcsin(np.clip(fx / r, -1, 1)) - p.yaw)
-    return fx, fy, u
+    return fx, fy, u, r
 
 
 def face_coordinates(params: FaceParams, size: int) -> np.ndarray:
     """The ground-truth correspondence map of a face: (2, size, size) float32 in [-1, 1].
 
     Each pixel holds the point of the face template it shows, (u, fy) in face units times the
-    mean pose scale (so a pixel step is about one canonical-grid step), clipped to [-1, 1]. Beyond
-    the yaw sphere u continues fx, so the map stays one-to-one there. Two faces agree where they
-    show the same template point; label propagation through these maps is the best any
-    correspondence can do on this data (the ceiling beside the identity baseline).
+    mean pose scale (so a pixel step is about one canonical-grid step), clipped to [-1, 1]; beyond
+    the yaw sphere u continues fx instead of sticking at its edge. Two faces agree where they show
+    the same template point. Label propagation through these maps is the reference ceiling beside
+    the identity baseline: not a strict bound, as each face places its parts a little differently
+    on the template (eye spacing, mouth height, ...).
     """
     p = params
-    fx, fy, u = _face_units(p, *_pixel_grid(_check_size(size)))
-    r = p.head_rx * 1.1
+    fx, fy, u, r = _face_units(p, *_pixel_grid(_check_size(size)))
     u = np.where(np.abs(fx) < r, u, fx - np.sign(fx) * r * (1 - np.cos(p.yaw)))
     return np.clip(np.stack([u, fy]) * _MEAN_SCALE, -1, 1).astype(np.float32)
 
@@ -341,7 +342,7 @@ def render(params: FaceParams, size: int) -> tuple[np.ndarray, np.ndarray]:
     x, y = _pixel_grid(size)
     img = _background(p, x, y)
     lab = np.zeros((size, size), np.uint8)
-    fx, fy, u = _face_units(p, x, y)
+    fx, fy, u, _ = _face_units(p, x, y)
     aa = 2.0 / size / p.scale  # one pixel in face units: the anti-aliasing ramp width
 
     # shading: light gradient + smooth noise, attached to the face so it moves with it
