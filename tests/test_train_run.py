@@ -273,10 +273,12 @@ def test_cli_train_writes_checkpoints_logs_and_samples(tmp_path):
     log = (out / "train.log").read_text()
     assert "RANDOM backbone" in log
     # beside each grid, how far the structure code moves the correspondence map (the collapse to watch for)
-    moved = re.findall(r"step (\d+): structure branch: correspondence maps vary by ([0-9.]+) \(([0-9.]+) px\)", log)
+    moved = re.findall(r"step (\d+): structure branch: correspondence maps vary by ([0-9.]+) \(([0-9.]+) px\) "
+                       r"over 64 structure codes; image edges vary ([0-9.]+)x as much across structure codes", log)
     assert [m[0] for m in moved] == ["1", "2"]
-    std, px = float(moved[-1][1]), float(moved[-1][2])
+    std, px, ratio = float(moved[-1][1]), float(moved[-1][2]), float(moved[-1][3])
     assert 0 < std < 1 and px == pytest.approx(std * (TINY.base_size - 1) / 2, abs=0.01)
+    assert 0 < ratio < 100
     assert len(list((out / "checkpoints").glob("*.safetensors"))) == 4  # the last 2 pairs are kept
 
 

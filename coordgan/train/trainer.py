@@ -19,6 +19,7 @@ import math
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from coordgan.config import ModelConfig
 from coordgan.errors import CoordGANError
@@ -27,6 +28,15 @@ from coordgan.train import losses as L
 from coordgan.train.loop import Run
 
 STRUCTURE_BRANCH = ("struc.", "foldnet.")  # frozen in the 512 stage (the public --fix_struc_grad)
+
+
+def _edges(images: torch.Tensor) -> torch.Tensor:
+    """Sobel edge magnitude of the grey image, blurred 3x3 and normalised to mean 1 per image."""
+    grey = images.float().mean(1, keepdim=True)
+    kx = torch.tensor([[-1.0, 0, 1], [-2, 0, 2], [-1, 0, 1]], device=images.device).view(1, 1, 3, 3)
+    e = (F.conv2d(grey, kx, padding=1) ** 2 + F.conv2d(grey, kx.transpose(2, 3), padding=1) ** 2).sqrt()
+    e = F.avg_pool2d(e, 3, 1, 1)
+    return e / e.flatten(1).mean(1).clamp_min(1e-8).view(-1, 1, 1, 1)
 
 
 def adam(params, cfg: ModelConfig, reg_every: int) -> torch.optim.Adam:
@@ -98,18 +108,26 @@ class GeneratorTraining:
 
     @torch.no_grad()
     def sample_stats(self) -> str:
-        """How far the structure code moves the correspondence map (g_ema, 64 fixed codes).
+        """Which code moves the image layout (g_ema, fixed codes)?
 
-        Pose must live in the structure branch for correspondences to mean anything; when this
-        stays under a pixel while the data's pose varies, the texture codes carry the pose instead.
+        Pose must live in the structure branch for correspondences to mean anything. Two numbers:
+        how far 64 structure codes move the correspondence map (its size at step 0 depends on the
+        initialisation, so watch how it changes), and on an 8 texture x 8 structure grid how much
+        more the images' edges move across structure codes than across texture codes: under 1,
+        the texture codes carry the layout and the correspondences cannot follow the pose.
         """
+        g, dev = self.g_ema, self.run.device
         gen = torch.Generator().manual_seed(0)  # fixed codes, and the training RNG stays untouched
-        z = torch.randn(64, self.cfg.style_dim, generator=gen).to(self.run.device)
+        z = torch.randn(64, self.cfg.style_dim, generator=gen).to(dev)
         # a few codes at a time: at 128 px the warp network's activations take about 130 MB per code
-        corr = torch.cat([self.g_ema.warp(self.g_ema.map_structure(part)) for part in z.split(4)])
+        corr = torch.cat([g.warp(g.map_structure(part)) for part in z.split(4)])
         std = float(corr.std(0).mean())
         px = std * (self.cfg.base_size - 1) / 2
-        return f"structure branch: correspondence maps vary by {std:.3f} ({px:.2f} px) over 64 structure codes"
+        w_t = g.map_texture(torch.randn(8, self.cfg.style_dim, generator=gen).to(dev))
+        edges = torch.stack([_edges(g.synthesize(w.expand(8, -1), corr[:8], noise_mode="const")) for w in w_t])
+        ratio = float(edges.std(1).mean() / edges.std(0).mean().clamp_min(1e-8))  # (texture, structure, ...)
+        return (f"structure branch: correspondence maps vary by {std:.3f} ({px:.2f} px) over 64 structure codes; "
+                f"image edges vary {ratio:.2f}x as much across structure codes as across texture codes")
 
     # -- one step ---------------------------------------------------------------------------------
     def _generate(self, n: int):
