@@ -139,9 +139,10 @@ PRESETS: dict[str, ModelConfig] = {
         # The published 10 kimg half-life is 2500 steps at batch 4: a short CPU run's EMA would
         # still be mostly its initial weights.
         ema_half_life_kimg=1.0,
-        # CPU training has no ImageNet LPIPS backbone. With the published weights and a random one,
-        # pose moved into the texture codes and the structure branch collapsed within 2k steps
-        # (measured, README "Training"); these keep the pose in the structure code: a colour-blind
+        # Tiny runs on machines without the ImageNet LPIPS weights use --lpips-random-backbone. With
+        # the published loss weights and a random backbone, pose moved into the texture codes and
+        # the structure branch collapsed (measured, README "Training"); these keep the pose in the
+        # structure code: a colour-blind
         # texture-swap term that outweighs the GAN, a Chamfer weight that lets the warp move,
         # and a warp network that starts out listening to the structure code.
         warp_latent_gain=4.0,

@@ -119,15 +119,22 @@ def run(ckpt, *, data, refs=None, num_refs=5, tau=0.01, exclude="0", ignore=0, m
 
         options = dict(tau=tau, exclude=exclude_ids, ignore_index=ignore_index, batch=batch, device=device,
                        lookup=lookup)
-        result = ev.evaluate(corr_fn, ref_set, queries, progress=progress, **options)
-        # synthetic data: the renderer's own maps, the ceiling beside the identity baseline
+        maps = ev.correspondence_maps(corr_fn, ref_set, queries, batch=batch, device=device, progress=progress)
+        result = ev.evaluate_maps(*maps, ref_set, queries, progress=progress, **options)
+        # synthetic data: the renderer's own maps, the ceiling beside the identity baseline, and
+        # how far the matches land from the true ones
         ceiling = ev.ground_truth(ref_set, queries, progress=lambda _, done, total: progress(
             "ground-truth propagation", done, total), **options)
+        grid = ev.identity_corr(torch.zeros(1, 3, size, size))
+        errors = ev.match_error({"model": maps, "identity": (grid.expand(len(ref_set), -1, -1, -1),
+                                                             grid.expand(len(queries), -1, -1, -1))},
+                                ref_set, queries, ignore_index=ignore_index)
 
     record = result.to_json()
     if ceiling is not None:
         gt = ceiling.to_json()
-        record.update({"ground_truth_miou": gt["miou"], "ground_truth_class_iou": gt["class_iou"]})
+        record.update({"ground_truth_miou": gt["miou"], "ground_truth_class_iou": gt["class_iou"],
+                       "match_error_px": errors["model"], "identity_match_error_px": errors["identity"]})
     record.update({"checkpoint": str(ck.path), "sha256": ck.sha256, "preset": ck.config.name,
                    "data": str(data), "size": size})
     if data == ev.SYNTHETIC:
@@ -165,6 +172,9 @@ def run(ckpt, *, data, refs=None, num_refs=5, tau=0.01, exclude="0", ignore=0, m
         beside += f"; ground-truth correspondence {pct(ceiling.miou)} %"
     print(f"mIoU {pct(result.miou)} % ({beside}) over "
           f"{len(ref_set)} reference(s), {len(queries)} queries; excluded classes {exclude_ids or 'none'}")
+    if errors is not None:
+        print(f"matches land {errors['model']:.2f} px from the ground truth's on average "
+              f"(identity baseline {errors['identity']:.2f} px)")
     if json_out is not None:
         print(f"wrote {json_out}")
     if vis is not None:

@@ -49,7 +49,9 @@ __all__ = [
     "propagate",
     "evaluate",
     "evaluate_maps",
+    "correspondence_maps",
     "ground_truth",
+    "match_error",
     "load_folder",
     "synthetic_faces",
     "split_refs",
@@ -369,6 +371,16 @@ def evaluate(corr_fn: CorrFn, refs: LabelledImages, queries: LabelledImages, *, 
 
     ``progress(stage, done, total)`` is called as work completes (stage: "maps", "propagation").
     """
+    ref_maps, query_maps = correspondence_maps(corr_fn, refs, queries, batch=batch, device=device, progress=progress)
+    return evaluate_maps(ref_maps, query_maps, refs, queries, num_classes=num_classes, tau=tau, mode=mode,
+                         exclude=exclude, ignore_index=ignore_index, batch=batch, device=device,
+                         keep_examples=keep_examples, progress=progress, chunk_size=chunk_size, lookup=lookup)
+
+
+def correspondence_maps(corr_fn: CorrFn, refs: LabelledImages, queries: LabelledImages, *, batch: int = 8,
+                        device: str | torch.device = "cpu",
+                        progress: Callable[[str, int, int], None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """corr_fn's maps of the references (R, 2, H, W) and the queries (Q, 2, H, W), at the label size."""
     size = _check_sets(refs, queries, batch)
     total_maps = len(refs) + len(queries)
     done = [0]
@@ -379,10 +391,40 @@ def evaluate(corr_fn: CorrFn, refs: LabelledImages, queries: LabelledImages, *, 
             progress("maps", done[0], total_maps)
 
     ref_maps = _maps(corr_fn, refs.images, batch, device, size, "references", adv)
-    query_maps = _maps(corr_fn, queries.images, batch, device, size, "queries", adv)
-    return evaluate_maps(ref_maps, query_maps, refs, queries, num_classes=num_classes, tau=tau, mode=mode,
-                         exclude=exclude, ignore_index=ignore_index, batch=batch, device=device,
-                         keep_examples=keep_examples, progress=progress, chunk_size=chunk_size, lookup=lookup)
+    return ref_maps, _maps(corr_fn, queries.images, batch, device, size, "queries", adv)
+
+
+def match_error(maps: dict[str, tuple], refs: LabelledImages, queries: LabelledImages, *,
+                ignore_index: int | None = 0, chunk_size: int = 2048) -> dict[str, float] | None:
+    """How far each set of maps' matches land from the true ones, in pixels (None without ground truth).
+
+    `maps`: name -> (ref_maps (R, 2, H, W), query_maps (Q, 2, H, W)). For every scored query pixel
+    and every reference: the reference pixel with the nearest coordinate through the given maps,
+    and the one through the data's ground-truth maps; the mean distance between the two. Finer
+    grained than the IoU of parts a few pixels across.
+    """
+    if refs.coords is None or queries.coords is None:
+        return None
+    h, w = refs.labels.shape[1:]
+    pix = torch.stack(torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")).flatten(1).T.float()
+
+    def nearest(q, r, keep):  # maps (2, H, W) -> (K,) the nearest reference pixel of each kept query pixel
+        r = torch.as_tensor(r).flatten(1).T.float().cpu()
+        q = torch.as_tensor(q).flatten(1).T.float().cpu()[keep]
+        return torch.cat([torch.cdist(part, r).argmin(1) for part in q.split(chunk_size)])
+
+    total, count = dict.fromkeys(maps, 0.0), 0
+    for qi in range(len(queries)):
+        lab = queries.labels[qi]
+        keep = torch.from_numpy((lab != ignore_index) if ignore_index is not None else np.ones(lab.shape, bool))
+        keep = keep.flatten()
+        for ri in range(len(refs)):
+            truth = pix[nearest(queries.coords[qi], refs.coords[ri], keep)]
+            for name, (ref_maps, query_maps) in maps.items():
+                found = pix[nearest(query_maps[qi], ref_maps[ri], keep)]
+                total[name] += float((found - truth).norm(dim=1).sum())
+            count += int(keep.sum())
+    return {name: t / max(count, 1) for name, t in total.items()}
 
 
 def ground_truth(refs: LabelledImages, queries: LabelledImages, **kwargs) -> PropagationResult | None:

@@ -116,6 +116,19 @@ def test_ground_truth_maps_are_the_ceiling_and_evaluate_maps_agrees():
         ev.evaluate_maps(grid.expand(3, -1, -1, -1), grid.expand(8, -1, -1, -1), refs, queries)
 
 
+def test_match_error_counts_pixels_off_the_true_match():
+    data = marked([square(16, 4, 4, 8), square(16, 4, 6, 8)], [0, 2])  # the query: shifted right by 2
+    refs, queries = ev.split_refs(data, num_refs=1)
+    true = shift_corr(ev.to_tensor(data.images))  # the shift-undoing maps are the true correspondence
+    grid = canonical_grid(16, 16).unsqueeze(0)
+    assert ev.match_error({"identity": (grid, grid)}, refs, queries) is None  # no ground truth known
+    refs.coords, queries.coords = true[:1].numpy(), true[1:].numpy()
+    errors = ev.match_error({"identity": (grid, grid), "true": (true[:1], true[1:])}, refs, queries)
+    assert errors["true"] == 0
+    # identity matches every scored (square) pixel 2 px off
+    assert errors["identity"] == pytest.approx(2.0)
+
+
 def test_query_equal_to_reference_scores_one():
     lab = square(16, 4, 4, 8, cls=1) + square(16, 1, 1, 2, cls=2)
     data = marked([lab, lab, lab], [0, 0, 0])
@@ -236,6 +249,7 @@ def test_cli_end_to_end_synthetic(ckpts, tmp_path):
     assert "identity baseline" in result.stdout and "ground-truth correspondence" in result.stdout
     record = json.loads(out.read_text())
     assert record["ground_truth_miou"] > record["identity_miou"]
+    assert record["match_error_px"] >= 0 and record["identity_match_error_px"] > 0
     assert len(record["references"]) == 5 and record["num_queries"] == 3
     assert math.isfinite(record["miou"]) and math.isfinite(record["identity_miou"])
     assert record["tau"] == 0.01 and record["exclude"] == [0] and record["ignore_index"] == 0
