@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 
 from coordgan.errors import CoordGANError
@@ -158,3 +159,33 @@ def get_preset(name: str) -> ModelConfig:
         raise CoordGANError(
             f"Unknown preset {name!r}; choose one of: {', '.join(PRESETS)}."
         ) from None
+
+
+def with_losses(cfg: ModelConfig, assignments) -> ModelConfig:
+    """cfg with loss weights replaced, from 'NAME=VALUE' strings (LossWeights fields, e.g. 'chamfer=100').
+
+    Values take the type of the field they replace; a bad name or value is one sentence.
+    """
+    changes = {}
+    for text in assignments or ():
+        name, sep, raw = str(text).partition("=")
+        name, raw = name.strip(), raw.strip()
+        if not sep or not hasattr(cfg.losses, name):
+            names = ", ".join(f.name for f in dataclasses.fields(LossWeights))
+            raise CoordGANError(f"--loss takes NAME=VALUE with NAME one of {names}; got {text!r}.")
+        kind = type(getattr(LossWeights(), name))  # a saved config may hold 10 for 10.0
+        try:
+            if kind is bool:
+                if raw.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError
+                value = raw.lower() in ("true", "1")
+            else:
+                value = kind(raw)
+                if not (math.isfinite(value) and value >= 0) or (name == "warp_tau" and value == 0):
+                    raise ValueError
+        except ValueError:
+            low = "> 0" if name == "warp_tau" else ">= 0"
+            what = "true or false" if kind is bool else f"a{'n' if kind is int else ''} {kind.__name__} {low}"
+            raise CoordGANError(f"--loss {name} needs {what}, got {raw!r}.") from None
+        changes[name] = value
+    return dataclasses.replace(cfg, losses=dataclasses.replace(cfg.losses, **changes)) if changes else cfg

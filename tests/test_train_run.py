@@ -102,6 +102,22 @@ def test_run_folder_guards(tmp_path):
         train_generator(common(tmp_path / "odd", batch=3), preset="tiny")
 
 
+def test_loss_flag_changes_weights_on_a_new_run_and_on_resume(tmp_path):
+    out = tmp_path / "run"
+    train_generator(common(out, steps=1, losses=("chamfer=50",)), preset="tiny")
+    assert load(out / "checkpoints" / "step_000001.safetensors").config.losses.chamfer == 50.0
+    assert json.loads((out / "run.json").read_text())["config"]["losses"]["chamfer"] == 50.0
+    train_generator(common(out, steps=2, resume=True, losses=("r1=0.05",)))
+    losses = load(out / "checkpoints" / "step_000002.safetensors").config.losses
+    assert (losses.chamfer, losses.r1, losses.texture_swap) == (50.0, 0.05, TINY.losses.texture_swap)
+    assert "loss weights set by --loss: r1=0.05" in (out / "train.log").read_text()
+    with pytest.raises(CoordGANError, match="--loss takes NAME=VALUE with NAME one of gan, "):
+        train_generator(common(tmp_path / "bad", losses=("chamfr=1",)), preset="tiny")
+    with pytest.raises(CoordGANError, match="--loss warmup_iters needs an int >= 0, got '1.5'"):
+        train_generator(common(tmp_path / "bad", losses=("warmup_iters=1.5",)), preset="tiny")
+    assert not (tmp_path / "bad").exists()  # refused before anything is written
+
+
 # -- faults ---------------------------------------------------------------------------------------
 
 

@@ -58,6 +58,8 @@ _HELP = {
     "workers": "Data-loading processes (default: up to 4).",
     "device": "cpu or cuda (default: cuda when available).",
     "gen_ckpt": "Trained generator checkpoint (ours or the authors' .pt); kept frozen.",
+    "loss": "Change a loss weight, NAME=VALUE (repeatable; e.g. --loss chamfer=100 --loss r1=0.05): on the "
+            "preset's, or with --resume on the run's; checkpoints keep it.",
 }
 
 
@@ -87,13 +89,15 @@ def register(app: typer.Typer) -> None:
         freeze_structure: Optional[bool] = _opt(None, "--freeze-structure/--train-structure", "freeze_structure"),
         workers: Optional[int] = _opt(None, "--workers"),
         device: Optional[str] = _opt(None, "--device"),
+        loss: Optional[list[str]] = _opt(None, "--loss"),
     ):
         """Train CoordGAN (generator, discriminator, patch discriminator) on images."""
         from coordgan.train.commands import train_generator
 
         c = _common(data=data, out=out, steps=steps, batch=batch, ckpt_every=ckpt_every, sample_every=sample_every,
                     resume=resume, amp=amp, seed=seed, lpips_net=lpips_net, lpips_weights=lpips_weights,
-                    lpips_random_backbone=lpips_random_backbone, workers=workers, device=device)
+                    lpips_random_backbone=lpips_random_backbone, workers=workers, device=device,
+                    losses=tuple(loss or ()))
         _finish(lambda: train_generator(c, preset=preset, init_from=init_from, freeze_structure=freeze_structure,
                                         console=_console()))
 
@@ -114,13 +118,15 @@ def register(app: typer.Typer) -> None:
         lpips_random_backbone: bool = _opt(False, "--lpips-random-backbone"),
         workers: Optional[int] = _opt(None, "--workers"),
         device: Optional[str] = _opt(None, "--device"),
+        loss: Optional[list[str]] = _opt(None, "--loss"),
     ):
         """Train the encoder (W structure + W+ texture codes) against a frozen generator."""
         from coordgan.train.commands import train_encoder as run_encoder
 
         c = _common(data=data, out=out, steps=steps, batch=batch, ckpt_every=ckpt_every, sample_every=sample_every,
                     resume=resume, amp=amp, seed=seed, lpips_net=lpips_net, lpips_weights=lpips_weights,
-                    lpips_random_backbone=lpips_random_backbone, workers=workers, device=device)
+                    lpips_random_backbone=lpips_random_backbone, workers=workers, device=device,
+                    losses=tuple(loss or ()))
         _finish(lambda: run_encoder(c, gen_ckpt=gen_ckpt, console=_console()))
 
 
