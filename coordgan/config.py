@@ -143,9 +143,8 @@ PRESETS: dict[str, ModelConfig] = {
         # Tiny runs on machines without the ImageNet LPIPS weights use --lpips-random-backbone. With
         # the published loss weights and a random backbone, pose moved into the texture codes and
         # the structure branch collapsed (measured, README "Training"); these keep the pose in the
-        # structure code: a colour-blind
-        # texture-swap term that outweighs the GAN, a Chamfer weight that lets the warp move,
-        # and a warp network that starts out listening to the structure code.
+        # structure code: a colour-blind texture-swap term that outweighs the GAN, a Chamfer weight
+        # that lets the warp move, and a warp network that starts out listening to the structure code.
         warp_latent_gain=4.0,
         losses=LossWeights(warmup_iters=1000, texture_swap=25.0, chamfer=10.0, texture_swap_luminance=True),
     ),
@@ -161,18 +160,28 @@ def get_preset(name: str) -> ModelConfig:
         ) from None
 
 
-def with_losses(cfg: ModelConfig, assignments) -> ModelConfig:
-    """cfg with loss weights replaced, from 'NAME=VALUE' strings (LossWeights fields, e.g. 'chamfer=100').
+ENCODER_LOSSES = ("enc_rec", "enc_con", "enc_texture")  # what encoder training reads; the rest is the GAN's
 
-    Values take the type of the field they replace; a bad name or value is one sentence.
+
+def loss_names(kind: str) -> tuple[str, ...]:
+    """The LossWeights fields that `kind` ("generator" or "encoder") training reads."""
+    names = tuple(f.name for f in dataclasses.fields(LossWeights))
+    return ENCODER_LOSSES if kind == "encoder" else tuple(n for n in names if n not in ENCODER_LOSSES)
+
+
+def with_losses(cfg: ModelConfig, assignments, kind: str = "generator") -> ModelConfig:
+    """cfg with loss weights replaced, from 'NAME=VALUE' strings (e.g. 'chamfer=100').
+
+    NAME must be a weight that `kind` training reads; values take the type of the field they
+    replace; a bad name or value is one sentence.
     """
-    changes = {}
+    changes, allowed = {}, loss_names(kind)
     for text in assignments or ():
         name, sep, raw = str(text).partition("=")
         name, raw = name.strip(), raw.strip()
-        if not sep or not hasattr(cfg.losses, name):
-            names = ", ".join(f.name for f in dataclasses.fields(LossWeights))
-            raise CoordGANError(f"--loss takes NAME=VALUE with NAME one of {names}; got {text!r}.")
+        if not sep or name not in allowed:
+            raise CoordGANError(f"{kind.capitalize()} training takes --loss NAME=VALUE with NAME one of "
+                                f"{', '.join(allowed)}; got {text!r}.")
         kind = type(getattr(LossWeights(), name))  # a saved config may hold 10 for 10.0
         try:
             if kind is bool:

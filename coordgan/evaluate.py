@@ -395,22 +395,24 @@ def correspondence_maps(corr_fn: CorrFn, refs: LabelledImages, queries: Labelled
 
 
 def match_error(maps: dict[str, tuple], refs: LabelledImages, queries: LabelledImages, *,
-                ignore_index: int | None = 0, chunk_size: int = 2048) -> dict[str, float] | None:
+                ignore_index: int | None = 0, chunk_size: int = 2048,
+                device: str | torch.device = "cpu") -> dict[str, float] | None:
     """How far each set of maps' matches land from the true ones, in pixels (None without ground truth).
 
     `maps`: name -> (ref_maps (R, 2, H, W), query_maps (Q, 2, H, W)). For every scored query pixel
     and every reference: the reference pixel with the nearest coordinate through the given maps,
     and the one through the data's ground-truth maps; the mean distance between the two. Finer
-    grained than the IoU of parts a few pixels across.
+    grained than the IoU of parts a few pixels across. Brute-force nearest neighbours: at 128 px
+    use a GPU (`device`).
     """
     if refs.coords is None or queries.coords is None:
         return None
     h, w = refs.labels.shape[1:]
-    pix = torch.stack(torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")).flatten(1).T.float()
+    pix = torch.stack(torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")).flatten(1).T.float().to(device)
 
     def nearest(q, r, keep):  # maps (2, H, W) -> (K,) the nearest reference pixel of each kept query pixel
-        r = torch.as_tensor(r).flatten(1).T.float().cpu()
-        q = torch.as_tensor(q).flatten(1).T.float().cpu()[keep]
+        r = torch.as_tensor(r).flatten(1).T.float().to(device)
+        q = torch.as_tensor(q).flatten(1).T.float().to(device)[keep.to(device)]
         return torch.cat([torch.cdist(part, r).argmin(1) for part in q.split(chunk_size)])
 
     total, count = dict.fromkeys(maps, 0.0), 0

@@ -127,6 +127,9 @@ def test_match_error_counts_pixels_off_the_true_match():
     assert errors["true"] == 0
     # identity matches every scored (square) pixel 2 px off
     assert errors["identity"] == pytest.approx(2.0)
+    # every pixel scored: the two left columns' true match is clamped to column 0, so they are 0 and 1 px off
+    every = ev.match_error({"identity": (grid, grid)}, refs, queries, ignore_index=None)
+    assert every["identity"] == pytest.approx((14 * 2 + 0 + 1) / 16)
 
 
 def test_query_equal_to_reference_scores_one():

@@ -111,11 +111,15 @@ def test_loss_flag_changes_weights_on_a_new_run_and_on_resume(tmp_path):
     losses = load(out / "checkpoints" / "step_000002.safetensors").config.losses
     assert (losses.chamfer, losses.r1, losses.texture_swap) == (50.0, 0.05, TINY.losses.texture_swap)
     assert "loss weights set by --loss: r1=0.05" in (out / "train.log").read_text()
-    with pytest.raises(CoordGANError, match="--loss takes NAME=VALUE with NAME one of gan, "):
-        train_generator(common(tmp_path / "bad", losses=("chamfr=1",)), preset="tiny")
+    bad = tmp_path / "bad"
+    for wrong in ("chamfr=1", "__doc__=x", "enc_con=1"):  # a typo, not a field, an encoder weight
+        with pytest.raises(CoordGANError, match="Generator training takes --loss NAME=VALUE with NAME one of gan, "):
+            train_generator(common(bad, losses=(wrong,)), preset="tiny")
     with pytest.raises(CoordGANError, match="--loss warmup_iters needs an int >= 0, got '1.5'"):
-        train_generator(common(tmp_path / "bad", losses=("warmup_iters=1.5",)), preset="tiny")
-    assert not (tmp_path / "bad").exists()  # refused before anything is written
+        train_generator(common(bad, losses=("warmup_iters=1.5",)), preset="tiny")
+    with pytest.raises(CoordGANError, match="Encoder training takes --loss NAME=VALUE with NAME one of enc_rec, "):
+        train_encoder(common(bad, losses=("chamfer=1",)), gen_ckpt=out / "checkpoints" / "step_000002.safetensors")
+    assert not bad.exists()  # refused before anything is written
 
 
 # -- faults ---------------------------------------------------------------------------------------

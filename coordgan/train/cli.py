@@ -58,8 +58,10 @@ _HELP = {
     "workers": "Data-loading processes (default: up to 4).",
     "device": "cpu or cuda (default: cuda when available).",
     "gen_ckpt": "Trained generator checkpoint (ours or the authors' .pt); kept frozen.",
-    "loss": "Change a loss weight, NAME=VALUE (repeatable; e.g. --loss chamfer=100 --loss r1=0.05): on the "
-            "preset's, or with --resume on the run's; checkpoints keep it.",
+    "loss": "Change a loss weight, NAME=VALUE (repeatable; e.g. --loss chamfer=100 --loss r1=0.05): of the "
+            "preset, or with --resume of the run; checkpoints keep it.",
+    "enc_loss": "Change an encoder loss weight, NAME=VALUE (repeatable; enc_rec, enc_con, enc_texture): of the "
+                "generator checkpoint's config, or with --resume of the run; checkpoints keep it.",
 }
 
 
@@ -89,7 +91,7 @@ def register(app: typer.Typer) -> None:
         freeze_structure: Optional[bool] = _opt(None, "--freeze-structure/--train-structure", "freeze_structure"),
         workers: Optional[int] = _opt(None, "--workers"),
         device: Optional[str] = _opt(None, "--device"),
-        loss: Optional[list[str]] = _opt(None, "--loss"),
+        loss: Optional[list[str]] = typer.Option(None, "--loss", metavar="NAME=VALUE", help=_HELP["loss"]),
     ):
         """Train CoordGAN (generator, discriminator, patch discriminator) on images."""
         from coordgan.train.commands import train_generator
@@ -118,7 +120,7 @@ def register(app: typer.Typer) -> None:
         lpips_random_backbone: bool = _opt(False, "--lpips-random-backbone"),
         workers: Optional[int] = _opt(None, "--workers"),
         device: Optional[str] = _opt(None, "--device"),
-        loss: Optional[list[str]] = _opt(None, "--loss"),
+        loss: Optional[list[str]] = typer.Option(None, "--loss", metavar="NAME=VALUE", help=_HELP["enc_loss"]),
     ):
         """Train the encoder (W structure + W+ texture codes) against a frozen generator."""
         from coordgan.train.commands import train_encoder as run_encoder

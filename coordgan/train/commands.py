@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from coordgan.config import ModelConfig, get_preset, with_losses
+from coordgan.config import ModelConfig, get_preset, loss_names, with_losses
 from coordgan.errors import CoordGANError
 from coordgan.train import data as data_mod
 from coordgan.train import distributed as ddp
@@ -93,7 +93,7 @@ def _check_common(c: Common, global_batch: int, d: ddp.Dist) -> int:
 
 def _session(c: Common, cfg: ModelConfig, kind: str, build_task, info: dict, hooks: dict | None, console):
     """Set up everything, build the task with `build_task(cfg, run, lpips, dataset, record)`, run the loop."""
-    cfg = with_losses(cfg, c.losses)  # checkpoints keep the changed weights: a later --resume continues with them
+    cfg = with_losses(cfg, c.losses, kind)  # checkpoints keep the changed weights; a later --resume goes on with them
     wanted = c.device or ("cuda" if torch.cuda.is_available() else "cpu")
     d = ddp.init("cuda" if wanted.startswith("cuda") else "cpu")
     loader = None
@@ -109,7 +109,8 @@ def _session(c: Common, cfg: ModelConfig, kind: str, build_task, info: dict, hoo
         lpips, source = build_lpips(c.lpips_net, c.lpips_weights, c.lpips_random_backbone, device)
         notes.append(source.description)
         if c.losses:
-            notes.append(f"loss weights set by --loss: {', '.join(c.losses)}")
+            weights = ", ".join(f"{n}={getattr(cfg.losses, n)}" for n in loss_names(kind))
+            notes.append(f"loss weights set by --loss: {', '.join(c.losses)}; now {weights}")
         dataset = data_mod.make_dataset(c.data, cfg.size)
         loader = data_mod.ResumableLoader(dataset, per_rank, seed=c.seed, rank=d.rank, world=d.world,
                                           workers=opts.workers)

@@ -107,9 +107,10 @@ def perceptual(lpips, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def luminance(images: torch.Tensor) -> torch.Tensor:
     """Grey images standardised per image (3 equal channels in [-1, 1]): what is left is layout.
 
-    Grey is the plain channel mean (not a weighted luma): any recolouring that keeps it, and any
-    gain or offset of it, costs (almost) nothing. The std is sqrt(var) floored before the root, so a
-    flat image has a finite gradient; at 32 px this equals torch.std bit for bit (the tiny preset's runs).
+    Grey is the plain channel mean (not a weighted luma): any recolouring that keeps it costs
+    nothing, and a gain or offset of it almost nothing (the 1e-3 beside the std matters only at
+    very low contrast). The variance is floored before the root so a flat image has a finite
+    gradient; otherwise this equals torch.std bit for bit, so earlier tiny runs still reproduce.
     """
     grey = images.float().mean(1, keepdim=True)
     std = grey.var((2, 3), keepdim=True).clamp_min(1e-12).sqrt()
