@@ -128,7 +128,7 @@ def run(ckpt, *, data, refs=None, num_refs=5, tau=0.01, exclude="0", ignore=0, m
         grid = ev.identity_corr(torch.zeros(1, 3, size, size))
         errors = ev.match_error({"model": maps, "identity": (grid.expand(len(ref_set), -1, -1, -1),
                                                              grid.expand(len(queries), -1, -1, -1))},
-                                ref_set, queries, ignore_index=ignore_index, device=device)
+                                ref_set, queries, ignore_index=ignore_index)
 
     record = result.to_json()
     if ceiling is not None:
