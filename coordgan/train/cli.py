@@ -52,7 +52,7 @@ _HELP = {
     "lpips_net": "LPIPS backbone: vgg (as NVlabs/CoordGAN) or alex.",
     "lpips_weights": "torchvision ImageNet weights of the LPIPS backbone "
                      "(default: the torch hub cache, e.g. ~/.cache/torch/hub/checkpoints/vgg16-397923af.pth).",
-    "lpips_random_backbone": "Random LPIPS backbone: for tests only, the perceptual losses are then not LPIPS.",
+    "lpips_random_backbone": "Random LPIPS backbone, for tests and machines without the ImageNet weights: the perceptual losses are then not LPIPS.",
     "init_from": "Start from a checkpoint at the canonical resolution (the 512 stage from a 128 run).",
     "freeze_structure": "Freeze the structure mapping and warping networks (default: frozen with --init-from).",
     "workers": "Data-loading processes (default: up to 4).",

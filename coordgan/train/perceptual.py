@@ -3,8 +3,8 @@
 `lpips.LPIPS(pnet_rand=True)` skips torchvision's download of the ImageNet backbone; the linear
 calibration layers ship inside the lpips wheel (lpips/weights/v0.1/<net>.pth) and load from there.
 The backbone weights then come from torchvision's own cache file (torch hub dir /checkpoints/,
-the name torchvision would download) or an explicit path. A random backbone is only for tests and
-must be asked for by name: its "perceptual" distances are not LPIPS.
+the name torchvision would download) or an explicit path. A random backbone (tests, machines without
+the weights) must be asked for by name: its "perceptual" distances are not LPIPS.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def build_lpips(net: str = "vgg", weights: str | os.PathLike | None = None, rand
         model = lpips.LPIPS(net=net, pretrained=True, pnet_rand=True, verbose=False)
     if path is None:
         source = LpipsSource(net, "random", f"LPIPS-{net} with a RANDOM backbone (--lpips-random-backbone): "
-                                            "perceptual losses are not LPIPS; for tests only")
+                                            "perceptual losses are not LPIPS")
     else:
         _load_backbone(model.net, path, net)
         source = LpipsSource(net, str(path), f"LPIPS-{net}, backbone weights from {path}")
@@ -78,7 +78,7 @@ def _resolve_backbone(net: str, weights) -> Path:
     raise CoordGANError(
         f"LPIPS needs torchvision's ImageNet weights for its {net} backbone and nothing is downloaded at run time: "
         f"put {name} (from {url}) in {cache}, or pass --lpips-weights PATH "
-        f"(--lpips-random-backbone trains with a random backbone, for tests only).")
+        f"(or train with --lpips-random-backbone, whose perceptual losses are not LPIPS).")
 
 
 def _load_backbone(trunk: nn.Module, path: Path, net: str) -> None:
