@@ -7,7 +7,9 @@ sentence and exit 1, never a traceback.
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Optional
 
@@ -122,8 +124,24 @@ def sample(
 _register_subcommands()
 
 
+_terminated: list[bool] = []
+
+
+def _on_sigterm(signum, frame):
+    # Unwind like Ctrl-C (temp files removed, no half-written output left); Python's default would
+    # end the process on the spot. Training and `serve` install their own handlers while they run.
+    _terminated.append(True)
+    raise KeyboardInterrupt
+
+
 def run_app(typer_app: typer.Typer) -> None:
-    """Run a Typer app with the project's error contract: one sentence and exit 1, no traceback."""
+    """Run a Typer app with the project's error contract: one sentence and exit 1, no traceback.
+
+    Ctrl-C and SIGTERM end a command with one sentence too (exit 130 and 143); Typer turns the
+    KeyboardInterrupt into a silent exit 130, so the message is printed here.
+    """
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None
     try:
         typer_app()
     except CoordGANError as exc:
@@ -134,8 +152,23 @@ def run_app(typer_app: typer.Typer) -> None:
         print(f"Error: cannot access{where}: {exc.strerror or exc}.", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
-        print("Interrupted.", file=sys.stderr)
-        sys.exit(130)
+        _stopped()
+    except SystemExit as exc:
+        if exc.code == 130:
+            _stopped()
+        raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)  # callers in-process (tests) get theirs back
+        _terminated.clear()
+
+
+def _stopped():
+    if _terminated:
+        print("Stopped by SIGTERM.", file=sys.stderr)
+        sys.exit(143)
+    print("Interrupted.", file=sys.stderr)
+    sys.exit(130)
 
 
 def main():

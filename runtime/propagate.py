@@ -63,8 +63,8 @@ class PropagateOptions:
             raise CoordGANError(f"--batch must be at least 1, got {self.batch}.")
         if self.memory < 0:
             raise CoordGANError(f"--memory must be 0 or more frames, got {self.memory}.")
-        if not self.tau > 0:
-            raise CoordGANError(f"--tau must be a positive number, got {self.tau}.")
+        if not 0 < self.tau < float("inf"):
+            raise CoordGANError(f"--tau must be a finite number > 0, got {self.tau}.")
         if self.topk is not None and self.topk < 1:
             raise CoordGANError(f"--topk must be at least 1, got {self.topk}.")
         if self.overwrite and self.resume:
@@ -121,7 +121,7 @@ def propagate_sequence(model, frames, refs: Sequence[Reference], out_dir,
     name = name or out_dir.name
     refs_at = _resolve_references(source, refs)
     labels = LabelChannels(np.concatenate([np.unique(r.labels) for r in refs_at.values()]))  # all, up front
-    fingerprint = _fingerprint(options, refs_at, labels)
+    fingerprint = _fingerprint(options, refs_at, labels, source)
     start, memory, meta = _prepare_output(out_dir, source, options, fingerprint)
     if memory is None:
         return meta  # --resume of a complete sequence: its summary
@@ -130,7 +130,7 @@ def propagate_sequence(model, frames, refs: Sequence[Reference], out_dir,
     run = _SequenceRun(model, source, refs_at, labels, out_dir, options, memory, start, on_frame)
     run.state_meta = {"fingerprint": fingerprint, "frame_size": meta.get("frame_size")}
     summary = run.execute()
-    summary.update(sequence=name, input=str(source.path))
+    summary.update(sequence=name, input=str(source.path), fingerprint=fingerprint)
     with atomic_write(out_dir / SUMMARY_FILE, "w") as f:
         json.dump(summary, f, indent=2)
         f.write("\n")
@@ -179,15 +179,14 @@ def _prepare_output(out_dir: Path, source: FrameSource, options: PropagateOption
     if options.resume:
         if summary.is_file():
             try:
-                return 0, None, {**json.loads(summary.read_text()), "skipped": "already complete"}
+                done = json.loads(summary.read_text())
             except (OSError, ValueError):
                 raise CoordGANError(f"{summary} is damaged; start again with --overwrite.") from None
+            _check_same_run(out_dir, done.get("fingerprint"), fingerprint, "holds the results of")
+            return 0, None, {**done, "skipped": "already complete"}
         if state.is_file():
             memory, start, meta = Memory.load(state, options.memory)
-            if meta.get("fingerprint") != fingerprint:
-                raise CoordGANError(f"{out_dir} was started with other options or references "
-                                    f"({_differences(meta.get('fingerprint', {}), fingerprint)}); resume with the "
-                                    "same ones, or start again with --overwrite.")
+            _check_same_run(out_dir, meta.get("fingerprint"), fingerprint, "was started with")
             return start, memory, meta
         return 0, Memory(options.memory), {}  # nothing consistent to continue from: start over
     existing = summary.exists() or state.exists() or any(out_dir.glob("*.png")) or (overlay and overlay.exists())
@@ -195,15 +194,26 @@ def _prepare_output(out_dir: Path, source: FrameSource, options: PropagateOption
         what = overlay if overlay and overlay.exists() and not any(out_dir.glob("*.png")) else out_dir
         raise CoordGANError(f"{what} already holds propagation results; pass --overwrite to replace them or "
                             "--resume to continue an interrupted run.")
-    # Remove the completion marker first: while the new run writes, nothing may look complete.
+    # Remove the completion marker first: while the new run writes, nothing may look complete. Then
+    # the earlier masks and probabilities, so a shorter new run leaves none of them behind.
     summary.unlink(missing_ok=True)
     state.unlink(missing_ok=True)
+    for stale in [*out_dir.glob("*.png"), *(out_dir / PROBS_DIR).glob("*.npz")]:
+        stale.unlink(missing_ok=True)
     return 0, Memory(options.memory), {}
 
 
-def _fingerprint(options: PropagateOptions, refs_at: dict, labels: LabelChannels) -> dict:
-    return {**options.algorithm(), "labels": labels.values.tolist(),
+def _fingerprint(options: PropagateOptions, refs_at: dict, labels: LabelChannels, source: FrameSource) -> dict:
+    """What decides the masks: a resumed run must match it (the model is the caller's to keep)."""
+    return {**options.algorithm(), "input": str(source.path.resolve()), "labels": labels.values.tolist(),
             "references": {str(i): refs_at[i].digest() for i in sorted(refs_at)}}
+
+
+def _check_same_run(out_dir: Path, then: dict | None, now: dict, verb: str) -> None:
+    if then != now:
+        raise CoordGANError(f"{out_dir} {verb} another input, other options or other references "
+                            f"({_differences(then or {}, now)}); resume with the same ones, or start again "
+                            "with --overwrite.")
 
 
 def _differences(old: dict, new: dict) -> str:

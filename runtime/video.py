@@ -190,6 +190,9 @@ class VideoFrames(FrameSource):
                                     f"({_first_line(exc)}).") from None
         if index < 0:
             raise CoordGANError(f"Video {self.path} holds no decodable frames; it is empty or damaged.")
+        if self.count is not None and index + 1 < self.count:  # e.g. a cut-off file whose index came first
+            raise CoordGANError(f"Video {self.path} ends after frame {index}, but its header lists {self.count} "
+                                "frames; it is truncated or damaged.")
 
 
 class ArrayFrames(FrameSource):
@@ -271,9 +274,13 @@ class VideoWriter:
     path is always complete. Odd frame sizes are padded by one edge pixel (yuv420p needs even ones).
     """
 
+    WRITABLE = (".mp4", ".mkv", ".mov", ".avi")
+
     def __init__(self, path, fps: float = DEFAULT_FPS):
         av = _import_av()
         self.path = Path(path)
+        if self.path.suffix.lower() not in self.WRITABLE:
+            raise CoordGANError(f"Cannot write the video {self.path}: use a {', '.join(self.WRITABLE)} name.")
         self.tmp = self.path.with_name(f".{self.path.stem}.{os.getpid()}.tmp{self.path.suffix}")
         self.codec = pick_codec()
         self.fps = Fraction(fps).limit_denominator(1001) if fps and fps > 0 else Fraction(int(DEFAULT_FPS))

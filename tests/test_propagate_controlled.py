@@ -173,7 +173,7 @@ def test_resume_after_interruption_gives_the_same_outputs(models, tmp_path):
     assert not list(out.glob(".*.tmp")) and not list(tmp_path.glob("*overlay*"))  # nothing half-written
     with pytest.raises(CoordGANError, match="already holds propagation results; pass --overwrite"):
         propagate_sequence(models["right"], frames, refs, out, opts)
-    with pytest.raises(CoordGANError, match="started with other options.*tau 0.01 then, 0.02 now"):
+    with pytest.raises(CoordGANError, match="started with another input, other options.*tau 0.01 then, 0.02 now"):
         propagate_sequence(models["right"], frames, refs, out, PropagateOptions(batch=3, memory=2, tau=0.02,
                                                                                   resume=True))
     summary = propagate_sequence(models["right"], frames, refs, out,
@@ -185,8 +185,10 @@ def test_resume_after_interruption_gives_the_same_outputs(models, tmp_path):
         assert (out / f"{name}.png").read_bytes() == (tmp_path / "straight" / f"{name}.png").read_bytes()
         with np.load(out / "probs" / f"{name}.npz") as a, np.load(tmp_path / "straight" / "probs" / f"{name}.npz") as b:
             assert np.array_equal(a["probs"], b["probs"])
-    again = propagate_sequence(models["right"], frames, refs, out, PropagateOptions(resume=True))
+    again = propagate_sequence(models["right"], frames, refs, out, PropagateOptions(batch=3, memory=2, resume=True))
     assert again["skipped"] == "already complete"
+    with pytest.raises(CoordGANError, match="holds the results of another input, other options.*memory 2 then, 3 now"):
+        propagate_sequence(models["right"], frames, refs, out, PropagateOptions(resume=True))  # not 'complete'
 
 
 def test_overwrite_replaces_and_never_leaves_a_stale_summary(models, tmp_path):
@@ -197,8 +199,12 @@ def test_overwrite_replaces_and_never_leaves_a_stale_summary(models, tmp_path):
         propagate_sequence(models["right"], frames, refs, tmp_path, PropagateOptions(overwrite=True, batch=1),
                            on_frame=interrupt_after(1))
     assert not (tmp_path / "summary.json").exists()  # the interrupted rerun is not complete
-    propagate_sequence(models["right"], frames, refs, tmp_path, PropagateOptions(overwrite=True))
+    propagate_sequence(models["right"], frames, refs, tmp_path, PropagateOptions(overwrite=True, save_probs=True))
     assert (tmp_path / "summary.json").exists()
+    # a shorter rerun leaves none of the longer run's masks or probabilities behind
+    propagate_sequence(models["right"], frames[:2], refs, tmp_path, PropagateOptions(overwrite=True))
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == ["00000.png", "00001.png"]
+    assert not list((tmp_path / "probs").glob("*.npz"))
 
 
 def test_reference_problems_are_one_sentence_errors(models, tmp_path):
@@ -220,6 +226,11 @@ def test_reference_problems_are_one_sentence_errors(models, tmp_path):
         propagate_sequence(model, frames, [], tmp_path / "f")
     with pytest.raises(CoordGANError, match="--memory must be 0 or more"):
         propagate_sequence(model, frames, [ref], tmp_path / "g", PropagateOptions(memory=-1))
+    with pytest.raises(CoordGANError, match="--tau must be a finite number > 0, got inf"):
+        propagate_sequence(model, frames, [ref], tmp_path / "h", PropagateOptions(tau=float("inf")))
+    with pytest.raises(CoordGANError, match="Cannot write the video .*overlay.png: use a .mp4"):
+        propagate_sequence(model, frames, [ref], tmp_path / "i", PropagateOptions(overlay=tmp_path / "overlay.png"))
+    assert not list((tmp_path / "i").glob("*.png"))  # refused before the first mask
 
 
 def test_low_resolution_reference_is_resized_and_grayscale_gets_davis_colours(models, tmp_path):

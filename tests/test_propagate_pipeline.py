@@ -165,7 +165,7 @@ def test_resume_after_ctrl_c_gives_the_same_masks(exported, data, tmp_path, monk
 
     monkeypatch.setattr(prop._SequenceRun, "_write", write_then_stop)
     code, _, err = run_main(monkeypatch, capsys, *args, "--out", tmp_path / "resumed")
-    assert code == 130 and "Traceback" not in err  # Typer turns Ctrl-C into exit status 130
+    assert code == 130 and err.endswith("Interrupted.\n") and "Traceback" not in err
     assert (tmp_path / "resumed" / STATE_FILE).exists() and not (tmp_path / "resumed" / "summary.json").exists()
     monkeypatch.setattr(prop._SequenceRun, "_write", real_write)
     _, err = ok(monkeypatch, capsys, *args, "--out", tmp_path / "resumed", "--resume")
@@ -173,6 +173,34 @@ def test_resume_after_ctrl_c_gives_the_same_masks(exported, data, tmp_path, monk
     for t in range(T):
         for rel in (f"{t:05d}.png", f"probs/{t:05d}.npz"):
             assert (tmp_path / "resumed" / rel).read_bytes() == (tmp_path / "straight" / rel).read_bytes(), rel
+    # --resume into a folder that holds another input's results is refused, complete or not
+    code, _, err = run_main(monkeypatch, capsys, "propagate", root / "frames", *args[2:], "--out", tmp_path / "straight",
+                            "--resume")
+    assert code == 1 and "holds the results of another input" in err and "input '" in err
+
+
+def test_sigterm_stops_a_real_process_cleanly(exported, data, tmp_path):
+    """SIGTERM mid-run (docker stop, Slurm): one sentence, exit 143, no temp file, not complete."""
+    import shutil
+    import signal
+    import time
+
+    root, _, _ = data
+    frames, out = tmp_path / "frames", tmp_path / "o"
+    frames.mkdir()
+    for t in range(240):  # long enough to be mid-run when the signal comes
+        shutil.copy(root / "frames" / f"img_{t % T:03d}.jpg", frames / f"f{t:04d}.jpg")
+    proc = subprocess.Popen([sys.executable, "-m", "coordgan.propagate_cli", "propagate", str(frames), "--model",
+                             str(exported / "export"), "--ref", str(root / "ref.png"), "--out", str(out),
+                             "--batch", "1", "--save-probs"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (out / STATE_FILE).exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and err.endswith("Stopped by SIGTERM.\n") and "Traceback" not in err
+    assert not (out / "summary.json").exists() and len(list(out.glob("*.png"))) < 240
+    assert not list(out.rglob(".*.tmp*"))
 
 
 def test_python_api_resume_with_a_hook(exported, data, tmp_path):

@@ -17,9 +17,9 @@ from runtime import masks
 from runtime.video import ArrayFrames, FolderFrames, VideoFrames, VideoWriter, natural_key, open_frames, pick_codec
 
 
-def write_video(path, frames, fps=10, codec="mpeg4"):
+def write_video(path, frames, fps=10, codec="mpeg4", options=None):
     """Plain PyAV, independent of runtime.video: the test's own encoder."""
-    with av.open(str(path), "w") as container:
+    with av.open(str(path), "w", options=options or {}) as container:
         stream = container.add_stream(codec, rate=fps)
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = "yuv420p"
@@ -66,6 +66,15 @@ def test_corrupt_and_empty_videos_are_one_sentence_errors(tmp_path, sequence):
     truncated.write_bytes(data[: len(data) // 3])  # the moov atom (index) at the end is gone
     with pytest.raises(CoordGANError, match="truncated.mp4"):
         list(open_frames(truncated).frames())
+    # index first (-movflags faststart), then cut off: the frames decode up to the cut, without an
+    # FFmpeg error, so the header's frame count is what shows it
+    write_video(good, sequence[0], options={"movflags": "faststart"})
+    data = good.read_bytes()
+    truncated.write_bytes(data[: len(data) * 2 // 3])
+    source = open_frames(truncated)
+    assert source.count == 6
+    with pytest.raises(CoordGANError, match=r"truncated.mp4 ends after frame \d, but its header lists 6 frames"):
+        list(source.frames())
     with pytest.raises(CoordGANError, match="does not exist"):
         open_frames(tmp_path / "missing.mp4")
 
@@ -120,6 +129,8 @@ def test_video_writer_is_atomic_and_pads_odd_sizes(tmp_path, sequence):
             writer.write(frames[0])
             raise RuntimeError("interrupted")
     assert list(tmp_path.glob("*failed*")) == []  # neither the target nor its temp file
+    with pytest.raises(CoordGANError, match="Cannot write the video .*overlay.png: use a .mp4"):
+        VideoWriter(tmp_path / "overlay.png")
 
 
 def png_with_short_palette(path, labels, n_colors):
