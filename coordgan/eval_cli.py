@@ -89,6 +89,8 @@ def run(ckpt, *, data, refs=None, num_refs=5, tau=0.01, exclude="0", ignore=0, m
         device = "cuda" if torch.cuda.is_available() else "cpu"
     elif device.startswith("cuda") and not torch.cuda.is_available():
         raise CoordGANError("--device cuda was asked for, but PyTorch sees no CUDA GPU.")
+    elif device != "cpu" and not device.startswith("cuda"):
+        raise CoordGANError(f"--device must be cpu or cuda[:N], got {device!r}.")
     if lookup == "auto":
         lookup = "reference" if str(device).startswith("cuda") else "sparse"
     for out in (json_out, vis):

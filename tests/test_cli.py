@@ -72,3 +72,23 @@ def test_user_errors_are_one_sentence_without_traceback(args, message):
     assert message in result.stderr
     assert "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_bad_option_values_are_refused_before_any_work(tmp_path, monkeypatch, capsys):
+    """Values Typer's types let through; each one sentence, and no run folder left behind."""
+    from cli_helpers import run_main
+
+    train = ("train", "--preset", "tiny", "--data", "synthetic-faces", "--out", tmp_path / "run", "--steps", 1,
+             "--lpips-random-backbone", "--device", "cpu")
+    for args, message in [
+        (("bench", "encoder", "--preset", "tiny", "--backends", "torch", "--threads", 0), "--threads must be at least 1"),
+        (("bench", "encoder", "--preset", "tiny", "--backends", "ort-cpu", "--onnx-dir", tmp_path / "missing"),
+         "--onnx-dir " + str(tmp_path / "missing") + " is not a folder"),
+        (("eval-propagation", tmp_path / "any.safetensors", "--data", "synthetic-faces", "--device", "tpu"),
+         "--device must be cpu or cuda[:N], got 'tpu'"),
+        ((*train, "--batch", 0), "--batch 0 must give each process an even number"),
+        ((*train, "--workers", -1), "--workers must be 0"),
+    ]:
+        code, _, err = run_main(monkeypatch, capsys, *args, whole_cli=True)
+        assert code == 1 and message in err and len(err.strip().splitlines()) == 1, (args, err)
+    assert not (tmp_path / "run").exists()

@@ -56,6 +56,11 @@ class BenchOptions:
             raise CoordGANError("--batch must be positive integers separated by commas.")
         if self.iters < 1 or self.warmup < 0:
             raise CoordGANError("--iters must be at least 1 and --warmup at least 0.")
+        if self.threads is not None and self.threads < 1:
+            raise CoordGANError(f"--threads must be at least 1, got {self.threads}.")
+        for flag, folder in (("--onnx-dir", self.onnx_dir), ("--trt-dir", self.trt_dir)):
+            if folder is not None and not Path(folder).is_dir():  # given by name: a typo is an error, not a skip
+                raise CoordGANError(f"{flag} {folder} is not a folder.")
         self.resolved_backends()
 
 

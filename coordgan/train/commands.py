@@ -83,6 +83,8 @@ def _check_common(c: Common, global_batch: int, d: ddp.Dist) -> int:
             raise CoordGANError(f"{name} must be at least 1, got {value}.")
     if c.ckpt_every < 0 or c.sample_every < 0:
         raise CoordGANError("--ckpt-every and --sample-every must be >= 0 (0 turns them off).")
+    if c.workers is not None and c.workers < 0:
+        raise CoordGANError(f"--workers must be 0 (load in the training process) or more, got {c.workers}.")
     per_rank, rest = divmod(global_batch, d.world)
     if rest or per_rank < 2 or per_rank % 2:
         where = f" over {d.world} processes" if d.enabled else ""
@@ -100,7 +102,7 @@ def _session(c: Common, cfg: ModelConfig, kind: str, build_task, info: dict, hoo
     try:
         device = _device(c.device, d)
         notes = _check_amp(c.amp, device)
-        per_rank = _check_common(c, c.batch or cfg.batch, d)
+        per_rank = _check_common(c, cfg.batch if c.batch is None else c.batch, d)
         opts = RunOptions(out=Path(c.out), steps=c.steps, batch=per_rank, ckpt_every=c.ckpt_every,
                           sample_every=c.sample_every, resume=c.resume, amp=c.amp, seed=c.seed, device=device,
                           workers=data_mod.default_workers() if c.workers is None else c.workers,
