@@ -32,6 +32,8 @@ def _write_inputs(out: Path, frames, masks) -> Path:
             writer.write(frame)
     for folder, labels in (("gt", masks), ("identity", [masks[0]] * len(masks))):
         (out / folder).mkdir(parents=True, exist_ok=True)
+        for stale in (out / folder).glob("*.png"):  # an earlier, longer demo's frames would be scored too
+            stale.unlink()
         for i, mask in enumerate(labels):
             save_label_png(out / folder / f"{i:05d}.png", mask)
     return video
@@ -57,7 +59,12 @@ def demo(
     console = Console()
     if not ckpt.is_file():
         raise CoordGANError(f"Checkpoint {ckpt} does not exist; pass one with --ckpt.")
+    if frames < 3 or size < 32:
+        raise CoordGANError(f"The demo needs --frames 3 or more (J and F skip the first and last) and --size 32 "
+                            f"or more, got {frames} and {size}.")
     started = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "demo.json").unlink(missing_ok=True)  # written last: only a finished run's scores are there
     video_frames, gt = make_sequence(frames, size, seed)
     video = _write_inputs(out, video_frames, gt)
     console.print(f"{frames} synthetic-faces frames at {size}x{size} (seed {seed}) -> {video}, ground truth "

@@ -8,11 +8,15 @@ import os
 import tempfile
 from pathlib import Path
 
+from coordgan.errors import CoordGANError
+
 
 @contextlib.contextmanager
 def atomic_write(path, mode: str = "wb"):
     """Write to a temp file beside `path`, then rename: readers never see a half-written file."""
     path = Path(path)
+    if path.is_dir():  # else the rename fails naming the temp file
+        raise CoordGANError(f"{path} is a folder; give a file name to write.")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, mode) as f:

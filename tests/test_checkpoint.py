@@ -201,7 +201,7 @@ def test_require_names_the_missing_network(tmp_path):
         ck.encoder
 
 
-def test_atomic_write_gives_usual_permissions(tmp_path):
+def test_atomic_write_gives_usual_permissions_and_refuses_a_folder(tmp_path):
     import os
 
     from coordgan.fileio import atomic_write
@@ -211,3 +211,7 @@ def test_atomic_write_gives_usual_permissions(tmp_path):
     mask = os.umask(0)
     os.umask(mask)
     assert (tmp_path / "f.bin").stat().st_mode & 0o777 == 0o666 & ~mask
+    with pytest.raises(CoordGANError, match="is a folder; give a file name"):
+        with atomic_write(tmp_path) as f:
+            f.write(b"x")
+    assert [p.name for p in tmp_path.iterdir()] == ["f.bin"]  # no temp file left

@@ -28,6 +28,16 @@ def test_demo_writes_every_output(tmp_path, monkeypatch, capsys):
     result = json.loads((out / "demo.json").read_text())
     assert set(result) >= {"propagated", "identity baseline", "frames_per_s", "wall_s"}
     assert 0.0 <= result["identity baseline"]["J_mean"] <= 1.0
+    # a shorter demo into the same folder scores its own frames only (no earlier ones left over)
+    code, _, err = run_main(monkeypatch, capsys, "demo", "--ckpt", ckpt, "--out", out, "--frames", 4, "--size", 64,
+                            whole_cli=True)
+    assert code in (0, None), err
+    for folder in ("gt", "identity", "masks"):
+        assert len(list((out / folder).glob("*.png"))) == 4, folder
+    assert json.loads((out / "demo.json").read_text())["frames"] == 4
+    code, _, err = run_main(monkeypatch, capsys, "demo", "--ckpt", ckpt, "--out", out, "--frames", 0, whole_cli=True)
+    assert code == 1 and "--frames 3 or more" in err and err.count("\n") == 1
+    assert json.loads((out / "demo.json").read_text())["frames"] == 4  # refused up front: the last run's, intact
 
 
 def test_demo_without_checkpoint_is_one_sentence(tmp_path, monkeypatch, capsys):
