@@ -223,6 +223,15 @@ def test_bad_inputs_are_refused(tmp_path, exported):
     shutil.copy(exported / "generator.onnx", broken)
     with pytest.raises(CoordGANError, match="corr_lookup.onnx is not a readable ONNX model"):
         build_repository(broken, tmp_path / "repo")
+    (broken / "corr_lookup.onnx").unlink()
+    data = (exported / "encoder.onnx").read_bytes()
+    (broken / "encoder.onnx").write_bytes(data[: len(data) // 2])  # cut off in a copy
+    for backend in ("onnxruntime", "python"):
+        with pytest.raises(CoordGANError, match="encoder.onnx is not a readable ONNX model"):
+            build_repository(broken, tmp_path / "repo", BuildOptions(backend=backend))
+    shutil.copy(exported / "generator.onnx", broken / "encoder.onnx")  # readable, but not the encoder
+    with pytest.raises(CoordGANError, match="encoder.onnx does not match its manifest"):
+        build_repository(broken, tmp_path / "repo")
     repo = build_repository(exported, tmp_path / "repo").repo
     with pytest.raises(CoordGANError, match="already exists; pass --overwrite"):
         build_repository(exported, repo)

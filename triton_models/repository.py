@@ -183,6 +183,10 @@ def _onnx_model(name: str, key: str, models_dir: Path, manifest: dict, options: 
                   dynamic_batching=options.batching(), instances=(options.instance_kind, options.instances))
     what = f"CoordGAN {key} ({manifest['preset']}, checkpoint sha256 {manifest['checkpoint']['sha256'][:12]})"
     onnx_path = models_dir / entry["file"]
+    if options.backend != "tensorrt":  # the repository serves this file: refuse a damaged or foreign one now
+        found = _io_names(_read_onnx(onnx_path))
+        if found != {k: [t["name"] for t in entry[k]] for k in ("inputs", "outputs")}:
+            raise CoordGANError(f"{onnx_path} does not match its manifest ({found}); export it again.")
     if options.backend == "onnxruntime":
         config = pbtxt.model_config(name, platform="onnxruntime_onnx", comment=_comment(what), **common)
         return ModelPlan(name, "onnxruntime", config, copies={"1/model.onnx": onnx_path})
@@ -214,16 +218,24 @@ def _check_plan_batch(plan: Path, max_batch: int) -> None:
                             f"--max-batch or rebuild it with `coordgan export trt --max-batch {max_batch}`.")
 
 
-def _lookup_attributes(path: Path) -> tuple[dict, dict]:
-    """I/O specs and (tau, mode, k) of a lookup ONNX from `coordgan export lookup`."""
+def _read_onnx(path: Path):
     import onnx
 
-    from export.graph_tools import io_specs
-
     try:
-        model = onnx.load(str(path), load_external_data=False)
+        return onnx.load(str(path), load_external_data=False)
     except Exception as exc:
         raise CoordGANError(f"{path} is not a readable ONNX model ({str(exc).splitlines()[0][:120]}).") from None
+
+
+def _io_names(model) -> dict:
+    return {"inputs": [v.name for v in model.graph.input], "outputs": [v.name for v in model.graph.output]}
+
+
+def _lookup_attributes(path: Path) -> tuple[dict, dict]:
+    """I/O specs and (tau, mode, k) of a lookup ONNX from `coordgan export lookup`."""
+    from export.graph_tools import io_specs
+
+    model = _read_onnx(path)
     props = {p.key: p.value for p in model.metadata_props}
     if props.get("coordgan.op") != "coordgan::CorrLookup":
         raise CoordGANError(f"{path} is not a lookup model of `coordgan export lookup` (no coordgan::CorrLookup).")
