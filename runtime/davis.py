@@ -26,9 +26,9 @@ def is_davis_root(path) -> bool:
     return (Path(path) / "JPEGImages").is_dir()
 
 
-def resolution(root, res: str | None = None) -> str:
-    """The resolution folder to use: the one asked for, else 480p, else the only one there is."""
-    base = Path(root) / "JPEGImages"
+def resolution(root, res: str | None = None, folder: str = "JPEGImages") -> str:
+    """The resolution folder (of root/folder) to use: the one asked for, else 480p, else the only one."""
+    base = Path(root) / folder
     found = sorted(p.name for p in base.iterdir() if p.is_dir()) if base.is_dir() else []
     if res is not None:
         if res not in found:
@@ -81,10 +81,14 @@ def annotation_files(root, res: str, seq: str) -> list[Path]:
     return files
 
 
-def reference_files(root, res: str, seq: str, ref_frames: str = "auto") -> list[Path]:
-    """The annotation PNGs that serve as references, by the policy in the module docstring."""
+def check_ref_frames(ref_frames: str) -> None:
     if ref_frames not in REF_FRAMES:
         raise CoordGANError(f"--ref-frames must be one of {', '.join(REF_FRAMES)}, not {ref_frames!r}.")
+
+
+def reference_files(root, res: str, seq: str, ref_frames: str = "auto") -> list[Path]:
+    """The annotation PNGs that serve as references, by the policy in the module docstring."""
+    check_ref_frames(ref_frames)
     files = annotation_files(root, res, seq)
     if ref_frames == "first":
         return files[:1]

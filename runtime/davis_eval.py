@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from coordgan.errors import CoordGANError
-from runtime import davis_metrics as metrics
+from runtime import davis, davis_metrics as metrics
 from runtime.masks import VOID, read_mask
 from runtime.video import natural_key
 
@@ -37,12 +37,7 @@ def gt_sequences(gt, resolution: str | None = None) -> dict[str, Path]:
     if not gt.is_dir():
         raise CoordGANError(f"Ground truth {gt} is not a folder.")
     if (gt / "Annotations").is_dir():
-        base = gt / "Annotations"
-        found = sorted(p.name for p in base.iterdir() if p.is_dir())
-        res = resolution or ("480p" if "480p" in found else found[0] if len(found) == 1 else None)
-        if res is None or res not in found:
-            raise CoordGANError(f"{base} holds {', '.join(found) or 'nothing'}; choose one with --resolution.")
-        gt = base / res
+        gt = gt / "Annotations" / davis.resolution(gt, resolution, folder="Annotations")
     if _pngs(gt):
         return {gt.name: gt}
     seqs = {p.name: p for p in sorted(gt.iterdir()) if p.is_dir() and _pngs(p)}

@@ -68,6 +68,7 @@ def plan(input_path, out, *, refs=(), seqs=(), resolution: str | None = None, sp
     if not input_path.exists():
         raise CoordGANError(f"Input {input_path} does not exist.")
     index, count = parse_shard(shard)
+    davis.check_ref_frames(ref_frames)
     if davis.is_davis_root(input_path):
         if refs:
             raise CoordGANError("A DAVIS root takes its reference masks from Annotations/; --ref applies to a video "
@@ -78,8 +79,8 @@ def plan(input_path, out, *, refs=(), seqs=(), resolution: str | None = None, sp
         return [SequenceJob(seq, davis.frames_dir(input_path, res, seq),
                             tuple((p.stem, p) for p in davis.reference_files(input_path, res, seq, ref_frames)),
                             out / seq, overlay_path(overlay, seq, several)) for seq in names]
-    if seqs or split:
-        raise CoordGANError(f"--seq and --split choose sequences of a DAVIS root; {input_path} is a single "
+    if seqs or split or ref_frames != "auto":
+        raise CoordGANError(f"--seq, --split and --ref-frames apply to a DAVIS root; {input_path} is a single "
                             "sequence (a video or a frame folder).")
     if not refs:
         raise CoordGANError("Give the first frame's label mask with --ref MASK.png (and FRAME=MASK.png for more "

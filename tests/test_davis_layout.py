@@ -88,7 +88,11 @@ def test_single_inputs_and_option_parsing(tmp_path):
     for bad in ("x", "1/0", "-1/2", "4/4"):
         with pytest.raises(CoordGANError, match="--shard"):
             parse_shard(bad)
-    with pytest.raises(CoordGANError, match="--seq and --split choose sequences of a DAVIS root"):
+    with pytest.raises(CoordGANError, match="--seq, --split and --ref-frames apply to a DAVIS root"):
         plan(video, tmp_path / "out", refs=["m.png"], seqs=["a"])
+    with pytest.raises(CoordGANError, match="--seq, --split and --ref-frames apply to a DAVIS root"):
+        plan(video, tmp_path / "out", refs=["m.png"], ref_frames="all")
+    with pytest.raises(CoordGANError, match="--ref-frames must be one of auto, first, all, not 'bogus'"):
+        plan(video, tmp_path / "out", refs=["m.png"], ref_frames="bogus")
     with pytest.raises(CoordGANError, match="Input .* does not exist"):
         plan(tmp_path / "nothing", tmp_path / "out", refs=["m.png"])

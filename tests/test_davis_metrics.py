@@ -153,6 +153,9 @@ def test_dataset_layout_and_global_means(folders):
     g = result["global"]
     assert g["J-Mean"] == pytest.approx(5 / 6)  # 6 (sequence, object) pairs, one of them 0
     assert g["J&F-Mean"] == pytest.approx((g["J-Mean"] + g["F-Mean"]) / 2)
+    assert evaluate(folders / "out", root, resolution="480p")["global"] == g
+    with pytest.raises(CoordGANError, match="Annotations has no '1080p' folder \\(it has: 480p\\)"):
+        evaluate(folders / "out", root, resolution="1080p")
 
 
 def test_missing_or_mismatched_predictions_are_errors(folders):
