@@ -93,19 +93,20 @@ def _image_exts() -> set[str]:
     return {ext.lower() for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
 
 
-def _read_image(path: Path, size: int) -> np.ndarray:
+def _read_image(path: Path, size: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """The image resized to size x size, and its (width, height) before."""
     from PIL import Image, ImageOps
 
     try:
         with Image.open(path) as img:
             img = ImageOps.exif_transpose(img).convert("RGB")
-            img = ImageOps.fit(img, (size, size), Image.LANCZOS, centering=(0.5, 0.5))
-            return np.asarray(img)
+            shape = img.size
+            return np.asarray(ImageOps.fit(img, (size, size), Image.LANCZOS, centering=(0.5, 0.5))), shape
     except (OSError, ValueError, SyntaxError) as exc:
         raise CoordGANError(f"Cannot read image {path} ({exc}).") from None
 
 
-def _read_labels(path: Path, size: int) -> np.ndarray:
+def _read_labels(path: Path, size: int) -> tuple[np.ndarray, tuple[int, int]]:
     from PIL import Image, ImageOps
 
     try:
@@ -114,15 +115,15 @@ def _read_labels(path: Path, size: int) -> np.ndarray:
                 raise CoordGANError(f"Label image {path} is mode {img.mode}: labels must be a palette or "
                                     "grayscale PNG whose pixel values are class ids.")
             img.load()
-            img = ImageOps.fit(img, (size, size), Image.NEAREST, centering=(0.5, 0.5))
-            labels = np.asarray(img).astype(np.int64)
+            shape = img.size
+            labels = np.asarray(ImageOps.fit(img, (size, size), Image.NEAREST, centering=(0.5, 0.5))).astype(np.int64)
     except CoordGANError:
         raise
     except (OSError, ValueError, SyntaxError) as exc:
         raise CoordGANError(f"Cannot read label image {path} ({exc}).") from None
     if labels.min() < 0 or labels.max() > 255:
         raise CoordGANError(f"Label image {path} has class ids outside 0..255.")
-    return labels
+    return labels, shape
 
 
 def load_folder(root, size: int) -> LabelledImages:
@@ -150,8 +151,12 @@ def load_folder(root, size: int) -> LabelledImages:
         lab_path = lab_dir / f"{path.stem}.png"
         if not lab_path.is_file():
             raise CoordGANError(f"Image {path.name} has no label map {lab_path}.")
-        images.append(_read_image(path, size))
-        labels.append(_read_labels(lab_path, size))
+        (image, (w, h)), (label, (lw, lh)) = _read_image(path, size), _read_labels(lab_path, size)
+        if abs(w * lh - h * lw) > 0.01 * w * lh:  # the same fit then crops them differently
+            raise CoordGANError(f"Label map {lab_path} is {lw}x{lh} but image {path.name} is {w}x{h}: a different "
+                                "aspect ratio, so they do not line up.")
+        images.append(image)
+        labels.append(label)
     return LabelledImages(np.stack(images), np.stack(labels), [p.name for p in files])
 
 

@@ -75,8 +75,9 @@ def export_onnx(ckpt, out, options: ExportOptions = ExportOptions(), *, preset: 
         ck = load(ckpt, preset=preset)
         generator = ck.generator
         if "encoder" in options.models() and "e" not in ck.networks:
-            raise CoordGANError(f"Checkpoint {ck.path} has no encoder (it holds: {', '.join(ck.networks)}); "
-                                "export the generator alone with --only generator.")
+            hint = ("train one with `coordgan train-encoder --gen-ckpt CKPT`" if options.only == "encoder"
+                    else "export the generator alone with --only generator")
+            raise CoordGANError(f"Checkpoint {ck.path} has no encoder (it holds: {', '.join(ck.networks)}); {hint}.")
         encoder = ck.encoder if "encoder" in options.models() else None
         protos, entries = {}, {}
         for name in options.models():

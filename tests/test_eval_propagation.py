@@ -205,6 +205,10 @@ def test_load_folder_resizes_and_reports_bad_files(tmp_path):
     again = ev.load_folder(root, 16)
     np.testing.assert_array_equal(again.labels[1], data.labels[1])
     assert set(np.unique(again.labels)) <= set(range(8))
+    Image.fromarray(lab[:8], mode="L").save(root / "labels" / "00003.png")  # 32x8: not these images' shape
+    with pytest.raises(CoordGANError, match="00003.png is 32x8 but image 00003.png is 32x32: a different aspect"):
+        ev.load_folder(root, 16)
+    Image.fromarray(lab, mode="L").save(root / "labels" / "00003.png")
 
     (root / "images" / "00004.png").write_bytes(b"not a png at all")
     Image.fromarray(np.zeros((32, 32), np.uint8), mode="L").save(root / "labels" / "00004.png")

@@ -265,6 +265,8 @@ def test_existing_directory_is_refused_without_overwrite(fp32_export, tiny_ckpt)
 def test_checkpoint_without_encoder_is_refused(tmp_path, generator_only_ckpt):
     with pytest.raises(CoordGANError, match="has no encoder.*--only generator"):
         export_onnx(generator_only_ckpt, tmp_path / "out")
+    with pytest.raises(CoordGANError, match="has no encoder.*train one with `coordgan train-encoder"):
+        export_onnx(generator_only_ckpt, tmp_path / "out", ExportOptions(only="encoder"))  # as propagate asks
     assert list(tmp_path.iterdir()) == []
 
 

@@ -86,7 +86,8 @@ def _load_backbone(trunk: nn.Module, path: Path, net: str) -> None:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
-        raise CoordGANError(f"Cannot read LPIPS backbone weights {path} ({str(exc).splitlines()[0][:160]}).") from None
+        raise CoordGANError(f"Cannot read LPIPS backbone weights {path}: it is not a PyTorch weights file that "
+                            f"torch.load reads ({type(exc).__name__}).") from None
     if not isinstance(state, dict):
         raise CoordGANError(f"LPIPS backbone weights {path} are not a state dict.")
     by_index = {}
