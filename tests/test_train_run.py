@@ -244,7 +244,7 @@ def test_missing_lpips_weights_stop_before_step_0(tmp_path, monkeypatch):
     assert name == "vgg16-397923af.pth" and name in message
     assert str(tmp_path / "torch-home" / "hub" / "checkpoints") in message and "--lpips-weights" in message
     assert not out.exists()
-    (tmp_path / "junk.pt").write_bytes(b"\x80\x04 not a state dict" * 10)
+    (tmp_path / "junk.pt").write_bytes(b"not a state dict" * 10)
     with pytest.raises(CoordGANError, match="junk.pt: it is not a PyTorch weights file"):
         build_lpips("vgg", weights=tmp_path / "junk.pt")
 
