@@ -189,11 +189,17 @@ def _prepare_output(out_dir: Path, source: FrameSource, options: PropagateOption
             _check_same_run(out_dir, meta.get("fingerprint"), fingerprint, "was started with")
             return start, memory, meta
         return 0, Memory(options.memory), {}  # nothing consistent to continue from: start over
-    existing = summary.exists() or state.exists() or any(out_dir.glob("*.png")) or (overlay and overlay.exists())
-    if existing and not options.overwrite:
-        what = overlay if overlay and overlay.exists() and not any(out_dir.glob("*.png")) else out_dir
-        raise CoordGANError(f"{what} already holds propagation results; pass --overwrite to replace them or "
+    if overlay and overlay.is_dir():
+        raise CoordGANError(f"--overlay {overlay} is a folder; give the video's file name.")
+    if overlay and overlay.resolve() == source.path.resolve():
+        raise CoordGANError(f"--overlay {overlay} is the input video; write the overlay elsewhere.")
+    if overlay:
+        VideoWriter.check_name(overlay)
+    if (summary.exists() or state.exists() or any(out_dir.glob("*.png"))) and not options.overwrite:
+        raise CoordGANError(f"{out_dir} already holds propagation results; pass --overwrite to replace them or "
                             "--resume to continue an interrupted run.")
+    if overlay and overlay.exists() and not options.overwrite:
+        raise CoordGANError(f"The overlay video {overlay} already exists; pass --overwrite to replace it.")
     # Remove the completion marker first: while the new run writes, nothing may look complete. Then
     # the earlier masks and probabilities, so a shorter new run leaves none of them behind.
     summary.unlink(missing_ok=True)

@@ -276,11 +276,15 @@ class VideoWriter:
 
     WRITABLE = (".mp4", ".mkv", ".mov", ".avi")
 
+    @classmethod
+    def check_name(cls, path) -> None:
+        if Path(path).suffix.lower() not in cls.WRITABLE:
+            raise CoordGANError(f"Cannot write the video {path}: use a {', '.join(cls.WRITABLE)} name.")
+
     def __init__(self, path, fps: float = DEFAULT_FPS):
         av = _import_av()
         self.path = Path(path)
-        if self.path.suffix.lower() not in self.WRITABLE:
-            raise CoordGANError(f"Cannot write the video {self.path}: use a {', '.join(self.WRITABLE)} name.")
+        self.check_name(self.path)
         self.tmp = self.path.with_name(f".{self.path.stem}.{os.getpid()}.tmp{self.path.suffix}")
         self.codec = pick_codec()
         self.fps = Fraction(fps).limit_denominator(1001) if fps and fps > 0 else Fraction(int(DEFAULT_FPS))

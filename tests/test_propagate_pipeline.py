@@ -266,6 +266,16 @@ def test_user_errors_are_one_sentence(exported, data, tmp_path, monkeypatch, cap
     ok(monkeypatch, capsys, "propagate", root / "clip.mp4", "--model", model, "--ref", ref, "--out",
        tmp_path / "done", "--overwrite")
     assert read_mask(tmp_path / "done" / "00000.png")[0].shape == (SIZE, SIZE)
+    base = ["propagate", root / "clip.mp4", "--model", model, "--ref", ref, "--out", tmp_path / "ov", "--overlay"]
+    for overlay, message in ((tmp_path, "is a folder; give the video's file name"),
+                             (root / "clip.mp4", "is the input video"),
+                             (root / "frames" / "img_000.jpg", "use a .mp4")):
+        code, _, err = run_main(monkeypatch, capsys, *base, overlay)
+        assert code == 1 and message in err and err.count("\n") == 1, err
+    (tmp_path / "someone_elses.mp4").write_bytes(b"x")
+    code, _, err = run_main(monkeypatch, capsys, *base, tmp_path / "someone_elses.mp4")
+    assert code == 1 and "overlay video" in err and "already exists; pass --overwrite" in err
+    assert not list((tmp_path / "ov").glob("*.png"))
 
 
 def test_a_real_process_prints_no_traceback(exported, data, tmp_path):
