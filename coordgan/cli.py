@@ -129,7 +129,9 @@ _terminated: list[bool] = []
 
 def _on_sigterm(signum, frame):
     # Unwind like Ctrl-C (temp files removed, no half-written output left); Python's default would
-    # end the process on the spot. Training and `serve` install their own handlers while they run.
+    # end the process on the spot. A second SIGTERM must not cut that cleanup short. Training and
+    # `serve` install their own handlers while they run.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _terminated.append(True)
     raise KeyboardInterrupt
 
@@ -154,12 +156,13 @@ def run_app(typer_app: typer.Typer) -> None:
     except KeyboardInterrupt:
         _stopped()
     except SystemExit as exc:
-        if exc.code == 130:
+        # Typer's silent exit for Ctrl-C, not a command's own exit 130 (training says why it stopped)
+        if exc.code == 130 and isinstance(getattr(exc.__context__, "__cause__", None), KeyboardInterrupt):
             _stopped()
         raise
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)  # callers in-process (tests) get theirs back
+        if main_thread:  # callers in-process (tests) get theirs back
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
         _terminated.clear()
 
 

@@ -92,3 +92,30 @@ def test_bad_option_values_are_refused_before_any_work(tmp_path, monkeypatch, ca
         code, _, err = run_main(monkeypatch, capsys, *args, whole_cli=True)
         assert code == 1 and message in err and len(err.strip().splitlines()) == 1, (args, err)
     assert not (tmp_path / "run").exists()
+
+
+def test_interrupts_end_with_one_sentence(capsys, monkeypatch):
+    """Ctrl-C in a command: 'Interrupted.' (Typer alone exits 130 silently); a command's own exit 130
+    (training, which says why it stopped) gets no second line."""
+    import typer
+
+    from coordgan.cli import run_app
+
+    def app_raising(exc):
+        app = typer.Typer()
+
+        @app.command()
+        def cmd():
+            raise exc
+
+        @app.command()
+        def other():
+            pass
+
+        return app
+
+    monkeypatch.setattr(sys, "argv", ["coordgan", "cmd"])
+    for exc, expected in ((KeyboardInterrupt(), "Interrupted.\n"), (typer.Exit(130), "")):
+        with pytest.raises(SystemExit) as info:
+            run_app(app_raising(exc))
+        assert info.value.code == 130 and capsys.readouterr().err == expected
