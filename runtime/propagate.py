@@ -122,7 +122,8 @@ def propagate_sequence(model, frames, refs: Sequence[Reference], out_dir,
     refs_at = _resolve_references(source, refs)
     labels = LabelChannels(np.concatenate([np.unique(r.labels) for r in refs_at.values()]))  # all, up front
     fingerprint = _fingerprint(options, refs_at, labels, source)
-    start, memory, meta = _prepare_output(out_dir, source, options, fingerprint)
+    start, memory, meta = _prepare_output(out_dir, source, options, fingerprint,
+                                          [Path(r.source) for r in refs_at.values() if r.source != "<array>"])
     if memory is None:
         return meta  # --resume of a complete sequence: its summary
     if options.save_probs:
@@ -166,12 +167,19 @@ def _resolve_references(source: FrameSource, refs: Sequence[Reference]) -> dict[
     return refs_at
 
 
-def _prepare_output(out_dir: Path, source: FrameSource, options: PropagateOptions, fingerprint: dict):
+def _prepare_output(out_dir: Path, source: FrameSource, options: PropagateOptions, fingerprint: dict,
+                    ref_paths: list[Path]):
     """(first frame to process, memory, state meta); memory None and the summary for a complete sequence."""
     if source.path.is_dir() and out_dir.resolve() == source.path.resolve():
         raise CoordGANError(f"The output folder {out_dir} is the input frame folder; write the masks elsewhere.")
+    inside = [p for p in ref_paths if p.parent.resolve() == out_dir.resolve()]
+    if inside:
+        raise CoordGANError(f"The output folder {out_dir} holds the reference mask {inside[0].name}; write the "
+                            "masks elsewhere.")
     summary, state = out_dir / SUMMARY_FILE, out_dir / STATE_FILE
     overlay = Path(options.overlay) if options.overlay else None
+    if overlay:
+        _check_overlay(overlay, source)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -189,33 +197,44 @@ def _prepare_output(out_dir: Path, source: FrameSource, options: PropagateOption
             _check_same_run(out_dir, meta.get("fingerprint"), fingerprint, "was started with")
             return start, memory, meta
         return 0, Memory(options.memory), {}  # nothing consistent to continue from: start over
-    if overlay and overlay.is_dir():
-        raise CoordGANError(f"--overlay {overlay} is a folder; give the video's file name.")
-    if overlay and overlay.resolve() == source.path.resolve():
-        raise CoordGANError(f"--overlay {overlay} is the input video; write the overlay elsewhere.")
-    if overlay:
-        VideoWriter.check_name(overlay)
-    if (summary.exists() or state.exists() or any(out_dir.glob("*.png"))) and not options.overwrite:
+    ours = summary.exists() or state.exists()  # a run writes its state before its first mask
+    if not ours and any(out_dir.glob("*.png")):
+        raise CoordGANError(f"{out_dir} holds PNG files that no propagation run left there (it has no {SUMMARY_FILE} "
+                            f"or {STATE_FILE}); write the masks to another folder.")
+    if ours and not options.overwrite:
         raise CoordGANError(f"{out_dir} already holds propagation results; pass --overwrite to replace them or "
                             "--resume to continue an interrupted run.")
     if overlay and overlay.exists() and not options.overwrite:
         raise CoordGANError(f"The overlay video {overlay} already exists; pass --overwrite to replace it.")
     # Remove the completion marker first: while the new run writes, nothing may look complete. Then
-    # the earlier masks and probabilities, so a shorter new run leaves none of them behind.
+    # what the earlier run wrote, so a shorter or interrupted new run leaves none of it behind.
     summary.unlink(missing_ok=True)
     state.unlink(missing_ok=True)
-    for stale in [*out_dir.glob("*.png"), *(out_dir / PROBS_DIR).glob("*.npz")]:
+    for stale in [*out_dir.glob("*.png"), *(out_dir / PROBS_DIR).glob("*.npz"), *([overlay] if overlay else [])]:
         stale.unlink(missing_ok=True)
     return 0, Memory(options.memory), {}
 
 
+def _check_overlay(overlay: Path, source: FrameSource) -> None:
+    if overlay.is_dir():
+        raise CoordGANError(f"--overlay {overlay} is a folder; give the video's file name.")
+    if overlay.resolve() == source.path.resolve():
+        raise CoordGANError(f"--overlay {overlay} is the input video; write the overlay elsewhere.")
+    VideoWriter.check_name(overlay)
+
+
 def _fingerprint(options: PropagateOptions, refs_at: dict, labels: LabelChannels, source: FrameSource) -> dict:
-    """What decides the masks: a resumed run must match it (the model is the caller's to keep)."""
-    return {**options.algorithm(), "input": str(source.path.resolve()), "labels": labels.values.tolist(),
+    """What decides the masks: a resumed run must match it. The input counts by name and length, not
+    path, so data staged elsewhere (a job's scratch disk) still resumes; the model is the caller's."""
+    return {**options.algorithm(), "input": source.path.name, "frames": source.count, "labels": labels.values.tolist(),
             "references": {str(i): refs_at[i].digest() for i in sorted(refs_at)}}
 
 
 def _check_same_run(out_dir: Path, then: dict | None, now: dict, verb: str) -> None:
+    if then is None:  # a summary from before fingerprints: complete, as it says
+        return
+    if "input" not in then:  # a state from before the input was part of it
+        now = {k: v for k, v in now.items() if k not in ("input", "frames")}
     if then != now:
         raise CoordGANError(f"{out_dir} {verb} another input, other options or other references "
                             f"({_differences(then or {}, now)}); resume with the same ones, or start again "
@@ -296,6 +315,8 @@ class _SequenceRun:
             self.full_refs[index] = mask_io.resize_mask(ref.labels, self.size, what=f"Reference mask {ref.source}")
 
     def _process(self, batch, writer):
+        if not self.processed:  # the folder is recognisably a run's before its first mask exists
+            self.step.memory.save(self.out_dir / STATE_FILE, next_frame=batch[0][0], meta=self.state_meta)
         tick = time.perf_counter()
         corr = self.model.correspondence(np.stack([f for _, _, f in batch]))
         tick = self.timer.add("encode", tick)

@@ -260,18 +260,25 @@ def test_user_errors_are_one_sentence(exported, data, tmp_path, monkeypatch, cap
         code, _, err = run_main(monkeypatch, capsys, "propagate", *args, "--out", tmp_path / f"o{i}")
         assert code == 1 and message in err and "Traceback" not in err, (args, err)
         assert err.startswith("Error: ") and err.count("\n") == 1, err
-    code, _, err = run_main(monkeypatch, capsys, "propagate", root / "clip.mp4", "--model", model, "--ref", ref,
-                            "--out", tmp_path / "done")
+    run = ["propagate", root / "clip.mp4", "--model", model, "--ref", ref, "--out"]
+    for extra in ((), ("--overwrite",)):  # PNGs no run left there are never deleted
+        code, _, err = run_main(monkeypatch, capsys, *run, tmp_path / "done", *extra)
+        assert code == 1 and "holds PNG files that no propagation run left there" in err
+    assert (tmp_path / "done" / "00000.png").read_bytes() == b"x"
+    code, _, err = run_main(monkeypatch, capsys, *run, root)  # where ref.png lives
+    assert code == 1 and "holds the reference mask ref.png" in err
+    ok(monkeypatch, capsys, *run, tmp_path / "ours")
+    code, _, err = run_main(monkeypatch, capsys, *run, tmp_path / "ours")
     assert code == 1 and "already holds propagation results; pass --overwrite" in err
-    ok(monkeypatch, capsys, "propagate", root / "clip.mp4", "--model", model, "--ref", ref, "--out",
-       tmp_path / "done", "--overwrite")
-    assert read_mask(tmp_path / "done" / "00000.png")[0].shape == (SIZE, SIZE)
+    ok(monkeypatch, capsys, *run, tmp_path / "ours", "--overwrite")
+    assert read_mask(tmp_path / "ours" / "00000.png")[0].shape == (SIZE, SIZE)
     base = ["propagate", root / "clip.mp4", "--model", model, "--ref", ref, "--out", tmp_path / "ov", "--overlay"]
     for overlay, message in ((tmp_path, "is a folder; give the video's file name"),
                              (root / "clip.mp4", "is the input video"),
                              (root / "frames" / "img_000.jpg", "use a .mp4")):
-        code, _, err = run_main(monkeypatch, capsys, *base, overlay)
-        assert code == 1 and message in err and err.count("\n") == 1, err
+        for extra in ((), ("--resume",)):
+            code, _, err = run_main(monkeypatch, capsys, *base, overlay, *extra)
+            assert code == 1 and message in err and err.count("\n") == 1, err
     (tmp_path / "someone_elses.mp4").write_bytes(b"x")
     code, _, err = run_main(monkeypatch, capsys, *base, tmp_path / "someone_elses.mp4")
     assert code == 1 and "overlay video" in err and "already exists; pass --overwrite" in err
