@@ -176,23 +176,31 @@ class VideoFrames(FrameSource):
         with self._open() as container:
             stream = self._stream(container)
             stream.thread_type = "AUTO"  # frame-threaded decoding; order is unchanged
+            packets = 0
             try:
-                for frame in container.decode(stream):
-                    index += 1
-                    if index < start and first_size:
-                        continue  # decoded (a stream can only be read in order) but not converted
-                    image = frame.to_ndarray(format="rgb24")
-                    self._checked(index, self.name(index), image, first_size)
-                    if index >= start:
-                        yield index, self.name(index), image
+                for packet in container.demux(stream):
+                    # the last packet, empty and untimed, only flushes the decoder (an AVI's empty
+                    # dropped-frame packets are timed, and counted)
+                    packets += packet.size > 0 or packet.dts is not None
+                    for frame in packet.decode():
+                        index += 1
+                        if index < start and first_size:
+                            continue  # decoded (a stream can only be read in order) but not converted
+                        image = frame.to_ndarray(format="rgb24")
+                        self._checked(index, self.name(index), image, first_size)
+                        if index >= start:
+                            yield index, self.name(index), image
             except (av.FFmpegError, ValueError) as exc:
                 raise CoordGANError(f"Video {self.path} is damaged after frame {max(index, 0)} "
                                     f"({_first_line(exc)}).") from None
         if index < 0:
             raise CoordGANError(f"Video {self.path} holds no decodable frames; it is empty or damaged.")
-        if self.count is not None and index + 1 < self.count:  # e.g. a cut-off file whose index came first
-            raise CoordGANError(f"Video {self.path} ends after frame {index}, but its header lists {self.count} "
-                                "frames; it is truncated or damaged.")
+        # A file cut off after its index (-movflags faststart) demuxes fewer packets than the index
+        # lists, without an FFmpeg error. Packets, not frames: a decoder may rightly drop some
+        # (pre-roll of an edit list).
+        if self.count is not None and packets < self.count:
+            raise CoordGANError(f"Video {self.path} ends after frame {index}: its index lists {self.count} frames "
+                                f"but the file holds {packets}; it is truncated.")
 
 
 class ArrayFrames(FrameSource):

@@ -73,7 +73,7 @@ def test_corrupt_and_empty_videos_are_one_sentence_errors(tmp_path, sequence):
     truncated.write_bytes(data[: len(data) * 2 // 3])
     source = open_frames(truncated)
     assert source.count == 6
-    with pytest.raises(CoordGANError, match=r"truncated.mp4 ends after frame \d, but its header lists 6 frames"):
+    with pytest.raises(CoordGANError, match=r"truncated.mp4 ends after frame \d: its index lists 6 frames but the"):
         list(source.frames())
     with pytest.raises(CoordGANError, match="does not exist"):
         open_frames(tmp_path / "missing.mp4")
