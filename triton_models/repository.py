@@ -184,9 +184,13 @@ def _onnx_model(name: str, key: str, models_dir: Path, manifest: dict, options: 
     what = f"CoordGAN {key} ({manifest['preset']}, checkpoint sha256 {manifest['checkpoint']['sha256'][:12]})"
     onnx_path = models_dir / entry["file"]
     if options.backend != "tensorrt":  # the repository serves this file: refuse a damaged or foreign one now
-        found = _io_names(_read_onnx(onnx_path))
-        if found != {k: [t["name"] for t in entry[k]] for k in ("inputs", "outputs")}:
-            raise CoordGANError(f"{onnx_path} does not match its manifest ({found}); export it again.")
+        from export.graph_tools import io_specs
+
+        expected, found = _names(entry), _names(io_specs(_read_onnx(onnx_path)))
+        if found != expected:
+            raise CoordGANError(f"{onnx_path} does not match its manifest: it takes {found['inputs']} and gives "
+                                f"{found['outputs']}, the manifest says {expected['inputs']} and "
+                                f"{expected['outputs']}; export it again.")
     if options.backend == "onnxruntime":
         config = pbtxt.model_config(name, platform="onnxruntime_onnx", comment=_comment(what), **common)
         return ModelPlan(name, "onnxruntime", config, copies={"1/model.onnx": onnx_path})
@@ -227,8 +231,9 @@ def _read_onnx(path: Path):
         raise CoordGANError(f"{path} is not a readable ONNX model ({str(exc).splitlines()[0][:120]}).") from None
 
 
-def _io_names(model) -> dict:
-    return {"inputs": [v.name for v in model.graph.input], "outputs": [v.name for v in model.graph.output]}
+def _names(io: dict) -> dict:
+    """Input and output names of a manifest entry or io_specs()."""
+    return {k: [t["name"] for t in io[k]] for k in ("inputs", "outputs")}
 
 
 def _lookup_attributes(path: Path) -> tuple[dict, dict]:
