@@ -14,6 +14,7 @@ is a CoordGANError in one sentence. PyAV is imported on first use.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from fractions import Fraction
@@ -298,10 +299,13 @@ class VideoWriter:
         self.fps = Fraction(fps).limit_denominator(1001) if fps and fps > 0 else Fraction(int(DEFAULT_FPS))
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.tmp.touch()  # FFmpeg opens the file only with the first frame: fail before any work
             self.container = av.open(str(self.tmp), mode="w")
         except (av.FFmpegError, OSError, ValueError) as exc:
-            raise CoordGANError(f"Cannot write the video {self.path} ({_first_line(exc)}); use a .mp4, .mkv, "
-                                ".mov or .avi name in a writable folder.") from None
+            with contextlib.suppress(OSError):
+                self.tmp.unlink(missing_ok=True)
+            raise CoordGANError(f"Cannot write the video {self.path} ({_first_line(exc)}); use a "
+                                f"{', '.join(self.WRITABLE)} name in a writable folder.") from None
         self.stream = None
         self.frames_written = 0
 

@@ -131,6 +131,8 @@ def test_video_writer_is_atomic_and_pads_odd_sizes(tmp_path, sequence):
     assert list(tmp_path.glob("*failed*")) == []  # neither the target nor its temp file
     with pytest.raises(CoordGANError, match="Cannot write the video .*overlay.png: use a .mp4"):
         VideoWriter(tmp_path / "overlay.png")
+    with pytest.raises(CoordGANError, match="Cannot write the video /proc/overlay.mp4 .*in a writable folder"):
+        VideoWriter("/proc/overlay.mp4")  # unwritable even for root: refused at once, not at the first frame
 
 
 def png_with_short_palette(path, labels, n_colors):
