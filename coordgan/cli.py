@@ -149,6 +149,12 @@ def run_app(typer_app: typer.Typer) -> None:
     except CoordGANError as exc:
         print(f"Error: {exc}", file=sys.stderr)
         sys.exit(1)
+    except FileExistsError as exc:  # mkdir(exist_ok=True) where a file has the folder's name
+        print(f"Error: cannot make the folder {exc.filename}: a file of that name exists.", file=sys.stderr)
+        sys.exit(1)
+    except NotADirectoryError as exc:
+        print(f"Error: cannot use the path {exc.filename}: part of it is a file, not a folder.", file=sys.stderr)
+        sys.exit(1)
     except OSError as exc:
         where = f" {exc.filename}" if exc.filename else ""
         print(f"Error: cannot access{where}: {exc.strerror or exc}.", file=sys.stderr)
