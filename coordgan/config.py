@@ -182,19 +182,19 @@ def with_losses(cfg: ModelConfig, assignments, kind: str = "generator") -> Model
         if not sep or name not in allowed:
             raise CoordGANError(f"{kind.capitalize()} training takes --loss NAME=VALUE with NAME one of "
                                 f"{', '.join(allowed)}; got {text!r}.")
-        kind = type(getattr(LossWeights(), name))  # a saved config may hold 10 for 10.0
+        ftype = type(getattr(LossWeights(), name))  # a saved config may hold 10 for 10.0
         try:
-            if kind is bool:
+            if ftype is bool:
                 if raw.lower() not in ("true", "false", "1", "0"):
                     raise ValueError
                 value = raw.lower() in ("true", "1")
             else:
-                value = kind(raw)
+                value = ftype(raw)
                 if not (math.isfinite(value) and value >= 0) or (name == "warp_tau" and value == 0):
                     raise ValueError
         except ValueError:
             low = "> 0" if name == "warp_tau" else ">= 0"
-            what = "true or false" if kind is bool else f"a{'n' if kind is int else ''} {kind.__name__} {low}"
+            what = "true or false" if ftype is bool else f"a{'n' if ftype is int else ''} {ftype.__name__} {low}"
             raise CoordGANError(f"--loss {name} needs {what}, got {raw!r}.") from None
         changes[name] = value
     return dataclasses.replace(cfg, losses=dataclasses.replace(cfg.losses, **changes)) if changes else cfg

@@ -114,7 +114,7 @@ def test_loss_flag_changes_weights_on_a_new_run_and_on_resume(tmp_path):
     bad = tmp_path / "bad"
     for wrong in ("chamfr=1", "__doc__=x", "enc_con=1"):  # a typo, not a field, an encoder weight
         with pytest.raises(CoordGANError, match="Generator training takes --loss NAME=VALUE with NAME one of gan, "):
-            train_generator(common(bad, losses=(wrong,)), preset="tiny")
+            train_generator(common(bad, losses=("chamfer=1", wrong)), preset="tiny")  # also after a good one
     with pytest.raises(CoordGANError, match="--loss warmup_iters needs an int >= 0, got '1.5'"):
         train_generator(common(bad, losses=("warmup_iters=1.5",)), preset="tiny")
     with pytest.raises(CoordGANError, match="Encoder training takes --loss NAME=VALUE with NAME one of enc_rec, "):
