@@ -122,8 +122,7 @@ def propagate_sequence(model, frames, refs: Sequence[Reference], out_dir,
     refs_at = _resolve_references(source, refs)
     labels = LabelChannels(np.concatenate([np.unique(r.labels) for r in refs_at.values()]))  # all, up front
     fingerprint = _fingerprint(options, refs_at, labels, source)
-    start, memory, meta = _prepare_output(out_dir, source, options, fingerprint,
-                                          [Path(r.source) for r in refs_at.values() if r.source != "<array>"])
+    start, memory, meta = _prepare_output(out_dir, source, options, fingerprint)
     if memory is None:
         return meta  # --resume of a complete sequence: its summary
     if options.save_probs:
@@ -167,15 +166,10 @@ def _resolve_references(source: FrameSource, refs: Sequence[Reference]) -> dict[
     return refs_at
 
 
-def _prepare_output(out_dir: Path, source: FrameSource, options: PropagateOptions, fingerprint: dict,
-                    ref_paths: list[Path]):
+def _prepare_output(out_dir: Path, source: FrameSource, options: PropagateOptions, fingerprint: dict):
     """(first frame to process, memory, state meta); memory None and the summary for a complete sequence."""
     if source.path.is_dir() and out_dir.resolve() == source.path.resolve():
         raise CoordGANError(f"The output folder {out_dir} is the input frame folder; write the masks elsewhere.")
-    inside = [p for p in ref_paths if p.parent.resolve() == out_dir.resolve()]
-    if inside:
-        raise CoordGANError(f"The output folder {out_dir} holds the reference mask {inside[0].name}; write the "
-                            "masks elsewhere.")
     summary, state = out_dir / SUMMARY_FILE, out_dir / STATE_FILE
     overlay = Path(options.overlay) if options.overlay else None
     if overlay:
@@ -196,11 +190,14 @@ def _prepare_output(out_dir: Path, source: FrameSource, options: PropagateOption
             memory, start, meta = Memory.load(state, options.memory)
             _check_same_run(out_dir, meta.get("fingerprint"), fingerprint, "was started with")
             return start, memory, meta
-        return 0, Memory(options.memory), {}  # nothing consistent to continue from: start over
-    ours = summary.exists() or state.exists()  # a run writes its state before its first mask
+    # A run writes its state before its first mask: PNGs without summary or state are someone else's
+    # (a reference mask's folder, '.'), never written over or deleted, --resume and --overwrite alike.
+    ours = summary.exists() or state.exists()
     if not ours and any(out_dir.glob("*.png")):
         raise CoordGANError(f"{out_dir} holds PNG files that no propagation run left there (it has no {SUMMARY_FILE} "
                             f"or {STATE_FILE}); write the masks to another folder.")
+    if options.resume:
+        return 0, Memory(options.memory), {}  # nothing to continue from: start over
     if ours and not options.overwrite:
         raise CoordGANError(f"{out_dir} already holds propagation results; pass --overwrite to replace them or "
                             "--resume to continue an interrupted run.")
@@ -237,7 +234,7 @@ def _check_same_run(out_dir: Path, then: dict | None, now: dict, verb: str) -> N
         now = {k: v for k, v in now.items() if k not in ("input", "frames")}
     if then != now:
         raise CoordGANError(f"{out_dir} {verb} another input, other options or other references "
-                            f"({_differences(then or {}, now)}); resume with the same ones, or start again "
+                            f"({_differences(then, now)}); resume with the same ones, or start again "
                             "with --overwrite.")
 
 

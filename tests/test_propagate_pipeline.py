@@ -265,8 +265,10 @@ def test_user_errors_are_one_sentence(exported, data, tmp_path, monkeypatch, cap
         code, _, err = run_main(monkeypatch, capsys, *run, tmp_path / "done", *extra)
         assert code == 1 and "holds PNG files that no propagation run left there" in err
     assert (tmp_path / "done" / "00000.png").read_bytes() == b"x"
-    code, _, err = run_main(monkeypatch, capsys, *run, root)  # where ref.png lives
-    assert code == 1 and "holds the reference mask ref.png" in err
+    for extra in ((), ("--resume",), ("--overwrite",)):  # where ref.png lives: never written into
+        code, _, err = run_main(monkeypatch, capsys, *run, root, *extra)
+        assert code == 1 and "holds PNG files that no propagation run left there" in err
+    assert (root / "ref.png").is_file()
     ok(monkeypatch, capsys, *run, tmp_path / "ours")
     code, _, err = run_main(monkeypatch, capsys, *run, tmp_path / "ours")
     assert code == 1 and "already holds propagation results; pass --overwrite" in err
