@@ -283,7 +283,7 @@ class VideoWriter:
     path is always complete. Odd frame sizes are padded by one edge pixel (yuv420p needs even ones).
     """
 
-    WRITABLE = (".mp4", ".mkv", ".mov", ".avi")
+    WRITABLE = (".mp4", ".m4v", ".mkv", ".mov", ".avi")
 
     @classmethod
     def check_name(cls, path) -> None:

@@ -129,6 +129,12 @@ def test_video_writer_is_atomic_and_pads_odd_sizes(tmp_path, sequence):
             writer.write(frames[0])
             raise RuntimeError("interrupted")
     assert list(tmp_path.glob("*failed*")) == []  # neither the target nor its temp file
+    for suffix in VideoWriter.WRITABLE:  # every name the writer accepts makes a video it can read back
+        named = tmp_path / f"every{suffix}"
+        with VideoWriter(named) as writer:
+            for frame in frames[:3]:
+                writer.write(frame)
+        assert len(list(open_frames(named).frames())) == 3
     with pytest.raises(CoordGANError, match="Cannot write the video .*overlay.png: use a .mp4"):
         VideoWriter(tmp_path / "overlay.png")
     with pytest.raises(CoordGANError, match="Cannot write the video /proc/overlay.mp4 .*in a writable folder"):
