@@ -153,8 +153,8 @@ def load_folder(root, size: int) -> LabelledImages:
             raise CoordGANError(f"Image {path.name} has no label map {lab_path}.")
         (image, (w, h)), (label, (lw, lh)) = _read_image(path, size), _read_labels(lab_path, size)
         if abs(w * lh - h * lw) > 0.01 * w * lh:  # the same fit then crops them differently
-            raise CoordGANError(f"Label map {lab_path} is {lw}x{lh} but image {path.name} is {w}x{h}: a different "
-                                "aspect ratio, so they do not line up.")
+            raise CoordGANError(f"Label map {lab_path} is {lw}x{lh} but image {path.name} is {w}x{h} (upright, after "
+                                "any EXIF rotation): a different aspect ratio, so they do not line up.")
         images.append(image)
         labels.append(label)
     return LabelledImages(np.stack(images), np.stack(labels), [p.name for p in files])

@@ -206,9 +206,19 @@ def test_load_folder_resizes_and_reports_bad_files(tmp_path):
     np.testing.assert_array_equal(again.labels[1], data.labels[1])
     assert set(np.unique(again.labels)) <= set(range(8))
     Image.fromarray(lab[:8], mode="L").save(root / "labels" / "00003.png")  # 32x8: not these images' shape
-    with pytest.raises(CoordGANError, match="00003.png is 32x8 but image 00003.png is 32x32: a different aspect"):
+    with pytest.raises(CoordGANError, match=r"00003.png is 32x8 but image 00003.png is 32x32 \(upright.*a different aspect"):
         ev.load_folder(root, 16)
     Image.fromarray(lab, mode="L").save(root / "labels" / "00003.png")
+    # a photo stored 32x16 with EXIF "rotate 90": upright it is 16x32, and the message gives that size
+    photos = tmp_path / "photos"
+    (photos / "images").mkdir(parents=True)
+    (photos / "labels").mkdir()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation
+    Image.fromarray(np.zeros((16, 32, 3), np.uint8)).save(photos / "images" / "p.jpg", exif=exif)
+    Image.fromarray(np.zeros((16, 32), np.uint8), mode="L").save(photos / "labels" / "p.png")
+    with pytest.raises(CoordGANError, match=r"is 32x16 but image p.jpg is 16x32 \(upright, after any EXIF rotation\)"):
+        ev.load_folder(photos, 16)
 
     (root / "images" / "00004.png").write_bytes(b"not a png at all")
     Image.fromarray(np.zeros((32, 32), np.uint8), mode="L").save(root / "labels" / "00004.png")
