@@ -78,6 +78,7 @@ def run(ckpt, *, data, refs=None, num_refs=5, tau=0.01, exclude="0", ignore=0, m
 
     from coordgan import evaluate as ev
     from coordgan.checkpoint import load
+    from coordgan.devices import torch_device
     from coordgan.fileio import atomic_write
 
     console = Console(stderr=True)
@@ -85,12 +86,7 @@ def run(ckpt, *, data, refs=None, num_refs=5, tau=0.01, exclude="0", ignore=0, m
     ignore_index = None if ignore < 0 else ignore
     if not (isinstance(tau, (int, float)) and math.isfinite(tau) and tau > 0):
         raise CoordGANError(f"--tau must be a finite number > 0, got {tau}.")
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    elif device.startswith("cuda") and not torch.cuda.is_available():
-        raise CoordGANError("--device cuda was asked for, but PyTorch sees no CUDA GPU.")
-    elif device != "cpu" and not device.startswith("cuda"):
-        raise CoordGANError(f"--device must be cpu or cuda[:N], got {device!r}.")
+    device = torch_device(device)
     if lookup == "auto":
         lookup = "reference" if str(device).startswith("cuda") else "sparse"
     for out in (json_out, vis):

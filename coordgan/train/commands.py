@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from coordgan.config import ModelConfig, get_preset, loss_names, with_losses
+from coordgan.devices import torch_device
 from coordgan.errors import CoordGANError
 from coordgan.train import data as data_mod
 from coordgan.train import distributed as ddp
@@ -47,18 +48,13 @@ class Common:
 
 
 def _device(requested: str | None, d: ddp.Dist) -> str:
-    if requested is None:
-        requested = "cuda" if torch.cuda.is_available() else "cpu"
-    if requested.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise CoordGANError(f"--device {requested} needs a CUDA GPU and PyTorch sees none.")
+    device = torch_device(requested)
+    if device.startswith("cuda"):
         if d.enabled:
-            requested = f"cuda:{d.local_rank}"
-        torch.cuda.set_device(torch.device(requested))
+            device = f"cuda:{d.local_rank}"
+        torch.cuda.set_device(torch.device(device))
         torch.backends.cudnn.benchmark = True  # fixed shapes every step
-    elif requested != "cpu":
-        raise CoordGANError(f"--device must be cpu or cuda[:N], got {requested!r}.")
-    return requested
+    return device
 
 
 def _check_amp(amp: bool, device: str) -> list[str]:
