@@ -298,6 +298,22 @@ def test_a_real_process_prints_no_traceback(exported, data, tmp_path):
     assert not (tmp_path / "o").exists() or not list((tmp_path / "o").iterdir())
 
 
+def test_a_box_without_pytorch_propagates_like_one_with_it(exported, data, tmp_path, monkeypatch, capsys):
+    """The deployment path: the whole `coordgan` CLI with torch unimportable, video in, masks and overlay out."""
+    root, _, _ = data
+    args = ["propagate", str(root / "clip.mp4"), "--model", str(exported / "export" / "encoder.onnx"), "--ref",
+            str(root / "ref.png"), "--device", "cpu"]
+    code = ("import sys; sys.modules['torch'] = None; sys.argv = ['coordgan', *sys.argv[1:]]; "
+            "from coordgan.cli import main; main()")
+    result = subprocess.run([sys.executable, "-c", code, *args, "--out", str(tmp_path / "a"), "--overlay",
+                             str(tmp_path / "a.mp4")], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert open_frames(tmp_path / "a.mp4").count == T
+    ok(monkeypatch, capsys, *args, "--out", tmp_path / "b")
+    for t in range(T):
+        assert (tmp_path / "a" / f"{t:05d}.png").read_bytes() == (tmp_path / "b" / f"{t:05d}.png").read_bytes()
+
+
 def test_checkpoint_model_uses_the_export_cache(exported, data, tmp_path, monkeypatch, capsys):
     root, _, _ = data
     assert (exported / "export" / "manifest.json").exists()  # the fixture exported it (and verified it)
