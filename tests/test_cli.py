@@ -10,6 +10,7 @@ from PIL import Image
 
 from coordgan.checkpoint import save
 from coordgan.config import PRESETS
+from coordgan.errors import CoordGANError
 from coordgan.models import build
 
 TINY = PRESETS["tiny"]
@@ -86,6 +87,7 @@ def test_bad_option_values_are_refused_before_any_work(tmp_path, monkeypatch, ca
          "--onnx-dir " + str(tmp_path / "missing") + " is not a folder"),
         (("eval-propagation", tmp_path / "any.safetensors", "--data", "synthetic-faces", "--device", "tpu"),
          "--device must be cpu or cuda[:N], got 'tpu'"),
+        ((*train[:-1], "cudax"), "--device must be cpu or cuda[:N], got 'cudax'"),
         ((*train, "--batch", 0), "--batch 0 must give each process an even number"),
         ((*train, "--workers", -1), "--workers must be 0"),
     ]:
@@ -124,3 +126,20 @@ def test_interrupts_end_with_one_sentence(capsys, monkeypatch):
         with pytest.raises(SystemExit) as info:
             run_app(app_raising(exc))
         assert info.value.code == 130 and capsys.readouterr().err == expected
+
+
+def test_device_reading(monkeypatch):
+    import torch
+
+    from coordgan.devices import torch_device
+
+    assert torch_device("cpu") == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert torch_device(None) == "cpu"
+    with pytest.raises(CoordGANError, match="--device cuda:0 needs a CUDA GPU and PyTorch sees none"):
+        torch_device("cuda:0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert torch_device(None) == "cuda" and torch_device("cuda:1") == "cuda:1"
+    with pytest.raises(CoordGANError, match=r"--device cuda:2: PyTorch sees 2 GPU\(s\), numbered from 0"):
+        torch_device("cuda:2")
