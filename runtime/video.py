@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from coordgan.errors import CoordGANError
 
@@ -131,10 +131,11 @@ class FolderFrames(FrameSource):
 
 
 def read_image(path) -> np.ndarray:
-    """An image file as (H, W, 3) uint8 RGB."""
+    """An image file as (H, W, 3) uint8 RGB, upright: an EXIF orientation (phone photos) is applied,
+    as image viewers and annotation tools do, and as training and eval-propagation read images."""
     try:
         with Image.open(path) as img:
-            return np.asarray(img.convert("RGB"))
+            return np.asarray(ImageOps.exif_transpose(img).convert("RGB"))
     except (OSError, ValueError, SyntaxError) as exc:
         raise CoordGANError(f"Frame {path} cannot be read as an image ({_first_line(exc)}).") from None
 

@@ -102,6 +102,20 @@ def test_frame_folder_natural_order_and_errors(tmp_path, sequence):
         list(open_frames(folder).frames())
 
 
+def test_frame_folder_reads_photos_upright(tmp_path):
+    """A JPEG stored landscape with EXIF "rotate 90" (a phone photo) is the portrait frame a viewer shows."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    stored = np.zeros((16, 32, 3), np.uint8)
+    stored[:, :8] = 255  # a white band on the stored image's left edge
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: the viewer rotates 90 degrees clockwise
+    Image.fromarray(stored).save(folder / "0.jpg", exif=exif, quality=95)
+    (_, _, frame), = open_frames(folder).frames()
+    assert frame.shape == (32, 16, 3)
+    assert frame[:8].mean() > 200 and frame[12:].mean() < 50  # the left edge is now the top
+
+
 def test_natural_key_orders_numbers_by_value():
     assert sorted(["a10", "a2", "a1", "b"], key=natural_key) == ["a1", "a2", "a10", "b"]
 
