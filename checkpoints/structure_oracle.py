@@ -17,6 +17,7 @@ import torch
 
 from coordgan import checkpoint
 from coordgan import evaluate as ev
+from coordgan.errors import CoordGANError
 
 
 def fit_maps(generator, coords: torch.Tensor, face: torch.Tensor, mirrored: bool, steps: int) -> torch.Tensor:
@@ -49,7 +50,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=400, help="gradient steps of the fit")
     parser.add_argument("--faces", type=int, default=50, help="synthetic faces (5 references, the rest queries)")
     args = parser.parse_args()
-    generator = checkpoint.load(args.ckpt).generator
+    if args.faces < 6 or args.steps < 0:
+        parser.error("--faces must be at least 6 (5 references and a query) and --steps at least 0")
+    try:
+        generator = checkpoint.load(args.ckpt).generator
+    except CoordGANError as exc:
+        parser.exit(1, f"Error: {exc}\n")
     data = ev.synthetic_faces(args.faces, generator.cfg.size, 0)
     coords = torch.tensor(data.coords)
     face = torch.tensor(data.labels > 0, dtype=torch.float32)[:, None]

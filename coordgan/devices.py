@@ -13,13 +13,14 @@ def torch_device(requested: str | None) -> str:
     """None picks cuda when PyTorch sees a GPU, else cpu; 'cpu' and 'cuda[:N]' are checked."""
     if requested is None:
         return "cuda" if torch.cuda.is_available() else "cpu"
-    cuda = re.fullmatch(r"cuda(?::(\d+))?", requested)
+    cuda = re.fullmatch(r"cuda(?::(0|[1-9][0-9]*))?", requested, re.ASCII)  # what torch.device accepts
     if cuda:
         if not torch.cuda.is_available():
             raise CoordGANError(f"--device {requested} needs a CUDA GPU and PyTorch sees none.")
-        if cuda.group(1) is not None and int(cuda.group(1)) >= torch.cuda.device_count():
-            raise CoordGANError(f"--device {requested}: PyTorch sees {torch.cuda.device_count()} GPU(s), "
-                                f"numbered from 0.")
+        count = torch.cuda.device_count()
+        if cuda.group(1) is not None and int(cuda.group(1)) >= count:
+            raise CoordGANError(f"--device {requested} is beyond the {count} GPU(s) PyTorch sees; "
+                                f"use cuda:0 to cuda:{count - 1}.")
     elif requested != "cpu":
         raise CoordGANError(f"--device must be cpu or cuda[:N], got {requested!r}.")
     return requested

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from coordgan.errors import CoordGANError
+from coordgan.fileio import upright
 
 __all__ = [
     "SYNTHETIC",
@@ -99,7 +100,7 @@ def _read_image(path: Path, size: int) -> tuple[np.ndarray, tuple[int, int]]:
 
     try:
         with Image.open(path) as img:
-            img = ImageOps.exif_transpose(img).convert("RGB")
+            img = upright(img).convert("RGB")
             shape = img.size
             return np.asarray(ImageOps.fit(img, (size, size), Image.LANCZOS, centering=(0.5, 0.5))), shape
     except (OSError, ValueError, SyntaxError) as exc:

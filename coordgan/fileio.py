@@ -43,3 +43,14 @@ def sha256_file(path, chunk: int = 1 << 20) -> str:
         for block in iter(lambda: f.read(chunk), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def upright(img):
+    """A Pillow image as a viewer shows it: its EXIF orientation (phone photos) applied. A broken EXIF
+    block (Pillow raises various errors on some) leaves the stored orientation rather than failing."""
+    from PIL import ImageOps
+
+    try:
+        return ImageOps.exif_transpose(img)
+    except Exception:
+        return img

@@ -22,9 +22,10 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from coordgan.errors import CoordGANError
+from coordgan.fileio import upright
 
 FRAME_SUFFIXES = (".jpg", ".jpeg", ".png")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
@@ -135,7 +136,7 @@ def read_image(path) -> np.ndarray:
     as image viewers and annotation tools do, and as training and eval-propagation read images."""
     try:
         with Image.open(path) as img:
-            return np.asarray(ImageOps.exif_transpose(img).convert("RGB"))
+            return np.asarray(upright(img).convert("RGB"))
     except (OSError, ValueError, SyntaxError) as exc:
         raise CoordGANError(f"Frame {path} cannot be read as an image ({_first_line(exc)}).") from None
 

@@ -1,27 +1,19 @@
 """The `coordgan` CLI: starts without torch, reports user errors in one line, writes real PNGs."""
 
 import json
-import subprocess
 import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from cli_helpers import run_cli, run_main
 from coordgan.checkpoint import save
 from coordgan.config import PRESETS
 from coordgan.errors import CoordGANError
 from coordgan.models import build
 
 TINY = PRESETS["tiny"]
-
-
-def run_cli(*args, block_torch=False):
-    prelude = "import sys; sys.modules['torch'] = None; " if block_torch else ""
-    code = prelude + "sys.argv = ['coordgan', *sys.argv[1:]]; from coordgan.cli import main; main()"
-    if not block_torch:
-        code = "import sys; " + code
-    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300)
 
 
 def test_help_runs_with_torch_unimportable():
@@ -77,7 +69,6 @@ def test_user_errors_are_one_sentence_without_traceback(args, message):
 
 def test_bad_option_values_are_refused_before_any_work(tmp_path, monkeypatch, capsys):
     """Values Typer's types let through; each one sentence, and no run folder left behind."""
-    from cli_helpers import run_main
 
     train = ("train", "--preset", "tiny", "--data", "synthetic-faces", "--out", tmp_path / "run", "--steps", 1,
              "--lpips-random-backbone", "--device", "cpu")
@@ -136,10 +127,14 @@ def test_device_reading(monkeypatch):
     assert torch_device("cpu") == "cpu"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert torch_device(None) == "cpu"
-    with pytest.raises(CoordGANError, match="--device cuda:0 needs a CUDA GPU and PyTorch sees none"):
-        torch_device("cuda:0")
+    for asked in ("cuda", "cuda:0"):
+        with pytest.raises(CoordGANError, match=f"--device {asked} needs a CUDA GPU and PyTorch sees none"):
+            torch_device(asked)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     assert torch_device(None) == "cuda" and torch_device("cuda:1") == "cuda:1"
-    with pytest.raises(CoordGANError, match=r"--device cuda:2: PyTorch sees 2 GPU\(s\), numbered from 0"):
+    with pytest.raises(CoordGANError, match=r"--device cuda:2 is beyond the 2 GPU\(s\) PyTorch sees; use cuda:0 to cuda:1"):
         torch_device("cuda:2")
+    for odd in ("cuda:01", "cuda:\u0661", "cuda:", "CUDA"):  # torch.device would raise on these
+        with pytest.raises(CoordGANError, match="--device must be cpu or cuda"):
+            torch_device(odd)

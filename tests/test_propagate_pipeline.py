@@ -25,7 +25,7 @@ from runtime.masks import read_mask
 from runtime.propagate import PropagateOptions, Reference, propagate_sequence
 from runtime.propagation_memory import STATE_FILE
 from runtime.video import open_frames
-from cli_helpers import run_main
+from cli_helpers import run_cli, run_main
 
 T, SIZE = 7, 64
 
@@ -298,15 +298,13 @@ def test_a_real_process_prints_no_traceback(exported, data, tmp_path):
     assert not (tmp_path / "o").exists() or not list((tmp_path / "o").iterdir())
 
 
-def test_a_box_without_pytorch_propagates_like_one_with_it(exported, data, tmp_path, monkeypatch, capsys):
-    """The deployment path: the whole `coordgan` CLI with torch unimportable, video in, masks and overlay out."""
+def test_propagate_runs_with_torch_unimportable(exported, data, tmp_path, monkeypatch, capsys):
+    """The deployment path: the whole `coordgan` CLI on a box without PyTorch, video in, masks and overlay
+    out, the same masks as the in-process run here."""
     root, _, _ = data
-    args = ["propagate", str(root / "clip.mp4"), "--model", str(exported / "export" / "encoder.onnx"), "--ref",
-            str(root / "ref.png"), "--device", "cpu"]
-    code = ("import sys; sys.modules['torch'] = None; sys.argv = ['coordgan', *sys.argv[1:]]; "
-            "from coordgan.cli import main; main()")
-    result = subprocess.run([sys.executable, "-c", code, *args, "--out", str(tmp_path / "a"), "--overlay",
-                             str(tmp_path / "a.mp4")], capture_output=True, text=True, timeout=300)
+    args = ["propagate", root / "clip.mp4", "--model", exported / "export" / "encoder.onnx", "--ref",
+            root / "ref.png", "--device", "cpu"]
+    result = run_cli(*args, "--out", tmp_path / "a", "--overlay", tmp_path / "a.mp4", block_torch=True)
     assert result.returncode == 0, result.stderr
     assert open_frames(tmp_path / "a.mp4").count == T
     ok(monkeypatch, capsys, *args, "--out", tmp_path / "b")

@@ -13,7 +13,7 @@ from PIL import Image
 
 from coordgan.data.synthetic_faces import PALETTE, make_sequence, save_label_png
 from coordgan.errors import CoordGANError
-from runtime import masks
+from runtime import masks, video
 from runtime.video import ArrayFrames, FolderFrames, VideoFrames, VideoWriter, natural_key, open_frames, pick_codec
 
 
@@ -127,7 +127,7 @@ def test_array_frames_checks_its_input():
         list(ArrayFrames(np.zeros((1, 4, 4), np.float32)).frames())
 
 
-def test_video_writer_is_atomic_and_pads_odd_sizes(tmp_path, sequence):
+def test_video_writer_is_atomic_and_pads_odd_sizes(tmp_path, sequence, monkeypatch):
     frames, _ = sequence
     out = tmp_path / "overlay.mp4"
     with VideoWriter(out, fps=12) as writer:
@@ -143,12 +143,14 @@ def test_video_writer_is_atomic_and_pads_odd_sizes(tmp_path, sequence):
             writer.write(frames[0])
             raise RuntimeError("interrupted")
     assert list(tmp_path.glob("*failed*")) == []  # neither the target nor its temp file
-    for suffix in VideoWriter.WRITABLE:  # every name the writer accepts makes a video it can read back
-        named = tmp_path / f"every{suffix}"
-        with VideoWriter(named) as writer:
-            for frame in frames[:3]:
-                writer.write(frame)
-        assert len(list(open_frames(named).frames())) == 3
+    for codec in sorted({pick_codec(), "mpeg4"}):  # this FFmpeg's choice and the fallback
+        monkeypatch.setattr(video, "pick_codec", lambda: codec)
+        for suffix in VideoWriter.WRITABLE:  # every name the writer accepts makes a video it can read back
+            named = tmp_path / f"{codec}{suffix}"
+            with VideoWriter(named) as writer:
+                for frame in frames[:3]:
+                    writer.write(frame)
+            assert len(list(open_frames(named).frames())) == 3, named
     with pytest.raises(CoordGANError, match="Cannot write the video .*overlay.png: use a .mp4"):
         VideoWriter(tmp_path / "overlay.png")
     with pytest.raises(CoordGANError, match="Cannot write the video /proc/overlay.mp4 .*in a writable folder"):
@@ -199,3 +201,16 @@ def test_mask_resize_and_write(tmp_path):
         assert img.mode == "P" and img.getpalette()[:12] == list(range(12))
         assert np.array_equal(np.asarray(img), labels)
     assert [p.name for p in tmp_path.iterdir()] == ["m.png"]  # no temp file left
+
+
+def test_a_broken_exif_block_leaves_the_stored_orientation(tmp_path, monkeypatch):
+    """Pillow raises on some phones' EXIF blocks (e.g. ZeroDivisionError); such a frame is read as stored."""
+    from PIL import ImageOps
+
+    Image.fromarray(np.full((8, 12, 3), 50, np.uint8)).save(tmp_path / "0.png")
+
+    def broken(img, **kwargs):
+        raise ZeroDivisionError("division by zero")
+
+    monkeypatch.setattr(ImageOps, "exif_transpose", broken)
+    assert video.read_image(tmp_path / "0.png").shape == (8, 12, 3)

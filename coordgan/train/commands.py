@@ -47,10 +47,13 @@ class Common:
     losses: tuple[str, ...] = ()  # 'NAME=VALUE' loss-weight changes (--loss), on the preset or the resumed run
 
 
-def _device(requested: str | None, d: ddp.Dist) -> str:
-    device = torch_device(requested)
+def _rank_device(device: str, d: ddp.Dist) -> str:
+    """The checked --device for this process: under torchrun each rank takes its local GPU."""
     if device.startswith("cuda"):
         if d.enabled:
+            if d.local_rank >= torch.cuda.device_count():
+                raise CoordGANError(f"torchrun started local rank {d.local_rank}, but PyTorch sees "
+                                    f"{torch.cuda.device_count()} GPU(s) here; start at most that many per machine.")
             device = f"cuda:{d.local_rank}"
         torch.cuda.set_device(torch.device(device))
         torch.backends.cudnn.benchmark = True  # fixed shapes every step
@@ -92,11 +95,11 @@ def _check_common(c: Common, global_batch: int, d: ddp.Dist) -> int:
 def _session(c: Common, cfg: ModelConfig, kind: str, build_task, info: dict, hooks: dict | None, console):
     """Set up everything, build the task with `build_task(cfg, run, lpips, dataset, record)`, run the loop."""
     cfg = with_losses(cfg, c.losses, kind)  # checkpoints keep the changed weights; a later --resume goes on with them
-    wanted = c.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    d = ddp.init("cuda" if wanted.startswith("cuda") else "cpu")
+    requested = torch_device(c.device)  # checked before joining a process group
+    d = ddp.init("cuda" if requested.startswith("cuda") else "cpu")
     loader = None
     try:
-        device = _device(c.device, d)
+        device = _rank_device(requested, d)
         notes = _check_amp(c.amp, device)
         per_rank = _check_common(c, cfg.batch if c.batch is None else c.batch, d)
         opts = RunOptions(out=Path(c.out), steps=c.steps, batch=per_rank, ckpt_every=c.ckpt_every,

@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from coordgan.errors import CoordGANError
+from coordgan.fileio import upright
 
 SYNTHETIC = "synthetic-faces"
 
@@ -67,7 +68,7 @@ class ImageFolder(Dataset):
         from PIL import Image, ImageOps
 
         with Image.open(path) as img:
-            img = ImageOps.exif_transpose(img).convert("RGB")
+            img = upright(img).convert("RGB")
             img = ImageOps.fit(img, (self.size, self.size), Image.LANCZOS, centering=(0.5, 0.5))
             return np.asarray(img)
 
