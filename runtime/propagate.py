@@ -207,7 +207,8 @@ def _prepare_output(out_dir: Path, source: FrameSource, options: PropagateOption
     # what the earlier run wrote, so a shorter or interrupted new run leaves none of it behind.
     summary.unlink(missing_ok=True)
     state.unlink(missing_ok=True)
-    for stale in [*out_dir.glob("*.png"), *(out_dir / PROBS_DIR).glob("*.npz"), *([overlay] if overlay else [])]:
+    ours_left = [*out_dir.glob("*.png"), *(out_dir / PROBS_DIR).glob("*.npz")] if ours else []
+    for stale in [*ours_left, *([overlay] if overlay else [])]:  # an existing overlay: --overwrite said so
         stale.unlink(missing_ok=True)
     return 0, Memory(options.memory), {}
 

@@ -205,6 +205,12 @@ def test_overwrite_replaces_and_never_leaves_a_stale_summary(models, tmp_path):
     propagate_sequence(models["right"], frames[:2], refs, tmp_path, PropagateOptions(overwrite=True))
     assert sorted(p.name for p in tmp_path.glob("*.png")) == ["00000.png", "00001.png"]
     assert not list((tmp_path / "probs").glob("*.npz"))
+    # a first run into a folder that holds someone else's probs/*.npz (and no run of ours) keeps them
+    other = tmp_path / "other"
+    (other / "probs").mkdir(parents=True)
+    (other / "probs" / "theirs.npz").write_bytes(b"x")
+    propagate_sequence(models["right"], frames, refs, other)
+    assert (other / "probs" / "theirs.npz").read_bytes() == b"x"
 
 
 def test_reference_problems_are_one_sentence_errors(models, tmp_path):
