@@ -20,7 +20,7 @@ import torch
 
 from coordgan import checkpoint
 from coordgan import evaluate as ev
-from coordgan.errors import CoordGANError
+from runtime.errors import CoordGANError
 
 
 def code_stats(g) -> tuple[torch.Tensor, torch.Tensor]:

@@ -4,7 +4,7 @@ Importing the package is cheap and torch-free; the torch-backed names load on fi
 so `coordgan --help` and `runtime/` never pay for PyTorch.
 """
 
-from coordgan.errors import CoordGANError
+from runtime.errors import CoordGANError
 
 __all__ = ["CoordGANError", "load", "save", "build", "get_preset", "PRESETS"]
 

@@ -16,7 +16,7 @@ from typing import List, Optional
 
 import typer
 
-from coordgan.errors import CoordGANError
+from runtime.errors import CoordGANError
 
 BACKENDS_HELP = ("Comma-separated: published (pipeline only: the authors' evaluation path), torch, torch-compile, "
                  "ort-cpu, ort-cuda, trt, triton. Default: all; unavailable ones are listed as skipped with "

@@ -21,8 +21,8 @@ import torch
 from torch import nn
 
 from coordgan.config import PRESETS, ModelConfig, get_preset
-from coordgan.errors import CoordGANError
-from coordgan.fileio import atomic_write, sha256_file
+from runtime.errors import CoordGANError
+from runtime.fileio import atomic_write, sha256_file
 from coordgan.models import NETWORKS
 
 FORMAT = "coordgan-deploy/1"

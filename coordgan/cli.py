@@ -15,7 +15,7 @@ from typing import Optional
 
 import typer
 
-from coordgan.errors import CoordGANError
+from runtime.errors import CoordGANError
 
 app = typer.Typer(
     help="CoordGAN from PyTorch training to production inference.",
@@ -98,7 +98,7 @@ def sample(
     import torch
     from PIL import Image
 
-    from coordgan.fileio import atomic_write
+    from runtime.fileio import atomic_write
     from coordgan.visualize import swap_grid
 
     if ckpt is None and preset is None:

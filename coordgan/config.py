@@ -12,7 +12,7 @@ import json
 import math
 from dataclasses import dataclass, field
 
-from coordgan.errors import CoordGANError
+from runtime.errors import CoordGANError
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import torch
 
-from coordgan.errors import CoordGANError
+from runtime.errors import CoordGANError
 from runtime.lookup.cpu import as_int, check_mode, check_tau  # one set of argument rules for every lookup path
 
 __all__ = ["MODES", "canonical_grid", "lookup", "lookup_fused", "lookup_published", "chamfer_distance", "soft_warp"]

@@ -16,15 +16,15 @@ from pathlib import Path
 
 import typer
 
-from coordgan.errors import CoordGANError
-from coordgan.fileio import atomic_write
+from runtime.errors import CoordGANError
+from runtime.fileio import atomic_write
 
 SHIPPED_CKPT = Path(__file__).resolve().parents[1] / "checkpoints" / "tiny-synthetic-faces.safetensors"
 
 
 def _write_inputs(out: Path, frames, masks) -> Path:
-    from coordgan.data.synthetic_faces import save_label_png
-    from runtime.video import VideoWriter
+    from runtime.io.masks import DAVIS_PALETTE, write_mask
+    from runtime.io.video import VideoWriter
 
     video = out / "faces.mp4"
     with VideoWriter(video, fps=12) as writer:
@@ -35,7 +35,7 @@ def _write_inputs(out: Path, frames, masks) -> Path:
         for stale in (out / folder).glob("*.png"):  # an earlier, longer demo's frames would be scored too
             stale.unlink()
         for i, mask in enumerate(labels):
-            save_label_png(out / folder / f"{i:05d}.png", mask)
+            write_mask(out / folder / f"{i:05d}.png", mask, DAVIS_PALETTE)
     return video
 
 
@@ -52,9 +52,9 @@ def demo(
 
     from coordgan.data.synthetic_faces import PART_NAMES, make_sequence
     from coordgan.propagate_cli import export_checkpoint, frames_progress, open_model
-    from runtime.davis_eval import evaluate_sequence
-    from runtime.propagate import PropagateOptions, Reference, propagate_sequence
-    from runtime.video import open_frames
+    from runtime.davis.evaluate import evaluate_sequence
+    from runtime.propagation.sequence import PropagateOptions, Reference, propagate_sequence
+    from runtime.io.video import open_frames
 
     console = Console()
     if not ckpt.is_file():

@@ -6,7 +6,7 @@ import re
 
 import torch
 
-from coordgan.errors import CoordGANError
+from runtime.errors import CoordGANError
 
 
 def torch_device(requested: str | None) -> str:

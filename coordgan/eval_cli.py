@@ -10,7 +10,7 @@ from typing import Optional
 
 import typer
 
-from coordgan.errors import CoordGANError
+from runtime.errors import CoordGANError
 
 _HELP = {
     "data": "DIR with images/*.png|jpg and labels/<same stem>.png (palette or grayscale class ids), "
@@ -79,7 +79,7 @@ def run(ckpt, *, data, refs=None, num_refs=5, tau=0.01, exclude="0", ignore=0, m
     from coordgan import evaluate as ev
     from coordgan.checkpoint import load
     from coordgan.devices import torch_device
-    from coordgan.fileio import atomic_write
+    from runtime.fileio import atomic_write
 
     console = Console(stderr=True)
     exclude_ids = _ids(exclude, "--exclude")

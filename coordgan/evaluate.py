@@ -37,8 +37,8 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from coordgan.errors import CoordGANError
-from coordgan.fileio import upright
+from runtime.errors import CoordGANError
+from runtime.io.images import image_extensions, open_image
 
 __all__ = [
     "SYNTHETIC",
@@ -88,23 +88,12 @@ class LabelledImages:
                               coords)
 
 
-def _image_exts() -> set[str]:
-    from PIL import Image
-
-    return {ext.lower() for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
-
-
 def _read_image(path: Path, size: int) -> tuple[np.ndarray, tuple[int, int]]:
     """The image resized to size x size, and its (width, height) before."""
     from PIL import Image, ImageOps
 
-    try:
-        with Image.open(path) as img:
-            img = upright(img).convert("RGB")
-            shape = img.size
-            return np.asarray(ImageOps.fit(img, (size, size), Image.LANCZOS, centering=(0.5, 0.5))), shape
-    except (OSError, ValueError, SyntaxError) as exc:
-        raise CoordGANError(f"Cannot read image {path} ({exc}).") from None
+    img = open_image(path)
+    return np.asarray(ImageOps.fit(img, (size, size), Image.LANCZOS, centering=(0.5, 0.5))), img.size
 
 
 def _read_labels(path: Path, size: int) -> tuple[np.ndarray, tuple[int, int]]:
@@ -138,7 +127,7 @@ def load_folder(root, size: int) -> LabelledImages:
     if not img_dir.is_dir() or not lab_dir.is_dir():
         raise CoordGANError(f"Data folder {root} must hold images/ and labels/ subfolders "
                             "(label PNGs named like the images).")
-    exts = _image_exts()
+    exts = image_extensions()
     files = sorted(p for p in img_dir.iterdir() if p.is_file() and p.suffix.lower() in exts)
     if not files:
         raise CoordGANError(f"{img_dir} holds no image files.")

@@ -15,7 +15,7 @@ from typing import List, Optional
 
 import typer
 
-from coordgan.errors import CoordGANError
+from runtime.errors import CoordGANError
 
 _HELP = {
     "input": "A video (mp4/avi/mov/mkv...), a folder of frames (.jpg/.png, in name order) or a DAVIS root "
@@ -76,8 +76,8 @@ def register(app: typer.Typer) -> None:
         device: str = _opt("auto", "--device"),
     ):
         """Propagate label masks from annotated frames to every frame through CoordGAN correspondence maps."""
-        from runtime.propagate import PropagateOptions
-        from runtime.propagate_jobs import plan
+        from runtime.propagation.sequence import PropagateOptions
+        from runtime.propagation.jobs import plan
 
         options = PropagateOptions(batch=batch, memory=memory, tau=tau, topk=topk, save_probs=save_probs,
                                    overwrite=overwrite, resume=resume)
@@ -102,7 +102,7 @@ def register(app: typer.Typer) -> None:
         resolution: Optional[str] = typer.Option(None, "--resolution", help=_HELP["resolution"]),
     ):
         """DAVIS region similarity J and boundary F-measure per sequence and object, with means."""
-        from runtime.davis_eval import evaluate
+        from runtime.davis.evaluate import evaluate
 
         result = evaluate(pred, gt, all_frames=all_frames, resolution=resolution)
         if json_out:
@@ -150,7 +150,7 @@ def _resolve_model(model: str | None, backend: str | None, url: str | None, cons
 
 def export_checkpoint(ckpt: Path, console, cache: Path | None = None) -> Path:
     """encoder.onnx of a checkpoint, exported (and verified) once into $COORDGAN_CACHE/onnx/<sha>/."""
-    from coordgan.fileio import sha256_file
+    from runtime.fileio import sha256_file
 
     target = (cache or _cache_root()) / "onnx" / sha256_file(ckpt)[:16]
     onnx_path = target / "encoder.onnx"
@@ -171,7 +171,7 @@ def export_checkpoint(ckpt: Path, console, cache: Path | None = None) -> Path:
 
 
 def open_model(model, backend, url, device, batch, console):
-    from runtime.correspondence_model import CorrespondenceModel
+    from runtime.propagation.model import CorrespondenceModel
 
     if device not in ("auto", "cpu", "cuda"):
         raise CoordGANError(f"--device must be auto, cpu or cuda, not {device!r}.")
@@ -199,7 +199,7 @@ def frames_progress(console):
 def _run_jobs(model, jobs, options, console) -> None:
     import dataclasses
 
-    from runtime.propagate import propagate_sequence
+    from runtime.propagation.sequence import propagate_sequence
 
     opened = [job.open() for job in jobs]  # every input and reference mask checked before any output
     for job, (source, refs) in zip(jobs, opened):

@@ -13,7 +13,7 @@ from typing import Optional
 
 import typer
 
-from coordgan.errors import CoordGANError
+from runtime.errors import CoordGANError
 
 app = typer.Typer(
     help="Export to ONNX (verified against PyTorch) and build TensorRT engines.",

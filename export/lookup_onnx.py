@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from coordgan.errors import CoordGANError
-from coordgan.fileio import atomic_write
+from runtime.errors import CoordGANError
+from runtime.fileio import atomic_write
 
 DOMAIN = "coordgan"
 OP = "CorrLookup"

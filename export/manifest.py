@@ -10,7 +10,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from coordgan.errors import CoordGANError
+from runtime.errors import CoordGANError
 
 MANIFEST = "manifest.json"
 FORMAT = "coordgan-deploy-onnx/1"

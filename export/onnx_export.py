@@ -16,7 +16,7 @@ import json
 import warnings
 from pathlib import Path
 
-from coordgan.errors import CoordGANError
+from runtime.errors import CoordGANError
 from export import graph_tools
 from export.manifest import MANIFEST, MODEL_FILES, build_manifest, model_metadata
 from export.staging import staged_directory

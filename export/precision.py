@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from coordgan.errors import CoordGANError
+from runtime.errors import CoordGANError
 from export.graph_tools import topological_sort
 
 BF16_OPSET = 22

@@ -12,7 +12,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from coordgan.errors import CoordGANError
+from runtime.errors import CoordGANError
 
 
 def check_target(target: Path, overwrite: bool) -> None:

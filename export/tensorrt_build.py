@@ -28,8 +28,8 @@ import importlib.util
 import json
 from pathlib import Path
 
-from coordgan.errors import CoordGANError
-from coordgan.fileio import atomic_write, sha256_file
+from runtime.errors import CoordGANError
+from runtime.fileio import atomic_write, sha256_file
 from export.manifest import read_manifest
 
 PLUGIN_MODULE = "export.plugin.trt_plugin"

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from coordgan.errors import CoordGANError
+from runtime.errors import CoordGANError
 from export import graph_tools
 from export.manifest import model_metadata, read_manifest
 
@@ -76,7 +76,7 @@ class VerifyReport:
 
 def resolve_checkpoint(manifest: dict, directory: Path, ckpt=None) -> Path:
     """The checkpoint the export came from: --ckpt, else the manifest's path; SHA-256 must match."""
-    from coordgan.fileio import sha256_file
+    from runtime.fileio import sha256_file
 
     expected = manifest["checkpoint"]["sha256"]
     if ckpt is not None:

@@ -6,7 +6,7 @@ Every failure a user can cause (no package, no driver, no GPU) is a one-sentence
 
 from __future__ import annotations
 
-from coordgan.errors import CoordGANError
+from runtime.errors import CoordGANError
 
 
 def bindings():

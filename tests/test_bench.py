@@ -13,7 +13,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from coordgan.bench_cli import register
-from coordgan.errors import CoordGANError
+from runtime.errors import CoordGANError
 from runtime.bench.report import compare, to_csv
 from runtime.bench.stats import percentile, summarize
 from runtime.bench.workload import upsample_probs

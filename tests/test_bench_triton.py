@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from coordgan.bench_cli import register
 from coordgan.config import PRESETS
-from coordgan.errors import CoordGANError
+from runtime.errors import CoordGANError
 from runtime.bench.triton_load import LoadOptions, TritonTarget, parse_address, run_load
 from triton_helpers import needs_tritonserver, start_server, write_echo_repo
 from triton_models.server import free_port

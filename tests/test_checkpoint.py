@@ -8,7 +8,7 @@ import torch
 import coordgan
 from coordgan.checkpoint import load, save
 from coordgan.config import PRESETS, get_preset
-from coordgan.errors import CoordGANError
+from runtime.errors import CoordGANError
 from coordgan.models import Discriminator, Encoder, Generator, build
 
 TINY = PRESETS["tiny"]
@@ -204,7 +204,7 @@ def test_require_names_the_missing_network(tmp_path):
 def test_atomic_write_gives_usual_permissions_and_refuses_a_folder(tmp_path):
     import os
 
-    from coordgan.fileio import atomic_write
+    from runtime.fileio import atomic_write
 
     with atomic_write(tmp_path / "f.bin") as f:
         f.write(b"x")

@@ -10,7 +10,7 @@ from PIL import Image
 from cli_helpers import run_cli, run_main
 from coordgan.checkpoint import save
 from coordgan.config import PRESETS
-from coordgan.errors import CoordGANError
+from runtime.errors import CoordGANError
 from coordgan.models import build
 
 TINY = PRESETS["tiny"]

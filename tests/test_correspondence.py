@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from coordgan.correspondence import canonical_grid, chamfer_distance, lookup, lookup_fused, lookup_published
-from coordgan.errors import CoordGANError
+from runtime.errors import CoordGANError
 
 
 def _one_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:

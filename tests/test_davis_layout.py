@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from coordgan.errors import CoordGANError
-from runtime import davis
-from runtime.masks import DAVIS_PALETTE, write_mask
-from runtime.propagate_jobs import parse_ref, parse_shard, plan
+from runtime.errors import CoordGANError
+from runtime.davis import layout as davis
+from runtime.io.masks import DAVIS_PALETTE, write_mask
+from runtime.propagation.jobs import parse_ref, parse_shard, plan
 
 
 def make_root(tmp_path, seqs=("dog", "bear", "cat", "eel", "ant"), res="480p", annotated=None):

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from coordgan.errors import CoordGANError
-from runtime import davis_metrics as dm
-from runtime.davis_eval import evaluate, evaluate_sequence
-from runtime.masks import DAVIS_PALETTE, write_mask
+from runtime.errors import CoordGANError
+from runtime.davis import metrics as dm
+from runtime.davis.evaluate import evaluate, evaluate_sequence
+from runtime.io.masks import DAVIS_PALETTE, write_mask
 from cli_helpers import run_main
 
 

@@ -16,7 +16,7 @@ from coordgan.checkpoint import save
 from coordgan.config import PRESETS
 from coordgan.correspondence import canonical_grid
 from coordgan.data import write_image_folder
-from coordgan.errors import CoordGANError
+from runtime.errors import CoordGANError
 from coordgan.models import build
 
 TINY = PRESETS["tiny"]
@@ -222,7 +222,7 @@ def test_load_folder_resizes_and_reports_bad_files(tmp_path):
 
     (root / "images" / "00004.png").write_bytes(b"not a png at all")
     Image.fromarray(np.zeros((32, 32), np.uint8), mode="L").save(root / "labels" / "00004.png")
-    with pytest.raises(CoordGANError, match="Cannot read image .*00004.png"):
+    with pytest.raises(CoordGANError, match="Image .*00004.png cannot be read as an image"):
         ev.load_folder(root, 16)
     (root / "labels" / "00004.png").unlink()
     with pytest.raises(CoordGANError, match="00004.png has no label map"):

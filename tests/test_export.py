@@ -22,8 +22,8 @@ from typer.testing import CliRunner
 
 from coordgan.checkpoint import save
 from coordgan.config import PRESETS
-from coordgan.errors import CoordGANError
-from coordgan.fileio import sha256_file
+from runtime.errors import CoordGANError
+from runtime.fileio import sha256_file
 from coordgan.models import build
 from export import graph_tools
 from export.cli import app

@@ -6,7 +6,7 @@ import sys
 import onnx
 import pytest
 
-from coordgan.errors import CoordGANError
+from runtime.errors import CoordGANError
 from export.lookup_onnx import lookup_model, write_lookup_model
 
 

@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 
-from coordgan.errors import CoordGANError
+from runtime.errors import CoordGANError
 from runtime.lookup import cuda as cl
 
 ENTRY = re.compile(rb"^\.visible \.entry (corr_lookup_\w+)\(", re.M)

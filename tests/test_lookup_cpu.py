@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from coordgan.errors import CoordGANError
+from runtime.errors import CoordGANError
 from runtime.bench.workload import warp_maps as warp
 from runtime.lookup import lookup
 from runtime.lookup.cpu import lookup_dense, lookup_sparse

@@ -13,12 +13,12 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
-from coordgan.errors import CoordGANError
-from runtime.correspondence_model import CorrespondenceModel
-from runtime.masks import read_mask
-from runtime.propagate import PropagateOptions, Reference, propagate_sequence
-from runtime.propagation_memory import STATE_FILE
-from runtime.video import open_frames
+from runtime.errors import CoordGANError
+from runtime.propagation.model import CorrespondenceModel
+from runtime.io.masks import read_mask
+from runtime.propagation.sequence import PropagateOptions, Reference, propagate_sequence
+from runtime.propagation.memory import STATE_FILE
+from runtime.io.video import open_frames
 
 G = 32  # the fake model's grid
 
@@ -257,7 +257,7 @@ def test_output_folder_must_not_be_the_input_folder(models, tmp_path):
 
 
 def test_grid_resampling_helpers():
-    from runtime.label_resize import labels_to_grid, upsample, upsample_argmax
+    from runtime.propagation.label_resize import labels_to_grid, upsample, upsample_argmax
 
     channels = np.kron(np.array([[0, 1], [2, 0]]), np.ones((3, 5), np.int64))  # 6x10 frame, 2x2 grid cells
     probs = labels_to_grid(channels, 3, 2)
@@ -275,7 +275,7 @@ def test_grid_resampling_helpers():
 def test_bilinear_upsampling_matches_torch_interpolate():
     torch = pytest.importorskip("torch")
     p = np.random.default_rng(2).random((3, 8, 8)).astype(np.float32)
-    from runtime.label_resize import upsample
+    from runtime.propagation.label_resize import upsample
 
     for size in ((20, 30), (8, 13), (64, 64)):
         ref = torch.nn.functional.interpolate(torch.from_numpy(p)[None], size=size, mode="bilinear",

@@ -18,13 +18,14 @@ from PIL import Image
 
 from coordgan.checkpoint import save
 from coordgan.config import PRESETS
-from coordgan.data.synthetic_faces import PALETTE, make_sequence, save_label_png
+from coordgan.data.synthetic_faces import PALETTE, make_sequence
+from runtime.io.masks import DAVIS_PALETTE, write_mask
 from coordgan.models import build
-from runtime.correspondence_model import CorrespondenceModel
-from runtime.masks import read_mask
-from runtime.propagate import PropagateOptions, Reference, propagate_sequence
-from runtime.propagation_memory import STATE_FILE
-from runtime.video import open_frames
+from runtime.propagation.model import CorrespondenceModel
+from runtime.io.masks import read_mask
+from runtime.propagation.sequence import PropagateOptions, Reference, propagate_sequence
+from runtime.propagation.memory import STATE_FILE
+from runtime.io.video import open_frames
 from cli_helpers import run_cli, run_main
 
 T, SIZE = 7, 64
@@ -61,8 +62,8 @@ def data(tmp_path_factory):
     (root / "frames").mkdir()
     for t, f in enumerate(frames):
         Image.fromarray(f).save(root / "frames" / f"img_{t:03d}.jpg", quality=95)
-    save_label_png(root / "ref.png", masks[0])
-    save_label_png(root / "ref_small.png", np.asarray(Image.fromarray(masks[4]).resize((32, 32), Image.NEAREST)))
+    write_mask(root / "ref.png", masks[0], DAVIS_PALETTE)
+    write_mask(root / "ref_small.png", np.asarray(Image.fromarray(masks[4]).resize((32, 32), Image.NEAREST)), DAVIS_PALETTE)
     for seq, seed in (("bear", 5), ("cat", 6)):
         fr, ms = make_sequence(T, SIZE, seed=seed)
         (root / "davis" / "JPEGImages" / "480p" / seq).mkdir(parents=True)
@@ -70,7 +71,7 @@ def data(tmp_path_factory):
         for t in range(T):
             Image.fromarray(fr[t]).save(root / "davis" / "JPEGImages" / "480p" / seq / f"{t:05d}.jpg")
             if seq == "bear" or t in (0, 3):  # bear: full ground truth; cat: two annotated frames
-                save_label_png(root / "davis" / "Annotations" / "480p" / seq / f"{t:05d}.png", ms[t])
+                write_mask(root / "davis" / "Annotations" / "480p" / seq / f"{t:05d}.png", ms[t], DAVIS_PALETTE)
     return root, frames, masks
 
 
@@ -102,7 +103,7 @@ def test_video_end_to_end_with_overlay_probs_and_eval(exported, data, tmp_path, 
     gt = tmp_path / "gt"
     gt.mkdir()
     for t in range(T):
-        save_label_png(gt / f"{t:05d}.png", masks[t])
+        write_mask(gt / f"{t:05d}.png", masks[t], DAVIS_PALETTE)
     record = json.loads(ok(monkeypatch, capsys, "eval-video", out, gt, "--json")[0])
     g = record["global"]
     assert 0 <= g["J-Mean"] <= 1 and 0 <= g["F-Mean"] <= 1
@@ -153,7 +154,7 @@ def test_resume_after_ctrl_c_gives_the_same_masks(exported, data, tmp_path, monk
     args = ["propagate", root / "clip.mp4", "--model", exported / "export", "--ref", root / "ref.png",
             "--batch", 2, "--memory", 2, "--save-probs"]
     ok(monkeypatch, capsys, *args, "--out", tmp_path / "straight")
-    import runtime.propagate as prop
+    import runtime.propagation.sequence as prop
 
     real_write, calls = prop._SequenceRun._write, []
 
@@ -232,7 +233,7 @@ def test_user_errors_are_one_sentence(exported, data, tmp_path, monkeypatch, cap
     bad_png = tmp_path / "bad.png"
     bad_png.write_bytes(b"\x89PNG\r\n\x1a\nnot really")
     wide = tmp_path / "wide.png"
-    save_label_png(wide, np.zeros((32, 64), np.uint8))
+    write_mask(wide, np.zeros((32, 64), np.uint8), DAVIS_PALETTE)
     empty = tmp_path / "empty"
     empty.mkdir()
     from test_video import png_with_short_palette

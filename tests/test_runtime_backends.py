@@ -8,10 +8,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from coordgan.errors import CoordGANError
+from runtime.errors import CoordGANError
 from runtime.backends import backend_for, open_backend
 from runtime.backends.triton_backend import parse_url
-from runtime.preprocess import resize_frames, to_unit_range
+from runtime.propagation.preprocess import resize_frames, to_unit_range
 
 
 def test_runtime_imports_without_torch():

@@ -6,11 +6,11 @@ import torch
 
 from coordgan.checkpoint import save
 from coordgan.config import PRESETS
-from coordgan.errors import CoordGANError
+from runtime.errors import CoordGANError
 from coordgan.models import build
 from export.onnx_export import ExportOptions, export_onnx
-from runtime.correspondence_model import CorrespondenceModel
-from runtime.preprocess import resize_frames, to_unit_range
+from runtime.propagation.model import CorrespondenceModel
+from runtime.propagation.preprocess import resize_frames, to_unit_range
 
 TINY = PRESETS["tiny"]
 

@@ -9,19 +9,18 @@ import pytest
 from PIL import Image
 
 from coordgan.data import synthetic_faces as sf
+from coordgan.data.synthetic_dataset import SyntheticFaces, write_image_folder
 from coordgan.data.synthetic_faces import (
     PALETTE,
     PART_NAMES,
-    SyntheticFaces,
     face_coordinates,
     face_params,
     make_images,
     make_sequence,
     render,
     sample_params,
-    write_image_folder,
 )
-from coordgan.errors import CoordGANError
+from runtime.errors import CoordGANError
 
 
 def interior(labels: np.ndarray, part: int) -> np.ndarray:

@@ -11,7 +11,7 @@ import torch
 
 from coordgan.config import PRESETS
 from coordgan.correspondence import canonical_grid, lookup, soft_warp
-from coordgan.errors import CoordGANError
+from runtime.errors import CoordGANError
 from coordgan.models import build
 from coordgan.train import losses as L
 from coordgan.train.loop import Run, RunOptions

@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 
 from coordgan.checkpoint import load, save
 from coordgan.config import PRESETS
-from coordgan.errors import CoordGANError
+from runtime.errors import CoordGANError
 from coordgan.models import build
 from coordgan.train.commands import Common, train_encoder, train_generator
 from coordgan.train.data import ImageFolder, ResumableLoader

@@ -104,7 +104,7 @@ def test_encoder_and_generator_equal_the_runtime(client, local):
 def test_runtime_triton_backend_equals_local_onnx_runtime(served, scheme):
     """The runtime's own Triton backend (what `coordgan propagate --backend triton` uses): same
     correspondence maps and codes through the server as from ONNX Runtime in process."""
-    from runtime.correspondence_model import CorrespondenceModel
+    from runtime.propagation.model import CorrespondenceModel
 
     server, exported = served
     address = server.grpc_url if scheme == "triton" else server.http_url

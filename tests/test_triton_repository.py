@@ -17,7 +17,7 @@ from google.protobuf import text_format
 from tritonclient.grpc.model_config_pb2 import DataType, ModelConfig, ModelInstanceGroup
 from typer.testing import CliRunner
 
-from coordgan.errors import CoordGANError
+from runtime.errors import CoordGANError
 from export.lookup_onnx import write_lookup_model
 from export_helpers import export_tiny
 from triton_models import pbtxt

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from coordgan.errors import CoordGANError
+from runtime.errors import CoordGANError
 from triton_models.server import EXIT_TIMEOUT_S, TritonServer, check_repository
 from triton_helpers import needs_tritonserver, start_server, write_echo_repo
 

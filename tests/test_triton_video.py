@@ -16,12 +16,12 @@ from google.protobuf import text_format
 from PIL import Image
 
 from coordgan.data.synthetic_faces import make_sequence
-from coordgan.errors import CoordGANError
-from runtime.correspondence_model import CorrespondenceModel
+from runtime.errors import CoordGANError
+from runtime.propagation.model import CorrespondenceModel
 from runtime.lookup import lookup
-from runtime.masks import read_mask
-from runtime.propagate import PropagateOptions, Reference, propagate_sequence
-from runtime.propagator import Propagator
+from runtime.io.masks import read_mask
+from runtime.propagation.sequence import PropagateOptions, Reference, propagate_sequence
+from runtime.propagation.step import Propagator
 from export_helpers import export_tiny
 from triton_helpers import needs_tritonserver, start_server
 from triton_models.models import video as video_model

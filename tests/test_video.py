@@ -1,4 +1,4 @@
-"""runtime.video and runtime.masks: streaming frame sources, the overlay writer, label PNG I/O.
+"""runtime.io.video and runtime.io.masks: streaming frame sources, the overlay writer, label PNG I/O.
 
 Real PyAV encoders and decoders and real PNG files; the synthetic faces give the frames.
 """
@@ -11,14 +11,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from coordgan.data.synthetic_faces import PALETTE, make_sequence, save_label_png
-from coordgan.errors import CoordGANError
-from runtime import masks, video
-from runtime.video import ArrayFrames, FolderFrames, VideoFrames, VideoWriter, natural_key, open_frames, pick_codec
+from coordgan.data.synthetic_faces import PALETTE, make_sequence
+from runtime.io.masks import DAVIS_PALETTE, write_mask
+from runtime.errors import CoordGANError
+from runtime.io import masks, video
+from runtime.io.images import read_image
+from runtime.io.video import ArrayFrames, FolderFrames, VideoFrames, VideoWriter, natural_key, open_frames, pick_codec
 
 
 def write_video(path, frames, fps=10, codec="mpeg4", options=None):
-    """Plain PyAV, independent of runtime.video: the test's own encoder."""
+    """Plain PyAV, independent of runtime.io.video: the test's own encoder."""
     with av.open(str(path), "w", options=options or {}) as container:
         stream = container.add_stream(codec, rate=fps)
         stream.width, stream.height = frames.shape[2], frames.shape[1]
@@ -170,7 +172,7 @@ def png_with_short_palette(path, labels, n_colors):
 
 def test_masks_read_palette_grayscale_binary_and_refuse_bad_ones(tmp_path, sequence):
     _, labels = sequence
-    save_label_png(tmp_path / "p.png", labels[0])
+    write_mask(tmp_path / "p.png", labels[0], DAVIS_PALETTE)
     got, palette = masks.read_mask(tmp_path / "p.png")
     assert np.array_equal(got, labels[0]) and palette[:24] == bytes(PALETTE[:24])
     Image.fromarray(labels[0]).save(tmp_path / "gray.png")
@@ -213,4 +215,4 @@ def test_a_broken_exif_block_leaves_the_stored_orientation(tmp_path, monkeypatch
         raise ZeroDivisionError("division by zero")
 
     monkeypatch.setattr(ImageOps, "exif_transpose", broken)
-    assert video.read_image(tmp_path / "0.png").shape == (8, 12, 3)
+    assert read_image(tmp_path / "0.png").shape == (8, 12, 3)

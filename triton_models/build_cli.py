@@ -10,7 +10,7 @@ from typing import Optional
 
 import typer
 
-from coordgan.errors import CoordGANError
+from runtime.errors import CoordGANError
 
 app = typer.Typer(help="Triton Inference Server model repositories.", no_args_is_help=True,
                   add_completion=False, pretty_exceptions_enable=False)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 
-from coordgan.errors import CoordGANError
+from runtime.errors import CoordGANError
 
 # numpy / manifest dtype names -> Triton's DataType enum
 DATA_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "bfloat16": "TYPE_BF16", "float64": "TYPE_FP64",

@@ -19,7 +19,7 @@ import json
 import shutil
 from pathlib import Path
 
-from coordgan.errors import CoordGANError
+from runtime.errors import CoordGANError
 from export.manifest import read_manifest
 from export.staging import check_target, staged_directory
 from triton_models import pbtxt

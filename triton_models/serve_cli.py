@@ -15,7 +15,7 @@ from typing import Optional
 
 import typer
 
-from coordgan.errors import CoordGANError
+from runtime.errors import CoordGANError
 
 
 class _Shutdown(Exception):

@@ -30,7 +30,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from coordgan.errors import CoordGANError
+from runtime.errors import CoordGANError
 
 _INSTALL_HINT = "pip install --no-deps 'nvidia-pytriton>=0.5' (its binary is all that is used)"
 

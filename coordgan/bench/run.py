@@ -12,7 +12,7 @@ import platform
 import time
 from pathlib import Path
 
-from coordgan.errors import CoordGANError
+from runtime.errors import CoordGANError
 from runtime.bench.report import add_published_ratios
 from runtime.bench.runners import RUNTIME_BACKENDS, Skip, open_runtime_runner
 from runtime.bench.timing import measure

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from coordgan.errors import CoordGANError
+from runtime.errors import CoordGANError
 
 
 def default_cache_dir() -> Path:
@@ -28,7 +28,7 @@ class ModelSource:
         self.progress = progress or (lambda message: None)
         self._ck = None
         if ckpt is not None:
-            from coordgan.fileio import sha256_file
+            from runtime.fileio import sha256_file
 
             self.ckpt_path = Path(ckpt)
             if not self.ckpt_path.is_file():

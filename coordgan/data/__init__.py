@@ -1,10 +1,10 @@
 """Datasets. Torch-free at import: the synthetic faces need only numpy and Pillow."""
 
+from coordgan.data.synthetic_dataset import SyntheticFaces, write_image_folder
 from coordgan.data.synthetic_faces import (
     PALETTE,
     PART_NAMES,
     FaceParams,
-    SyntheticFaces,
     colorize,
     face_coordinates,
     face_params,
@@ -12,8 +12,6 @@ from coordgan.data.synthetic_faces import (
     make_sequence,
     render,
     sample_params,
-    save_label_png,
-    write_image_folder,
 )
 
 __all__ = [
@@ -28,6 +26,5 @@ __all__ = [
     "make_sequence",
     "render",
     "sample_params",
-    "save_label_png",
     "write_image_folder",
 ]

@@ -10,20 +10,18 @@ units" (head half-height about 0.9); pose maps face units to the image by rotati
 translation, a low-frequency displacement field bends the face non-rigidly, and yaw compresses the
 features towards one side as if the head turned on a sphere.
 
-numpy + Pillow only (no torch): tests, demos, `runtime/` and data loaders all use it.
+numpy only (no torch): tests, demos and data loaders use it; `coordgan.data.synthetic_dataset`
+serves it as a dataset and writes it to image folders.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import numpy as np
-from PIL import Image
-
-from coordgan.errors import CoordGANError
+from runtime.errors import CoordGANError
+from runtime.io import masks
+from runtime.io.masks import DAVIS_PALETTE
 
 __all__ = [
     "PART_NAMES",
@@ -35,10 +33,7 @@ __all__ = [
     "face_coordinates",
     "make_images",
     "make_sequence",
-    "write_image_folder",
-    "save_label_png",
     "colorize",
-    "SyntheticFaces",
 ]
 
 PART_NAMES: tuple[str, ...] = ("background", "skin", "ears", "eyes", "brows", "nose", "mouth", "hair")
@@ -47,22 +42,7 @@ _SCALE_RANGE = (0.64, 0.78)  # pose scale: face units -> image units
 _MEAN_SCALE = sum(_SCALE_RANGE) / 2
 
 
-def _davis_palette() -> list[int]:
-    # DAVIS annotations use the PASCAL VOC colormap: bits of the index spread over R, G, B.
-    pal = []
-    for i in range(256):
-        r = g = b = 0
-        c = i
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        pal += [r, g, b]
-    return pal
-
-
-PALETTE: list[int] = _davis_palette()
+PALETTE: list[int] = list(DAVIS_PALETTE)  # DAVIS / PASCAL VOC colours, 256 entries
 
 Color = tuple[float, float, float]
 Wave = tuple[float, ...]
@@ -269,7 +249,7 @@ def _rotate(x, y, ang):
     return c * x + s * y, -s * x + c * y
 
 
-def _check_size(size) -> int:
+def check_size(size) -> int:
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
         raise CoordGANError(f"Image size must be a positive integer, got {size!r}.")
     return int(size)
@@ -329,14 +309,14 @@ def face_coordinates(params: FaceParams, size: int) -> np.ndarray:
     on the template (eye spacing, mouth height, ...).
     """
     p = params
-    fx, fy, u, r = _face_units(p, *_pixel_grid(_check_size(size)))
+    fx, fy, u, r = _face_units(p, *_pixel_grid(check_size(size)))
     u = np.where(np.abs(fx) < r, u, fx - np.sign(fx) * r * (1 - np.cos(p.yaw)))
     return np.clip(np.stack([u, fy]) * _MEAN_SCALE, -1, 1).astype(np.float32)
 
 
 def render(params: FaceParams, size: int) -> tuple[np.ndarray, np.ndarray]:
     """Render one face: image (size, size, 3) uint8 and labels (size, size) uint8 (ids of PART_NAMES)."""
-    size = _check_size(size)
+    size = check_size(size)
     p = params
     f32 = np.float32
     x, y = _pixel_grid(size)
@@ -443,7 +423,7 @@ def _rng(seed: int, *key: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(int(seed) % 2**64, spawn_key=key))
 
 
-def _check_count(n, what: str) -> int:
+def check_count(n, what: str) -> int:
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
         raise CoordGANError(f"{what} must be a non-negative integer, got {n!r}.")
     return int(n)
@@ -456,7 +436,7 @@ def face_params(seed: int, index: int) -> FaceParams:
 
 def make_images(n: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """n faces: images (n, size, size, 3) uint8 and labels (n, size, size) uint8."""
-    n, size = _check_count(n, "The number of images"), _check_size(size)
+    n, size = check_count(n, "The number of images"), check_size(size)
     images = np.empty((n, size, size, 3), np.uint8)
     labels = np.empty((n, size, size), np.uint8)
     for i in range(n):
@@ -503,7 +483,7 @@ def make_sequence(n_frames: int, size: int, seed: int, motion: float = 1.0) -> t
     colors, texture and background stay fixed. `motion` scales every movement (0 = still).
     Frame i depends only on (seed, motion, i), so a longer sequence extends a shorter one.
     """
-    n, size = _check_count(n_frames, "The number of frames"), _check_size(size)
+    n, size = check_count(n_frames, "The number of frames"), check_size(size)
     at = _sequence_params(seed, float(motion))
     frames = np.empty((n, size, size, 3), np.uint8)
     masks = np.empty((n, size, size), np.uint8)
@@ -512,82 +492,6 @@ def make_sequence(n_frames: int, size: int, seed: int, motion: float = 1.0) -> t
     return frames, masks
 
 
-# ---------------------------------------------------------------- files
-
-
 def colorize(labels: np.ndarray) -> np.ndarray:
     """Label map -> RGB uint8 with PALETTE, for looking at masks."""
-    return np.asarray(PALETTE, np.uint8).reshape(256, 3)[np.asarray(labels, np.uint8)]
-
-
-def _atomic_save(img: Image.Image, path: Path) -> None:
-    # a crash never leaves a truncated PNG under the final name
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            img.save(f, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def save_label_png(path, labels: np.ndarray) -> None:
-    """Write a label map as a palette PNG (mode "P", PALETTE), atomically."""
-    im = Image.fromarray(np.asarray(labels, np.uint8), mode="P")
-    im.putpalette(PALETTE)
-    _atomic_save(im, Path(path))
-
-
-def write_image_folder(root, n: int, size: int, seed: int, progress: bool = False) -> None:
-    """Write make_images(n, size, seed) as root/images/00000.png (RGB), root/labels/00000.png (palette)."""
-    n, size = _check_count(n, "The number of images"), _check_size(size)
-    root = Path(root)
-    try:
-        (root / "images").mkdir(parents=True, exist_ok=True)
-        (root / "labels").mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise CoordGANError(f"Cannot create the image folder {root}: {e.strerror}.") from e
-    indices = range(n)
-    if progress:
-        from rich.progress import track
-
-        indices = track(indices, description="synthetic faces")
-    for i in indices:
-        image, labels = render(face_params(seed, i), size)
-        _atomic_save(Image.fromarray(image, mode="RGB"), root / "images" / f"{i:05d}.png")
-        save_label_png(root / "labels" / f"{i:05d}.png", labels)
-
-
-class SyntheticFaces:
-    """Indexable, deterministic view of make_images(length, size, seed), rendered on the fly.
-
-    Item i is (image (size, size, 3) uint8, labels (size, size) uint8), identical to
-    make_images(length, size, seed)[·][i]. Plain attributes only, so DataLoader workers can pickle it.
-    """
-
-    def __init__(self, size: int = 128, seed: int = 0, length: int = 10_000):
-        self.size = _check_size(size)
-        self.seed = int(seed)
-        self.length = _check_count(length, "The dataset length")
-
-    def __len__(self) -> int:
-        return self.length
-
-    def _index(self, i) -> int:
-        if isinstance(i, bool) or not isinstance(i, (int, np.integer)):
-            raise TypeError(f"SyntheticFaces indices must be integers, got {type(i).__name__}")
-        j = int(i) + self.length if i < 0 else int(i)
-        if not 0 <= j < self.length:
-            raise IndexError(f"index {i} out of range for {self.length} faces")
-        return j
-
-    def params(self, i: int) -> FaceParams:
-        return face_params(self.seed, self._index(i))
-
-    def __getitem__(self, i) -> tuple[np.ndarray, np.ndarray]:
-        return render(self.params(i), self.size)
-
-    def __repr__(self) -> str:
-        return f"SyntheticFaces(size={self.size}, seed={self.seed}, length={self.length})"
+    return masks.colorize(np.asarray(labels, np.uint8), DAVIS_PALETTE)

@@ -18,7 +18,7 @@ import torch
 
 from coordgan.config import ModelConfig, get_preset, loss_names, with_losses
 from coordgan.devices import torch_device
-from coordgan.errors import CoordGANError
+from runtime.errors import CoordGANError
 from coordgan.train import data as data_mod
 from coordgan.train import distributed as ddp
 from coordgan.train.loop import Run, RunOptions, options_record, prepare_out, train_loop

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
-from coordgan.errors import CoordGANError
-from coordgan.fileio import upright
+from runtime.errors import CoordGANError
+from runtime.io.images import image_extensions, open_image
 
 SYNTHETIC = "synthetic-faces"
 
@@ -27,12 +27,6 @@ def _to_tensor(image: np.ndarray, flip: bool) -> torch.Tensor:
         image = image[:, ::-1]
     x = torch.from_numpy(np.array(image)).permute(2, 0, 1).float()  # a copy: PIL arrays are read-only
     return x.div_(127.5).sub_(1.0)
-
-
-def image_extensions() -> set[str]:
-    from PIL import Image
-
-    return {ext.lower() for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
 
 
 def _leave_signals_to_the_trainer(_worker_id: int) -> None:
@@ -67,10 +61,8 @@ class ImageFolder(Dataset):
     def _read(self, path: Path) -> np.ndarray:
         from PIL import Image, ImageOps
 
-        with Image.open(path) as img:
-            img = upright(img).convert("RGB")
-            img = ImageOps.fit(img, (self.size, self.size), Image.LANCZOS, centering=(0.5, 0.5))
-            return np.asarray(img)
+        img = ImageOps.fit(open_image(path), (self.size, self.size), Image.LANCZOS, centering=(0.5, 0.5))
+        return np.asarray(img)
 
     def __getitem__(self, item):
         index, flip = item

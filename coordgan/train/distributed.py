@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from coordgan.errors import CoordGANError
+from runtime.errors import CoordGANError
 
 
 @dataclass(frozen=True)

@@ -33,8 +33,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from coordgan.errors import CoordGANError
-from coordgan.fileio import atomic_write
+from runtime.errors import CoordGANError
+from runtime.fileio import atomic_write
 from coordgan.train import distributed as ddp
 from coordgan.train.state import load_tree, rng_state, save_tree, set_rng_state
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from coordgan.errors import CoordGANError
+from runtime.errors import CoordGANError
 
 NETS = ("vgg", "alex")  # NVlabs/CoordGAN uses the VGG LPIPS
 _RANDOM_BACKBONE_SEED = 0x1B1B5  # a random backbone is still the same one in every run and rank

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from coordgan.errors import CoordGANError
-from coordgan.fileio import atomic_write
+from runtime.errors import CoordGANError
+from runtime.fileio import atomic_write
 
 FORMAT = "coordgan-train-state/1"
 _TENSOR, _NDARRAY, _TUPLE, _INTKEYS = "__tensor__", "__ndarray__", "__tuple__", "__intkeys__"

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from coordgan.config import ModelConfig
-from coordgan.errors import CoordGANError
+from runtime.errors import CoordGANError
 from coordgan.models import build
 from coordgan.train import losses as L
 from coordgan.train.loop import Run

@@ -36,7 +36,7 @@ def _import_trt():
         import tensorrt as trt
         import tensorrt.plugin as trtp
     except ImportError:
-        from coordgan.errors import CoordGANError
+        from runtime.errors import CoordGANError
 
         raise CoordGANError(
             "The CorrLookup TensorRT plugin needs TensorRT 10 with its tensorrt.plugin module, which is not installed."
@@ -45,7 +45,7 @@ def _import_trt():
 
 
 def _constant(expr, what: str) -> int:
-    from coordgan.errors import CoordGANError
+    from runtime.errors import CoordGANError
 
     if not expr.is_constant:
         raise CoordGANError(f"The CorrLookup plugin needs a build-time constant {what}; it is dynamic here.")
@@ -102,7 +102,7 @@ def register() -> None:
         k_arg = 0
         if mode == "topk":
             if not 1 <= k <= cl.TOPK_MAX:
-                from coordgan.errors import CoordGANError
+                from runtime.errors import CoordGANError
 
                 raise CoordGANError(f"CorrLookup topk keeps 1 to {cl.TOPK_MAX} neighbours, got k = {k}.")
             k_arg = k

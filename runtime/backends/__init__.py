@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from coordgan.errors import CoordGANError
+from runtime.errors import CoordGANError
 from runtime.backends.base import Backend, TensorSpec
 
 __all__ = ["Backend", "TensorSpec", "BACKENDS", "open_backend", "backend_for"]

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from coordgan.errors import CoordGANError
+from runtime.errors import CoordGANError
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from coordgan.errors import CoordGANError
+from runtime.errors import CoordGANError
 from runtime.backends.base import Backend, TensorSpec
 
 _ORT_TYPES = {

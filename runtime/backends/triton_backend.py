@@ -11,7 +11,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from coordgan.errors import CoordGANError
+from runtime.errors import CoordGANError
 from runtime.backends.base import Backend, TensorSpec
 
 _TRITON_TYPES = {"FP32": np.float32, "FP16": np.float16, "FP64": np.float64, "UINT8": np.uint8,

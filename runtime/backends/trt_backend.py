@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from coordgan.errors import CoordGANError
+from runtime.errors import CoordGANError
 from runtime import cuda_driver
 from runtime.backends.base import Backend, TensorSpec
 

@@ -12,8 +12,8 @@ import json
 import math
 from pathlib import Path
 
-from coordgan.errors import CoordGANError
-from coordgan.fileio import atomic_write
+from runtime.errors import CoordGANError
+from runtime.fileio import atomic_write
 
 COLUMNS = ("target", "backend", "batch", "precision", "device", "status", "iters", "p50_ms", "p90_ms", "p99_ms",
            "mean_ms", "min_ms", "max_ms", "std_ms", "throughput", "host_peak_mb", "gpu_peak_mb",

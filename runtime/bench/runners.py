@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from coordgan.errors import CoordGANError
+from runtime.errors import CoordGANError
 from runtime.bench.timing import Runner
 from runtime.bench.workload import Workload, upsample_probs
 
@@ -72,7 +72,7 @@ class BackendRunner(Runner):
             self._call = self._pipeline_call(batch)
 
     def _pipeline_call(self, batch: int):
-        from runtime.preprocess import resize_frames, to_unit_range
+        from runtime.propagation.preprocess import resize_frames, to_unit_range
 
         wl, model = self.workload, self.model
         frames = wl.frames(batch)

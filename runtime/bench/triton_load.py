@@ -21,7 +21,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from coordgan.errors import CoordGANError
+from runtime.errors import CoordGANError
 from runtime.bench.report import _fmt
 from runtime.bench.stats import summarize
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from coordgan.errors import CoordGANError
+from runtime.errors import CoordGANError
 
 TARGETS = ("encoder", "generator", "lookup", "pipeline")
 

@@ -14,7 +14,7 @@ numpy arrays are copied in and out). To run on device memory another framework o
 
 from __future__ import annotations
 
-from coordgan.errors import CoordGANError
+from runtime.errors import CoordGANError
 from runtime.lookup.cpu import MODES, default_threads, lookup_dense, lookup_sparse
 
 __all__ = ["MODES", "lookup", "lookup_dense", "lookup_sparse", "cuda_available", "default_threads"]

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from coordgan.errors import CoordGANError
+from runtime.errors import CoordGANError
 
 __all__ = ["MODES", "COORD_LIMIT", "default_threads", "lookup_dense", "lookup_sparse", "prepare"]
 

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from coordgan.errors import CoordGANError
+from runtime.errors import CoordGANError
 from runtime import cuda_driver
 from runtime.lookup import cpu
 
@@ -53,7 +53,7 @@ __all__ = [
 BLOCK = 128  # CL_BLOCK in the .cu: threads per block = queries per block = pixels per tile
 TOPK_MAX = 64  # CL_TOPK_MAX
 CMAX_VALUES = (1, 2, 4, 8, 16, 32, 64)
-KERNEL_SOURCE = Path(__file__).resolve().parents[2] / "export" / "plugin" / "corr_lookup.cu"
+KERNEL_SOURCE = Path(__file__).with_name("corr_lookup.cu")
 
 _lock = threading.Lock()
 _modules: dict = {}  # (context handle, arch) -> (module, {name: function})

@@ -23,7 +23,7 @@ from typing import Callable
 
 import numpy as np
 
-from coordgan.errors import CoordGANError
+from runtime.errors import CoordGANError
 
 Feeds = dict[str, np.ndarray]
 

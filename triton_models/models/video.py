@@ -4,7 +4,7 @@ A client sends a video one frame per request, all under one correlation id:
     START request: FRAME (H, W, 3) uint8 + REF_MASK (h, w) uint8 labels -> MASK = that mask at frame size
     each next one: FRAME, optionally REF_MASK (another annotated frame)  -> MASK (H, W) uint8 label values
     END (on the last request) drops the sequence's state.
-Each frame takes one step of runtime.propagator.Propagator, the step `coordgan propagate` runs,
+Each frame takes one step of runtime.propagation.step.Propagator, the step `coordgan propagate` runs,
 with the encoder model (parameter encoder_model, whatever its backend) called through BLS behind a
 runtime Backend, so CorrespondenceModel's preprocessing and the runtime's lookup (CUDA kernel where
 it runs, else CPU) are the ones propagate uses: a video gives the masks propagate writes for it.
@@ -27,11 +27,11 @@ from pathlib import Path
 
 import numpy as np
 
-from coordgan.errors import CoordGANError
+from runtime.errors import CoordGANError
 from runtime.backends.base import Backend, TensorSpec
-from runtime.correspondence_model import CorrespondenceModel
-from runtime.masks import resize_mask
-from runtime.propagator import Propagator
+from runtime.propagation.model import CorrespondenceModel
+from runtime.io.masks import resize_mask
+from runtime.propagation.step import Propagator
 # shared with the other python-backend models: the stub's utils, error text, dlpack log-noise filter
 from triton_models.models.base import error_message, pb_utils_module, quiet_used_capsules
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from coordgan.errors import CoordGANError
-from runtime import davis
-from runtime.propagate import Reference
-from runtime.video import FrameSource, open_frames
+from runtime.errors import CoordGANError
+from runtime.davis import layout as davis
+from runtime.propagation.sequence import Reference
+from runtime.io.video import FrameSource, open_frames
 
 
 @dataclass(frozen=True)

@@ -16,11 +16,27 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from coordgan.data.synthetic_faces import PALETTE as _DAVIS_PALETTE_LIST
-from coordgan.errors import CoordGANError
-from coordgan.fileio import atomic_write
+from runtime.errors import CoordGANError
+from runtime.fileio import atomic_write
 
-DAVIS_PALETTE: bytes = bytes(_DAVIS_PALETTE_LIST)  # PASCAL VOC colormap, 256 entries
+
+
+def _voc_colormap() -> bytes:
+    """The PASCAL VOC colormap DAVIS annotations use: the bits of each index spread over R, G, B."""
+    pal = bytearray()
+    for i in range(256):
+        r = g = b = 0
+        c = i
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        pal += bytes((r, g, b))
+    return bytes(pal)
+
+
+DAVIS_PALETTE: bytes = _voc_colormap()  # 256 entries
 VOID = 255  # DAVIS marks "don't care" ground-truth pixels with 255
 
 # Masks whose aspect ratio differs from the frame's by more than this are not masks of the frame.

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from coordgan.errors import CoordGANError
+from runtime.errors import CoordGANError
 from runtime import lookup as lookup_ops
 from runtime.backends import Backend, open_backend
-from runtime.preprocess import check_frames, resize_frames, to_unit_range
+from runtime.propagation.preprocess import check_frames, resize_frames, to_unit_range
 
 
 class CorrespondenceModel:

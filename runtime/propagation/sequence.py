@@ -1,15 +1,15 @@
 """Video mask propagation: label masks for a few annotated frames -> a mask for every frame.
 
-    from runtime.correspondence_model import CorrespondenceModel
-    from runtime.propagate import PropagateOptions, Reference, propagate_sequence
-    from runtime.video import open_frames
+    from runtime.propagation.model import CorrespondenceModel
+    from runtime.propagation.sequence import PropagateOptions, Reference, propagate_sequence
+    from runtime.io.video import open_frames
 
     with CorrespondenceModel("export/encoder.onnx") as model:
         summary = propagate_sequence(model, open_frames("clip.mp4"), [Reference.from_png("first.png")],
                                      "out/clip", PropagateOptions(batch=8, memory=3))
 
 Frames go through the encoder `batch` at a time; each frame's correspondence map then takes one
-step of runtime.propagator.Propagator (the algorithm: an annotated frame's mask joins the memory,
+step of runtime.propagation.step.Propagator (the algorithm: an annotated frame's mask joins the memory,
 any other frame is looked up in it; the Triton model coordgan_video runs the same step).
 Annotations take effect from their frame on (propagation streams forward), so frame 0 must be
 annotated. This module adds the files: frames in, references resized to the frames, PNGs out
@@ -35,12 +35,12 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from coordgan.errors import CoordGANError
-from coordgan.fileio import atomic_write
-from runtime import masks as mask_io
-from runtime.propagation_memory import STATE_FILE, Memory
-from runtime.propagator import LabelChannels, Propagator
-from runtime.video import FrameSource, VideoWriter, as_frame_source
+from runtime.errors import CoordGANError
+from runtime.fileio import atomic_write
+from runtime.io import masks as mask_io
+from runtime.propagation.memory import STATE_FILE, Memory
+from runtime.propagation.step import LabelChannels, Propagator
+from runtime.io.video import FrameSource, VideoWriter, as_frame_source
 
 SUMMARY_FILE = "summary.json"
 PROBS_DIR = "probs"
@@ -110,7 +110,7 @@ def propagate_sequence(model, frames, refs: Sequence[Reference], out_dir,
     """Write a mask for every frame into `out_dir`; returns the summary (also written as summary.json).
 
     model: a CorrespondenceModel (anything with `.correspondence(frames)` and `.lookup(q, k, v, ...)`).
-    frames: a FrameSource (runtime.video.open_frames), frames in memory ((T, H, W, 3) uint8), or any
+    frames: a FrameSource (runtime.io.video.open_frames), frames in memory ((T, H, W, 3) uint8), or any
         iterable of (H, W, 3) uint8 frames or (name, frame) pairs (read once, as they come).
     refs: the annotated frames; one of them must be frame 0.
     on_frame(done, total): called after each frame is written (total None when unknown).

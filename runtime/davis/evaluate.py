@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from coordgan.errors import CoordGANError
-from runtime import davis, davis_metrics as metrics
-from runtime.masks import VOID, read_mask
-from runtime.video import natural_key
+from runtime.errors import CoordGANError
+from runtime.davis import layout as davis, metrics
+from runtime.io.masks import VOID, read_mask
+from runtime.io.video import natural_key
 
 CONVENTION = ("DAVIS: J = IoU over non-void pixels (1 where neither mask holds the object), F = boundary "
               "F-measure with tolerance ceil(0.008 * diagonal) px")

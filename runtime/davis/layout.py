@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from coordgan.errors import CoordGANError
-from runtime.video import FRAME_SUFFIXES, natural_key
+from runtime.errors import CoordGANError
+from runtime.io.video import FRAME_SUFFIXES, natural_key
 
 REF_FRAMES = ("auto", "first", "all")
 DEFAULT_RESOLUTION = "480p"

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from coordgan.errors import CoordGANError
-from coordgan.fileio import atomic_write
+from runtime.errors import CoordGANError
+from runtime.fileio import atomic_write
 
 STATE_FILE = ".propagate-state.npz"
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from coordgan.errors import CoordGANError
+from runtime.errors import CoordGANError
 
 RESAMPLE = Image.LANCZOS
 

@@ -1,4 +1,4 @@
-"""Small torch-free file helpers shared by training, export and the runtime."""
+"""Files written whole or not at all, content hashes, and the cache folder: shared by every layer."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from coordgan.errors import CoordGANError
+from runtime.errors import CoordGANError
 
 
 @contextlib.contextmanager
@@ -45,12 +45,8 @@ def sha256_file(path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def upright(img):
-    """A Pillow image as a viewer shows it: its EXIF orientation (phone photos) applied. A broken EXIF
-    block (Pillow raises various errors on some) leaves the stored orientation rather than failing."""
-    from PIL import ImageOps
-
-    try:
-        return ImageOps.exif_transpose(img)
-    except Exception:
-        return img
+def cache_dir(*parts: str) -> Path:
+    """$COORDGAN_CACHE (default $XDG_CACHE_HOME/coordgan, else ~/.cache/coordgan), joined with parts."""
+    root = os.environ.get("COORDGAN_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "coordgan")
+    return Path(root, *parts)

@@ -4,7 +4,7 @@
     step.annotate("00000", corr0, mask0)                 # an annotated frame joins the memory for good
     mask1, probs1 = step.propagate("00001", corr1, (H, W))  # any other frame: looked up in the memory
 
-`runtime.propagate.propagate_sequence` (files, batches, resume) and the Triton sequence model
+`runtime.propagation.sequence.propagate_sequence` (files, batches, resume) and the Triton sequence model
 `coordgan_video` (one frame per request) both drive this class, so both give the same masks.
 
 Per frame (DESIGN.md, "Data flow of mask propagation"), given its correspondence map (2, G, G):
@@ -26,9 +26,9 @@ from typing import Callable
 
 import numpy as np
 
-from coordgan.errors import CoordGANError
-from runtime.label_resize import labels_to_grid, upsample_argmax
-from runtime.propagation_memory import Memory
+from runtime.errors import CoordGANError
+from runtime.propagation.label_resize import labels_to_grid, upsample_argmax
+from runtime.propagation.memory import Memory
 
 
 class LabelChannels:

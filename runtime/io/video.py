@@ -22,10 +22,8 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
-from PIL import Image
-
-from coordgan.errors import CoordGANError
-from coordgan.fileio import upright
+from runtime.errors import CoordGANError
+from runtime.io.images import read_image
 
 FRAME_SUFFIXES = (".jpg", ".jpeg", ".png")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
@@ -126,19 +124,9 @@ class FolderFrames(FrameSource):
         for index, path in enumerate(self.files):
             if index < start and first_size:
                 continue  # skipped frames are not even opened (the first one fixes the size)
-            frame = self._checked(index, path.stem, read_image(path), first_size)
+            frame = self._checked(index, path.stem, read_image(path, what="Frame"), first_size)
             if index >= start:
                 yield index, path.stem, frame
-
-
-def read_image(path) -> np.ndarray:
-    """An image file as (H, W, 3) uint8 RGB, upright: an EXIF orientation (phone photos) is applied,
-    as image viewers and annotation tools do, and as training and eval-propagation read images."""
-    try:
-        with Image.open(path) as img:
-            return np.asarray(upright(img).convert("RGB"))
-    except (OSError, ValueError, SyntaxError) as exc:
-        raise CoordGANError(f"Frame {path} cannot be read as an image ({_first_line(exc)}).") from None
 
 
 class VideoFrames(FrameSource):

@@ -22,7 +22,7 @@ import warnings
 
 import numpy as np
 
-from coordgan.errors import CoordGANError
+from runtime.errors import CoordGANError
 
 BOUND_TH = 0.008
 
