@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from runtime import cuda_driver  # noqa: E402
 from runtime.bench.workload import warp_maps as warp  # noqa: E402
 from runtime.lookup import cuda as cl  # noqa: E402
-from runtime.lookup.cpu import lookup_dense, lookup_sparse  # noqa: E402
+from runtime.lookup import lookup_dense, lookup_sparse  # noqa: E402
 
 
 def make_inputs(rng, n: int, size: int, c: int, r: int = 1):

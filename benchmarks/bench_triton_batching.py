@@ -45,7 +45,8 @@ def build_repositories(preset: str, workdir: Path, args) -> dict:
 def bench_preset(preset: str, workdir: Path, args) -> dict:
     from contextlib import ExitStack
 
-    from runtime.bench.triton_load import LoadOptions, TritonTarget, run_level
+    from runtime.bench.triton_load import LoadOptions, run_level
+    from runtime.bench.triton_target import TritonTarget
     from triton_models.server import TritonServer
 
     print(f"{preset}: building repositories", flush=True)

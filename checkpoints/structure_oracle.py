@@ -19,7 +19,7 @@ import argparse
 import torch
 
 from coordgan import checkpoint
-from coordgan import evaluate as ev
+from coordgan import evaluation as ev
 from runtime.errors import CoordGANError
 
 

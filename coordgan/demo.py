@@ -1,31 +1,44 @@
-"""`coordgan demo`: the main job end to end on CPU, in under two minutes on two cores.
+"""The main job end to end, as `coordgan demo` runs it: a synthetic-faces video with ground-truth part
+masks, the first frame's parts propagated through it, mean J and F beside the identity baseline.
 
-A synthetic-faces video with ground-truth part masks is written as an mp4; the shipped tiny
-checkpoint is exported to ONNX (once, cached under the output folder); the first frame's parts
-are propagated through the decoded video with ONNX Runtime on the CPU; mean J and F against the
-ground truth are printed beside the identity baseline (the first-frame mask copied to every
-frame), with frames/s. Outputs in --out: faces.mp4, gt/, masks/ (+ summary.json), identity/,
-overlay.mp4, demo.json.
+:func:`run_demo` takes an opened correspondence model (the CLI opens the exported encoder of a
+checkpoint on ONNX Runtime, CPU). Outputs in `out`: faces.mp4, gt/, masks/ (+ summary.json),
+identity/ (the first-frame mask copied to every frame), overlay.mp4, and demo.json last.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
-
-import typer
+from typing import Callable
 
 from runtime.errors import CoordGANError
-from runtime.fileio import atomic_write
 
 SHIPPED_CKPT = Path(__file__).resolve().parents[1] / "checkpoints" / "tiny-synthetic-faces.safetensors"
 
 
-def _write_inputs(out: Path, frames, masks) -> Path:
+@dataclass(frozen=True)
+class DemoOptions:
+    frames: int = 48  # frames of the synthetic video
+    size: int = 128  # frame size in pixels
+    seed: int = 7  # of the synthetic face and its motion
+    memory: int = 3  # recent propagated frames kept as references
+
+    def validate(self) -> None:
+        if self.frames < 3 or self.size < 32:
+            raise CoordGANError(f"The demo needs --frames 3 or more (J and F skip the first and last) and --size 32 "
+                                f"or more, got {self.frames} and {self.size}.")
+
+
+def write_inputs(out: Path, options: DemoOptions) -> tuple[Path, object]:
+    """faces.mp4 and its ground truth gt/ (and identity/, the first mask repeated); (video, first mask)."""
+    from coordgan.data.synthetic_faces import make_sequence
     from runtime.io.masks import DAVIS_PALETTE, write_mask
     from runtime.io.video import VideoWriter
 
+    frames, masks = make_sequence(options.frames, options.size, options.seed)
     video = out / "faces.mp4"
     with VideoWriter(video, fps=12) as writer:
         for frame in frames:
@@ -36,81 +49,36 @@ def _write_inputs(out: Path, frames, masks) -> Path:
             stale.unlink()
         for i, mask in enumerate(labels):
             write_mask(out / folder / f"{i:05d}.png", mask, DAVIS_PALETTE)
-    return video
+    return video, masks[0]
 
 
-def demo(
-    ckpt: Path = typer.Option(SHIPPED_CKPT, "--ckpt", help="Checkpoint (default: the shipped tiny one)."),
-    out: Path = typer.Option(Path("demo-out"), "--out", help="Output folder (its demo outputs are replaced)."),
-    frames: int = typer.Option(48, "--frames", help="Frames in the synthetic video."),
-    size: int = typer.Option(128, "--size", help="Frame size in pixels."),
-    seed: int = typer.Option(7, "--seed", help="Seed of the synthetic face and its motion."),
-    memory: int = typer.Option(3, "--memory", help="Recent propagated frames kept as references."),
-):
-    """Propagate a synthetic face's part masks through a video and score them against ground truth."""
-    from rich.console import Console
-
-    from coordgan.data.synthetic_faces import PART_NAMES, make_sequence
-    from coordgan.propagate_cli import export_checkpoint, frames_progress, open_model
+def run_demo(model, out, options: DemoOptions = DemoOptions(), *, checkpoint: str = "",
+             on_frame: Callable[[int, int | None], None] | None = None) -> dict:
+    """Write the inputs, propagate, score; returns (and writes as demo.json) the result."""
     from runtime.davis.evaluate import evaluate_sequence
-    from runtime.propagation.sequence import PropagateOptions, Reference, propagate_sequence
     from runtime.io.video import open_frames
+    from runtime.propagation.sequence import PropagateOptions, Reference, propagate_sequence
 
-    console = Console()
-    if not ckpt.is_file():
-        raise CoordGANError(f"Checkpoint {ckpt} does not exist; pass one with --ckpt.")
-    if frames < 3 or size < 32:
-        raise CoordGANError(f"The demo needs --frames 3 or more (J and F skip the first and last) and --size 32 "
-                            f"or more, got {frames} and {size}.")
+    options.validate()
     started = time.perf_counter()
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "demo.json").unlink(missing_ok=True)  # written last: only a finished run's scores are there
-    video_frames, gt = make_sequence(frames, size, seed)
-    video = _write_inputs(out, video_frames, gt)
-    console.print(f"{frames} synthetic-faces frames at {size}x{size} (seed {seed}) -> {video}, ground truth "
-                  f"{out / 'gt'}")
-    encoder = export_checkpoint(ckpt, console, cache=out / "export")
-    options = PropagateOptions(memory=memory, overlay=out / "overlay.mp4", overwrite=True)
-    with open_model(str(encoder), "onnxruntime", None, "cpu", options.batch, console) as model:
-        progress, task = frames_progress(console), []
-
-        def on_frame(done, total):
-            if not task:
-                progress.start()
-                task.append(progress.add_task("propagating", total=total))
-            progress.update(task[0], completed=done, total=total)
-
-        try:
-            summary = propagate_sequence(model, open_frames(video), [Reference(gt[0])], out / "masks", options,
-                                         on_frame=on_frame)
-        finally:
-            if task:
-                progress.stop()
+    video, first_mask = write_inputs(out, options)
+    propagate = PropagateOptions(memory=options.memory, overlay=out / "overlay.mp4", overwrite=True)
+    summary = propagate_sequence(model, open_frames(video), [Reference(first_mask)], out / "masks", propagate,
+                                 on_frame=on_frame)
     scores = {name: evaluate_sequence(out / folder, out / "gt")
               for name, folder in (("propagated", "masks"), ("identity baseline", "identity"))}
-    _report(console, scores, summary, PART_NAMES)
-    result = {"checkpoint": str(ckpt), "frames": frames, "size": size, "seed": seed, "memory": memory,
-              "frames_per_s": summary["frames_per_s"], "wall_s": round(time.perf_counter() - started, 1),
-              **{name: {"J_mean": s["J_mean"], "F_mean": s["F_mean"]} for name, s in scores.items()}}
+    result = {"checkpoint": checkpoint, "frames": options.frames, "size": options.size, "seed": options.seed,
+              "memory": options.memory, "frames_per_s": summary["frames_per_s"],
+              "wall_s": round(time.perf_counter() - started, 1),
+              **{name: {"J_mean": s["J_mean"], "F_mean": s["F_mean"]} for name, s in scores.items()},
+              "outputs": {"video": str(video), "ground_truth": str(out / "gt"), "masks": str(out / "masks"),
+                          "overlay": str(propagate.overlay)}}
+    from runtime.fileio import atomic_write
+
     with atomic_write(out / "demo.json", "w") as f:
         json.dump(result, f, indent=2)
         f.write("\n")
-    console.print(f"masks {out / 'masks'}, overlay {options.overlay}, scores {out / 'demo.json'} "
-                  f"({result['wall_s']} s in all)")
-
-
-def _report(console, scores: dict, summary: dict, part_names) -> None:
-    from rich.table import Table
-
-    table = Table(title="Part masks vs ground truth (DAVIS J and F, frames 1..n-2, mean over parts)")
-    for col in ("method", "J mean", "F mean"):
-        table.add_column(col, justify="left" if col == "method" else "right")
-    for name, s in scores.items():
-        table.add_row(name, f"{s['J_mean']:.3f}", f"{s['F_mean']:.3f}")
-    console.print(table)
-    console.print(f"{summary['frames']} frames at {summary['frames_per_s']} frames/s (ONNX Runtime, CPU); parts: "
-                  f"{', '.join(part_names[1:])}")
-
-
-def register(app: typer.Typer) -> None:
-    app.command("demo")(demo)
+    return result

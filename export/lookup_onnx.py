@@ -16,13 +16,11 @@ from pathlib import Path
 
 from runtime.errors import CoordGANError
 from runtime.fileio import atomic_write
+from runtime.lookup.spec import MAX_CLASSES, MAX_TOPK, MODES
 
 DOMAIN = "coordgan"
 OP = "CorrLookup"
 PLUGIN_VERSION = "1"
-MODES = ("soft", "hard", "topk")
-MAX_CLASSES = 64
-MAX_TOPK = 64
 
 
 def lookup_model(classes: int, *, tau: float = 0.01, mode: str = "soft", k: int = 0, fp16: bool = False):

@@ -82,13 +82,13 @@ def test_bad_option_values_are_refused_before_any_work(tmp_path, monkeypatch, ca
         ((*train, "--batch", 0), "--batch 0 must give each process an even number"),
         ((*train, "--workers", -1), "--workers must be 0"),
     ]:
-        code, _, err = run_main(monkeypatch, capsys, *args, whole_cli=True)
+        code, _, err = run_main(monkeypatch, capsys, *args)
         assert code == 1 and message in err and len(err.strip().splitlines()) == 1, (args, err)
     assert not (tmp_path / "run").exists()
     (tmp_path / "afile").write_text("x")
     for out, message in ((tmp_path / "afile" / "x.png", f"cannot make the folder {tmp_path / 'afile'}: a file of"),
                          (tmp_path / "afile" / "d" / "x.png", "part of it is a file, not a folder")):
-        code, _, err = run_main(monkeypatch, capsys, "sample", "--preset", "tiny", "--out", out, whole_cli=True)
+        code, _, err = run_main(monkeypatch, capsys, "sample", "--preset", "tiny", "--out", out)
         assert code == 1 and message in err and len(err.strip().splitlines()) == 1, err
 
 
@@ -97,7 +97,7 @@ def test_interrupts_end_with_one_sentence(capsys, monkeypatch):
     (training, which says why it stopped) gets no second line."""
     import typer
 
-    from coordgan.cli import run_app
+    from coordgan.cli.errors import run_app
 
     def app_raising(exc):
         app = typer.Typer()

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from coordgan.correspondence import canonical_grid, chamfer_distance, lookup, lookup_fused, lookup_published
+from coordgan.correspondence import canonical_grid, lookup, lookup_published
+from coordgan.train.warp_ops import chamfer_distance
 from runtime.errors import CoordGANError
 
 
@@ -270,13 +271,13 @@ def test_cuda_matches_cpu():
         torch.testing.assert_close(p_gpu.cpu(), p_cpu, atol=1e-5, rtol=0)
 
 
-def test_lookup_fused_refuses_cpu_tensors():
+def test_cuda_impl_refuses_cpu_tensors():
     """The fused kernel path says what it needs instead of failing inside CUDA (its GPU tests: test_lookup_cuda)."""
     q = torch.zeros(1, 2, 4, 4)
     with pytest.raises(CoordGANError, match="needs CUDA tensors"):
-        lookup_fused(q, torch.zeros(1, 1, 2, 4, 4), torch.ones(1, 1, 3, 4, 4))
+        lookup(q, torch.zeros(1, 1, 2, 4, 4), torch.ones(1, 1, 3, 4, 4), impl="cuda")
     with pytest.raises(CoordGANError, match="mode must be one of"):
-        lookup_fused(q, torch.zeros(1, 1, 2, 4, 4), torch.ones(1, 1, 3, 4, 4), mode="fuzzy")
+        lookup(q, torch.zeros(1, 1, 2, 4, 4), torch.ones(1, 1, 3, 4, 4), mode="fuzzy", impl="cuda")
 
 
 # ---------------------------------------------------------------------------------- bad inputs

@@ -19,7 +19,7 @@ def test_demo_writes_every_output(tmp_path, monkeypatch, capsys):
     ckpt = save(tmp_path / "tiny.safetensors", PRESETS["tiny"], build(PRESETS["tiny"], which=("g", "e")))
     out = tmp_path / "demo"
     code, stdout, err = run_main(monkeypatch, capsys, "demo", "--ckpt", ckpt, "--out", out, "--frames", 6,
-                                 "--size", 64, whole_cli=True)
+                                 "--size", 64)
     assert code in (0, None), err
     assert "identity baseline" in stdout and "frames/s" in stdout
     for folder in ("gt", "identity", "masks"):
@@ -29,20 +29,19 @@ def test_demo_writes_every_output(tmp_path, monkeypatch, capsys):
     assert set(result) >= {"propagated", "identity baseline", "frames_per_s", "wall_s"}
     assert 0.0 <= result["identity baseline"]["J_mean"] <= 1.0
     # a shorter demo into the same folder scores its own frames only (no earlier ones left over)
-    code, _, err = run_main(monkeypatch, capsys, "demo", "--ckpt", ckpt, "--out", out, "--frames", 4, "--size", 64,
-                            whole_cli=True)
+    code, _, err = run_main(monkeypatch, capsys, "demo", "--ckpt", ckpt, "--out", out, "--frames", 4, "--size", 64)
     assert code in (0, None), err
     for folder in ("gt", "identity", "masks"):
         assert len(list((out / folder).glob("*.png"))) == 4, folder
     assert json.loads((out / "demo.json").read_text())["frames"] == 4
-    code, _, err = run_main(monkeypatch, capsys, "demo", "--ckpt", ckpt, "--out", out, "--frames", 0, whole_cli=True)
+    code, _, err = run_main(monkeypatch, capsys, "demo", "--ckpt", ckpt, "--out", out, "--frames", 0)
     assert code == 1 and "--frames 3 or more" in err and err.count("\n") == 1
     assert json.loads((out / "demo.json").read_text())["frames"] == 4  # refused up front: the last run's, intact
 
 
 def test_demo_without_checkpoint_is_one_sentence(tmp_path, monkeypatch, capsys):
     code, _, err = run_main(monkeypatch, capsys, "demo", "--ckpt", tmp_path / "none.safetensors", "--out",
-                            tmp_path / "demo", whole_cli=True)
+                            tmp_path / "demo")
     assert code == 1
     assert err.startswith("Error:") and "does not exist" in err and err.count("\n") == 1
     assert not (tmp_path / "demo").exists()
@@ -51,7 +50,7 @@ def test_demo_without_checkpoint_is_one_sentence(tmp_path, monkeypatch, capsys):
 @pytest.mark.skipif(not SHIPPED_CKPT.is_file(), reason="the shipped checkpoint is not in this checkout")
 def test_shipped_checkpoint_beats_the_identity_baseline(tmp_path, monkeypatch, capsys):
     out = tmp_path / "demo"
-    code, _, err = run_main(monkeypatch, capsys, "demo", "--out", out, "--frames", 24, whole_cli=True)
+    code, _, err = run_main(monkeypatch, capsys, "demo", "--out", out, "--frames", 24)
     assert code in (0, None), err
     result = json.loads((out / "demo.json").read_text())
     assert result["propagated"]["J_mean"] > result["identity baseline"]["J_mean"] + 0.1, result

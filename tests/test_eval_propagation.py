@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from coordgan import evaluate as ev
+from coordgan import evaluation as ev
 from coordgan.checkpoint import save
 from coordgan.config import PRESETS
 from coordgan.correspondence import canonical_grid
@@ -249,11 +249,7 @@ def ckpts(tmp_path_factory):
 
 
 def run_cli(*args):
-    code = ("import sys; sys.argv = ['coordgan', *sys.argv[1:]]\n"
-            "from coordgan.cli import app, main\n"
-            "from coordgan.eval_cli import register\n"
-            "if not any(c.name == 'eval-propagation' for c in app.registered_commands): register(app)\n"
-            "main()")
+    code = "import sys; sys.argv = ['coordgan', *sys.argv[1:]]\nfrom coordgan.cli import main\nmain()"
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300)
 
 
@@ -277,7 +273,7 @@ def test_cli_end_to_end_synthetic(ckpts, tmp_path):
 
 
 def test_cli_errors_are_one_line(ckpts, tmp_path):
-    from coordgan.eval_cli import run
+    from coordgan.evaluation.run import EvalOptions, parse_ids, run_eval
 
     full, no_enc = ckpts
     result = run_cli("eval-propagation", str(no_enc), "--data", "synthetic-faces", "--n", "6")
@@ -287,9 +283,11 @@ def test_cli_errors_are_one_line(ckpts, tmp_path):
     write_image_folder(root, 3, 16, seed=0)
     (root / "labels" / "00002.png").unlink()
     with pytest.raises(CoordGANError, match="00002.png has no label map"):
-        run(full, data=str(root), device="cpu")
+        run_eval(full, EvalOptions(data=str(root), device="cpu"))
     with pytest.raises(CoordGANError, match="--exclude"):
-        run(full, data="synthetic-faces", exclude="a,b", device="cpu")
+        parse_ids("a,b", "--exclude")
+    result = run_cli("eval-propagation", str(full), "--data", "synthetic-faces", "--exclude", "a,b")
+    assert result.returncode == 1 and "--exclude must be comma-separated class ids" in result.stderr
 
 
 def test_sparse_lookup_path_agrees_with_the_reference():
@@ -297,7 +295,7 @@ def test_sparse_lookup_path_agrees_with_the_reference():
     import torch as _torch
 
     from coordgan.correspondence import canonical_grid
-    from coordgan.evaluate import propagate
+    from coordgan.evaluation import propagate
 
     rng = _torch.Generator().manual_seed(0)
     base = canonical_grid(32, 32)

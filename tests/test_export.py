@@ -26,7 +26,7 @@ from runtime.errors import CoordGANError
 from runtime.fileio import sha256_file
 from coordgan.models import build
 from export import graph_tools
-from export.cli import app
+from coordgan.cli.export import app
 from export.onnx_export import ExportOptions, export_onnx
 from export.verify import FP16_BOUNDS, FP32_BOUNDS, make_inputs, verify_directory
 
@@ -40,8 +40,8 @@ def export_cli(*args):
 
 
 def run_cli(*args):
-    """The sub-app in a fresh interpreter, with the `coordgan` CLI's error handling."""
-    code = "import sys; sys.argv = ['coordgan-export', *sys.argv[1:]]; from export.cli import main; main()"
+    """`coordgan export ARGS` in a fresh interpreter, with the CLI's error handling."""
+    code = "import sys; sys.argv = ['coordgan', 'export', *sys.argv[1:]]; from coordgan.cli import main; main()"
     return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True,
                           timeout=120)
 
@@ -99,23 +99,10 @@ def fp16_z_export(tmp_path_factory, tiny_ckpt):
 
 def test_help_starts_without_torch_or_onnx():
     code = ("import sys; sys.modules['torch'] = None; sys.modules['onnx'] = None; "
-            "sys.argv = ['coordgan-export', '--help']; from export.cli import main; main()")
+            "sys.argv = ['coordgan', 'export', '--help']; from coordgan.cli import main; main()")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
-    assert all(cmd in result.stdout for cmd in ("onnx", "verify", "trt"))
-
-
-def test_coordgan_export_help_starts_without_torch():
-    """Once the lead registers this sub-app under `coordgan export`."""
-    from coordgan import cli
-
-    if not any(getattr(g, "name", None) == "export" for g in cli.app.registered_groups):
-        pytest.skip("export sub-app not registered in coordgan.cli yet")
-    code = ("import sys; sys.modules['torch'] = None; sys.argv = ['coordgan', 'export', '--help']; "
-            "from coordgan.cli import main; main()")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
-    assert all(cmd in result.stdout for cmd in ("onnx", "verify", "trt"))
+    assert all(cmd in result.stdout for cmd in ("onnx", "verify", "trt", "lookup"))
 
 
 def test_export_writes_models_and_manifest(fp32_export, tiny_ckpt):

@@ -84,7 +84,10 @@ def test_engine_profile_refuses_an_unknown_axis(tmp_path):
 
 
 def test_cli_writes_into_an_export_directory(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "export.cli", "lookup", "--out", str(tmp_path), "--classes", "8"],
-                            capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    assert onnx.load(str(tmp_path / "corr_lookup.onnx")).graph.node[0].op_type == "CorrLookup"
+    """--out names a folder unless it ends in .onnx: an existing one, or one made for it (`--out exported/`
+    as the README writes it, before any export)."""
+    for folder in (tmp_path, tmp_path / "exported"):
+        result = subprocess.run([sys.executable, "-m", "coordgan.cli", "export", "lookup", "--out", f"{folder}/",
+                                 "--classes", "8"], capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+        assert onnx.load(str(folder / "corr_lookup.onnx")).graph.node[0].op_type == "CorrLookup"

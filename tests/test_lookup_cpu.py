@@ -23,7 +23,7 @@ import pytest
 from runtime.errors import CoordGANError
 from runtime.bench.workload import warp_maps as warp
 from runtime.lookup import lookup
-from runtime.lookup.cpu import lookup_dense, lookup_sparse
+from runtime.lookup import lookup_dense, lookup_sparse
 
 torch = pytest.importorskip("torch")
 from coordgan.correspondence import canonical_grid  # noqa: E402
@@ -93,11 +93,11 @@ def assert_labels(labels, labels_ref, p_ref, seed, margin=1e-5):
 def test_runtime_lookup_imports_without_torch():
     code = (
         "import sys; sys.modules['torch'] = None\n"
-        "import runtime.lookup, runtime.lookup.cpu, runtime.lookup.cuda\n"
+        "import runtime.lookup, runtime.lookup.sparse, runtime.lookup.cuda\n"
         "import numpy as np\n"
         "q = np.zeros((1, 2, 4, 4), np.float32); k = np.zeros((1, 1, 2, 4, 4), np.float32)\n"
         "v = np.ones((1, 1, 3, 4, 4), np.float32)\n"
-        "runtime.lookup.lookup(q, k, v, device='cpu')\n"
+        "runtime.lookup.lookup(q, k, v, impl='sparse')\n"
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
@@ -286,7 +286,7 @@ def test_kernel_cache_falls_back_to_a_temp_dir_when_read_only():
         "c.InTreeCacheLocator.from_function = classmethod(lambda cls, f, p: None)\n"
         "c.UserWideCacheLocator.from_function = classmethod(lambda cls, f, p: None)\n"
         "import numba, tempfile\n"
-        "from runtime.lookup import _sparse_kernels as k\n"
+        "from runtime.lookup.kernels import jit as k\n"
         "assert k.CACHE and numba.config.CACHE_DIR.startswith(tempfile.gettempdir()), numba.config.CACHE_DIR\n"
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
@@ -307,13 +307,11 @@ def test_sparse_falls_back_to_dense_for_large_tau(rng):
 def test_dispatcher(rng):
     q, kmap, v = case(rng, r=1, c=3)
     p_ref, _ = ref(q, kmap, v)
-    for method in ("auto", "dense", "sparse"):
-        p, _ = lookup(q, kmap, v, tau=0.01, mode="soft", device="cpu", method=method, threads=2)
+    for impl in ("auto", "dense", "sparse"):
+        p, _ = lookup(q, kmap, v, tau=0.01, mode="soft", impl=impl, threads=2)
         assert np.abs(p - p_ref).max() <= 1e-4
-    with pytest.raises(CoordGANError):
-        lookup(q, kmap, v, device="tpu")
-    with pytest.raises(CoordGANError):
-        lookup(q, kmap, v, method="fast")
+    with pytest.raises(CoordGANError, match="impl must be one of"):
+        lookup(q, kmap, v, impl="tpu")
 
 
 @pytest.mark.parametrize("fn", [lookup_dense, lookup_sparse])

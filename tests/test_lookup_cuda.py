@@ -170,16 +170,15 @@ def test_torch_memory_and_stream(seed):
 
 
 @pytest.mark.parametrize("mode", ["soft", "hard", "topk"])
-def test_lookup_fused_on_torch_tensors(seed, mode):
-    """coordgan.correspondence.lookup_fused: the kernel behind the torch API, against lookup()."""
+def test_cuda_impl_on_torch_tensors(seed, mode):
+    """coordgan.correspondence.lookup(impl="cuda"): the kernel behind the torch API, against the reference."""
     if not torch.cuda.is_available():
         pytest.skip("torch has no CUDA here")
-    from coordgan.correspondence import lookup_fused
 
     rng = np.random.default_rng([seed, 7, ["soft", "hard", "topk"].index(mode)])
     inputs, k = draw_case(rng, mode, np.float16 if mode == "soft" else np.float32)
     tq, tk, tv = (torch.from_numpy(a).cuda() for a in inputs)
-    p, labels = lookup_fused(tq, tk, tv, mode=mode, k=k)
+    p, labels = reference(tq, tk, tv, mode=mode, k=k, impl="cuda")
     p_ref, l_ref = reference(tq, tk, tv, mode=mode, k=k)
     assert p.is_cuda and p.dtype == torch.float32 and labels.dtype == torch.int32
     compare(p.cpu().numpy(), labels.cpu().numpy(), p_ref.cpu().numpy(), l_ref.cpu().numpy(), mode, tv.shape[2],

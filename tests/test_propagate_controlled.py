@@ -52,8 +52,8 @@ def shift_encoder(path, direction=(1, 0)):
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("enc")
-    right = CorrespondenceModel(shift_encoder(root / "right.onnx", (1, 0)), lookup_device="cpu", threads=1)
-    down = CorrespondenceModel(shift_encoder(root / "down.onnx", (0, 1)), lookup_device="cpu", threads=1)
+    right = CorrespondenceModel(shift_encoder(root / "right.onnx", (1, 0)), lookup_impl="sparse", threads=1)
+    down = CorrespondenceModel(shift_encoder(root / "down.onnx", (0, 1)), lookup_impl="sparse", threads=1)
     yield {"right": right, "down": down}
     right.close()
     down.close()

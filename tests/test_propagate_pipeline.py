@@ -2,7 +2,7 @@
 
 The masks are meaningless with random weights, but everything around them is real: ONNX export,
 ONNX Runtime, PyAV decoding and encoding, the three input layouts, resume, sharding, refusals and
-`eval-video` on the outputs. Commands run in-process through `coordgan.propagate_cli.main` (the
+`eval-video` on the outputs. Commands run in-process through `coordgan.cli.main` (the
 CLI's own error handling) to save interpreter starts; one runs as a real subprocess.
 """
 
@@ -35,15 +35,12 @@ T, SIZE = 7, 64
 def exported(tmp_path_factory):
     """root/tiny.safetensors, and its encoder exported the way `--model tiny.safetensors` does it:
     once, into the cache (root/cache/onnx/<sha>/), which then serves as an export directory."""
-    from rich.console import Console
-
-    from coordgan.propagate_cli import export_checkpoint
+    from export.cache import export_dir
 
     root = tmp_path_factory.mktemp("model")
     torch.manual_seed(0)
     ckpt = save(root / "tiny.safetensors", PRESETS["tiny"], build(PRESETS["tiny"], which=("g", "e")))
-    onnx_path = export_checkpoint(ckpt, Console(quiet=True), cache=root / "cache")
-    (root / "export").symlink_to(onnx_path.parent)
+    (root / "export").symlink_to(export_dir(ckpt, "encoder", cache=root / "cache"))
     return root
 
 
@@ -191,7 +188,7 @@ def test_sigterm_stops_a_real_process_cleanly(exported, data, tmp_path):
     frames.mkdir()
     for t in range(240):  # long enough to be mid-run when the signal comes
         shutil.copy(root / "frames" / f"img_{t % T:03d}.jpg", frames / f"f{t:04d}.jpg")
-    proc = subprocess.Popen([sys.executable, "-m", "coordgan.propagate_cli", "propagate", str(frames), "--model",
+    proc = subprocess.Popen([sys.executable, "-m", "coordgan.cli", "propagate", str(frames), "--model",
                              str(exported / "export"), "--ref", str(root / "ref.png"), "--out", str(out),
                              "--batch", "1", "--save-probs"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
@@ -213,7 +210,7 @@ def test_python_api_resume_with_a_hook(exported, data, tmp_path):
         if done == 3:
             raise KeyboardInterrupt
 
-    with CorrespondenceModel(exported / "export" / "encoder.onnx", lookup_device="cpu") as model:
+    with CorrespondenceModel(exported / "export" / "encoder.onnx", lookup_impl="sparse") as model:
         straight = propagate_sequence(model, frames, refs, tmp_path / "a", opts)
         with pytest.raises(KeyboardInterrupt):
             propagate_sequence(model, frames, refs, tmp_path / "b", opts, on_frame=stop)
@@ -292,7 +289,7 @@ def test_a_real_process_prints_no_traceback(exported, data, tmp_path):
     root, _, _ = data
     junk = tmp_path / "junk.mkv"
     junk.write_bytes(b"\x1aE\xdf\xa3 broken matroska" * 40)
-    result = subprocess.run([sys.executable, "-m", "coordgan.propagate_cli", "propagate", str(junk), "--model",
+    result = subprocess.run([sys.executable, "-m", "coordgan.cli", "propagate", str(junk), "--model",
                              str(exported / "export"), "--ref", str(root / "ref.png"), "--out", str(tmp_path / "o")],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 1 and result.stderr.startswith("Error: Video") and "Traceback" not in result.stderr

@@ -10,7 +10,7 @@ from onnx import TensorProto, helper
 
 from runtime.errors import CoordGANError
 from runtime.backends import backend_for, open_backend
-from runtime.backends.triton_backend import parse_url
+from runtime.backends.triton_backend import TritonBackend, parse_address
 from runtime.propagation.preprocess import resize_frames, to_unit_range
 
 
@@ -44,10 +44,15 @@ def test_unknown_artifact_and_backend_are_one_sentence_errors(tmp_path):
 
 
 def test_triton_urls():
-    assert parse_url("triton://localhost:8001/coordgan_encoder") == ("grpc", "localhost:8001", "coordgan_encoder", "")
-    assert parse_url("triton+http://h:8000/m@2") == ("http", "h:8000", "m", "2")
-    with pytest.raises(CoordGANError, match="not a Triton address"):
-        parse_url("http://h:8000/m")
+    """One reading of a Triton address, for the backend (which needs a model in it) and the load test."""
+    assert parse_address("triton://localhost:8001/coordgan_encoder") == ("grpc", "localhost:8001", "coordgan_encoder",
+                                                                         "")
+    assert parse_address("triton+http://h:8000/m@2") == ("http", "h:8000", "m", "2")
+    assert parse_address("http://h:8000/m") == ("http", "h:8000", "m", "")
+    with pytest.raises(CoordGANError, match="not a Triton server address"):
+        parse_address("ftp://h:8000/m")
+    with pytest.raises(CoordGANError, match="names no model"):
+        TritonBackend("triton://h:8001")
 
 
 def test_triton_backend_without_a_server_says_so():

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_torchrun_two_processes_gloo(tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "coordgan.train", "train", "--preset", "tiny", "--data", "synthetic-faces", "--out", str(out),
+           "-m", "coordgan.cli", "train", "--preset", "tiny", "--data", "synthetic-faces", "--out", str(out),
            "--steps", "3", "--batch", "4", "--ckpt-every", "2", "--lpips-net", "alex", "--lpips-random-backbone",
            "--workers", "0", "--device", "cpu"]
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)

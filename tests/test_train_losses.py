@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from coordgan.config import PRESETS
-from coordgan.correspondence import canonical_grid, lookup, soft_warp
+from coordgan.correspondence import canonical_grid, lookup
+from coordgan.train.warp_ops import soft_warp
 from runtime.errors import CoordGANError
 from coordgan.models import build
 from coordgan.train import losses as L

@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import typer
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -24,6 +23,7 @@ from coordgan.checkpoint import load, save
 from coordgan.config import PRESETS
 from runtime.errors import CoordGANError
 from coordgan.models import build
+from coordgan.cli import app
 from coordgan.train.commands import Common, train_encoder, train_generator
 from coordgan.train.data import ImageFolder, ResumableLoader
 from coordgan.train.perceptual import backbone_file_name, build_lpips
@@ -56,14 +56,6 @@ def assert_same_networks(a: Path, b: Path) -> None:
         assert sa.keys() == sb.keys()
         for name in sa:
             assert torch.equal(sa[name], sb[name]), f"{key}.{name} differs"
-
-
-def _app() -> typer.Typer:
-    from coordgan.train.cli import register
-
-    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
-    register(app)
-    return app
 
 
 # -- exact resume ---------------------------------------------------------------------------------
@@ -149,7 +141,7 @@ def test_sigterm_to_the_process_group_writes_a_checkpoint(tmp_path):
     """SIGTERM to the whole process group (docker stop, Slurm, a terminal's Ctrl-C do that), data
     workers included: the trainer still finishes the step, checkpoints and exits 128 + 15."""
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "coordgan.train", "train", "--preset", "tiny", "--data", "synthetic-faces",
+    cmd = [sys.executable, "-m", "coordgan.cli", "train", "--preset", "tiny", "--data", "synthetic-faces",
            "--out", str(out), "--steps", "100000", "--batch", "2", "--ckpt-every", "100000",
            "--lpips-net", "alex", "--lpips-random-backbone", "--workers", "1", "--device", "cpu"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -237,7 +229,7 @@ def test_missing_lpips_weights_stop_before_step_0(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
     name, _ = backbone_file_name("vgg")
     out = tmp_path / "run"
-    result = CliRunner().invoke(_app(), ["train", "--preset", "tiny", "--data", "synthetic-faces", "--out", str(out),
+    result = CliRunner().invoke(app, ["train", "--preset", "tiny", "--data", "synthetic-faces", "--out", str(out),
                                          "--steps", "2", "--batch", "2", "--workers", "0", "--device", "cpu"])
     assert isinstance(result.exception, CoordGANError)
     message = str(result.exception)
@@ -282,7 +274,7 @@ def test_cli_train_writes_checkpoints_logs_and_samples(tmp_path):
     args = ["train", "--preset", "tiny", "--data", "synthetic-faces", "--out", str(out), "--steps", "2",
             "--batch", "2", "--sample-every", "1", "--ckpt-every", "1", "--lpips-net", "alex",
             "--lpips-random-backbone", "--workers", "0", "--device", "cpu"]
-    result = CliRunner().invoke(_app(), args)
+    result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in (out / "samples").iterdir()) == ["step_000001.png", "step_000002.png"]
     assert Image.open(out / "samples" / "step_000002.png").size[0] > 64
@@ -307,8 +299,7 @@ def test_cli_train_writes_checkpoints_logs_and_samples(tmp_path):
 
 def test_cli_help_does_not_import_torch():
     code = ("import sys; sys.modules['torch'] = None\n"
-            "import typer\nfrom typer.testing import CliRunner\nfrom coordgan.train.cli import register\n"
-            "app = typer.Typer(); register(app)\n"
+            "from typer.testing import CliRunner\nfrom coordgan.cli import app\n"
             "for cmd in (['--help'], ['train', '--help'], ['train-encoder', '--help']):\n"
             "    r = CliRunner().invoke(app, cmd); assert r.exit_code == 0, r.output\n")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)

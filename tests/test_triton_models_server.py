@@ -121,7 +121,7 @@ def test_lookup_and_frame_labels_equal_the_runtime(client, local):
     x = images(2, seed=5)
     ref_maps, ref_probs = memory(local["encoder"], 2)
     query = local["encoder"].run({"image": x})["corr_map"]
-    want_probs, want_labels = lookup(query, ref_maps, ref_probs, tau=0.01, mode="soft", device="cpu")
+    want_probs, want_labels = lookup(query, ref_maps, ref_probs, tau=0.01, mode="soft", impl="sparse")
     assert len(np.unique(want_labels)) > 1  # the maps vary, so the comparison means something
     got = infer(*client, "coordgan_corr_lookup", {"query": query, "ref_maps": ref_maps, "ref_probs": ref_probs},
                 ["probs", "labels"])
@@ -194,5 +194,5 @@ def test_a_bad_request_in_a_batch_fails_alone(served, local):
                 with pytest.raises(InferenceServerException, match="query contains NaN or Inf"):
                     request.get_result()
             else:
-                want, _ = lookup(q, ref_maps, ref_probs, tau=0.01, device="cpu")
+                want, _ = lookup(q, ref_maps, ref_probs, tau=0.01, impl="sparse")
                 np.testing.assert_allclose(request.get_result().as_numpy("probs"), want, atol=ATOL, rtol=0)

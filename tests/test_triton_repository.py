@@ -12,16 +12,16 @@ import sys
 import numpy as np
 import onnx
 import pytest
-import typer
 from google.protobuf import text_format
 from tritonclient.grpc.model_config_pb2 import DataType, ModelConfig, ModelInstanceGroup
 from typer.testing import CliRunner
+
+from coordgan.cli import app
 
 from runtime.errors import CoordGANError
 from export.lookup_onnx import write_lookup_model
 from export_helpers import export_tiny
 from triton_models import pbtxt
-from triton_models.build_cli import register
 from triton_models.models.base import run_batched
 from triton_models.repository import BuildOptions, build_repository
 
@@ -242,10 +242,7 @@ def test_bad_inputs_are_refused(tmp_path, exported):
 
 
 def test_cli_builds_and_reports(tmp_path, exported):
-    parent = typer.Typer()
-    parent.command("noop")(lambda: None)  # a second command keeps `triton` a sub-command, as in `coordgan`
-    register(parent)
-    result = CliRunner().invoke(parent, ["triton", "build", "--models", str(exported), "--backend", "onnxruntime",
+    result = CliRunner().invoke(app, ["triton", "build", "--models", str(exported), "--backend", "onnxruntime",
                                          "--out", str(tmp_path / "repo"), "--max-batch", "4",
                                          "--preferred-batch", "2,4", "--no-video"])
     assert result.exit_code == 0, result.output

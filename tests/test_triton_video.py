@@ -152,7 +152,7 @@ def test_a_label_learnt_mid_sequence_changes_nothing_else():
     first[4:12, 4:14], first[14:20, 6:20] = 3, 200
     later = first.copy()
     later[2:8, 16:22] = 7  # a label the first mask lacks, below 200: channels shift
-    cpu = lambda *a, **kw: lookup(*a, device="cpu", **kw)  # noqa: E731
+    cpu = lambda *a, **kw: lookup(*a, impl="sparse", **kw)  # noqa: E731
     runs = [Propagator(cpu, memory=1, labels=[0, 3, 7, 200]), Propagator(cpu, memory=1)]
     masks = []
     for step in runs:

@@ -69,9 +69,10 @@ class TorchRunner(Runner):
                        "published": "encoder + full generator + norm/softmax/einsum lookup per frame"}[backend]
         # eager torch on a GPU looks up with the fused kernel (what a deployment would run; it takes
         # C <= 64); compile keeps the torch formulation, which is what it can trace
-        from runtime.lookup import cuda_available
+        from runtime.lookup import cuda_available, spec
 
-        self.fused_lookup = self.uses_gpu and backend == "torch" and workload.classes <= 64 and cuda_available()
+        self.fused_lookup = (self.uses_gpu and backend == "torch" and cuda_available()
+                             and spec.kernel_limit(workload.classes, "soft", None) is None)
         if workload.target in ("lookup", "pipeline") and backend != "published":
             self.detail += ", fused CUDA lookup kernel" if self.fused_lookup else ", chunked reference lookup"
         self._call = None
@@ -81,12 +82,9 @@ class TorchRunner(Runner):
         torch, wl = self.torch, self.workload
         import torch.nn.functional as F
 
-        from coordgan.correspondence import lookup_published
+        from coordgan.correspondence import lookup, lookup_published
 
-        if self.fused_lookup:
-            from coordgan.correspondence import lookup_fused as lookup
-        else:
-            from coordgan.correspondence import lookup
+        impl = "cuda" if self.fused_lookup else "reference"
 
         if wl.target == "encoder":
             def fn(image):
@@ -97,7 +95,7 @@ class TorchRunner(Runner):
                 return self.generator(w_texture, w_struct, input_is_w=True, noise_mode="const")[0]
         elif wl.target == "lookup":
             def fn(q, k, v):
-                return lookup(q, k, v, tau=wl.tau, mode="soft")[1]
+                return lookup(q, k, v, tau=wl.tau, mode="soft", impl=impl)[1]
         else:
             size, hw = wl.size, wl.frame_size
             published = self.backend == "published"
@@ -115,7 +113,7 @@ class TorchRunner(Runner):
                                        for i in range(corr.shape[0])])
                 else:
                     corr = self.generator.warp(w_struct).float()
-                    probs = lookup(corr, k, v, tau=wl.tau, mode="soft")[0]
+                    probs = lookup(corr, k, v, tau=wl.tau, mode="soft", impl=impl)[0]
                 if tuple(probs.shape[2:]) != tuple(hw):
                     probs = F.interpolate(probs, size=hw, mode="bilinear", align_corners=False)
                 return probs.argmax(dim=1)

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import autograd
 
-from coordgan.correspondence import chamfer_distance, soft_warp
+from coordgan.train.warp_ops import chamfer_distance, soft_warp
 
 # -- image GAN --------------------------------------------------------------------------------------
 

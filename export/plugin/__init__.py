@@ -1,5 +1,6 @@
-"""The fused correspondence-lookup kernel (corr_lookup.cu) and its TensorRT plugin (trt_plugin.py).
+"""The TensorRT plugin of the fused correspondence lookup (trt_plugin.py).
 
-The .cu is data: runtime.lookup.cuda compiles it with NVRTC at run time; trt_plugin embeds its PTX
-in TensorRT engines. Nothing here imports torch or TensorRT at import time.
+The kernel is runtime/lookup/corr_lookup.cu: runtime.lookup.cuda compiles it with NVRTC at run
+time, and the plugin embeds its PTX in TensorRT engines. Nothing here imports torch or TensorRT
+at import time.
 """

@@ -2,11 +2,11 @@
 
 A TensorRT 10 "quickly deployable plugin" (``tensorrt.plugin``) with an ahead-of-time
 implementation: at engine build time :func:`register` hands TensorRT the kernel's PTX (compiled
-from ``corr_lookup.cu`` by NVRTC for the build GPU), the entry-point name, the launch geometry
+from ``runtime/lookup/corr_lookup.cu`` by NVRTC for the build GPU), the entry-point name, the launch geometry
 and the scalar arguments as symbolic shape expressions. TensorRT embeds all of it in the engine,
 so running the engine needs neither Python nor this package.
 
-Plugin contract (the op of ``coordgan.correspondence.lookup``):
+Plugin contract (the op of ``runtime.lookup.spec``):
     inputs   query (N, 2, Hq, Wq), ref_maps (N, R, 2, Hk, Wk), ref_probs (N, R, C, Hk, Wk),
              all float32 or all float16, linear layout
     outputs  probs (N, C, Hq, Wq) float32, labels (N, Hq, Wq) int32
@@ -92,19 +92,19 @@ def register() -> None:
         outputs: Tuple[trtp.TensorDesc],
         tactic: int,
     ) -> Tuple[Union[str, bytes], Union[str, bytes], trtp.KernelLaunchParams, trtp.SymExprs]:
-        from runtime.lookup import cpu
+        from runtime.lookup import spec
 
         q, kk, v = query.shape_expr, ref_maps.shape_expr, ref_probs.shape_expr
         c = _constant(v[2], "class count C (ref_probs dimension 2)")
-        tau = cpu.check_tau(tau)
-        if mode not in cpu.MODES:
-            cpu.check_mode(mode, None, 1)  # raises the standard sentence
+        tau = spec.check_tau(tau)
+        if mode not in spec.MODES:
+            spec.check_mode(mode, None, 1)  # raises the standard sentence
         k_arg = 0
         if mode == "topk":
-            if not 1 <= k <= cl.TOPK_MAX:
+            if not 1 <= k <= spec.MAX_TOPK:
                 from runtime.errors import CoordGANError
 
-                raise CoordGANError(f"CorrLookup topk keeps 1 to {cl.TOPK_MAX} neighbours, got k = {k}.")
+                raise CoordGANError(f"CorrLookup topk keeps 1 to {spec.MAX_TOPK} neighbours, got k = {k}.")
             k_arg = k
         dtype = "float16" if query.dtype == trt.float16 else "float32"
         name = cl.kernel_name(mode, dtype, c)

@@ -22,8 +22,10 @@ BACKENDS = ("onnxruntime", "tensorrt", "triton")
 
 def backend_for(artifact: str) -> str:
     """The backend an artifact implies."""
+    from runtime.backends.triton_backend import SCHEMES
+
     text = str(artifact)
-    if text.split("://", 1)[0] in ("triton", "triton+grpc", "triton+http"):
+    if "://" in text and text.split("://", 1)[0] in SCHEMES:
         return "triton"
     suffix = Path(text).suffix.lower()
     if suffix == ".onnx":

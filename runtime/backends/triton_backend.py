@@ -1,7 +1,8 @@
 """Triton backend: a model on a Triton Inference Server, through tritonclient (gRPC or HTTP).
 
-Addresses: `triton://host:port/model` (gRPC), `triton+grpc://...`, `triton+http://...`; an
-optional `@version` after the model name. The server scales the work over its GPUs and
+Addresses (parse_address, the one reading of them): `triton://host:port/model` (gRPC),
+`triton+grpc://...`, `triton+http://...`, `grpc://`, `http://`, or `host:port/model`; an optional
+`@version` after the model name. The server scales the work over its GPUs and
 instances; this side only sends named numpy arrays and reads named results.
 """
 
@@ -16,33 +17,64 @@ from runtime.backends.base import Backend, TensorSpec
 
 _TRITON_TYPES = {"FP32": np.float32, "FP16": np.float16, "FP64": np.float64, "UINT8": np.uint8,
                  "INT8": np.int8, "INT32": np.int32, "INT64": np.int64, "BOOL": np.bool_}
-SCHEMES = ("triton", "triton+grpc", "triton+http")
+# scheme -> protocol; an address without a scheme (HOST:PORT) takes the caller's, else gRPC
+SCHEMES = {"triton": "grpc", "triton+grpc": "grpc", "grpc": "grpc", "triton+http": "http", "http": "http"}
+PROTOCOLS = ("grpc", "http")
 
 
-def parse_url(url: str) -> tuple[str, str, str, str]:
-    """'triton+http://h:8000/model@2' -> (protocol, 'h:8000', model, version)."""
-    parts = urlparse(url)
-    if parts.scheme not in SCHEMES or not parts.netloc or not parts.path.strip("/"):
-        raise CoordGANError(f"{url!r} is not a Triton address; write triton://host:port/model "
-                            "(or triton+http://... for HTTP).")
-    protocol = "http" if parts.scheme == "triton+http" else "grpc"
+def parse_address(url: str, protocol: str | None = None) -> tuple[str, str, str, str]:
+    """The one reading of a Triton address, for every command that takes one.
+
+    'HOST:PORT', 'triton://h:p' (gRPC), 'triton+http://h:p/model@2', 'grpc://h:p', 'http://h:p/model'
+    -> (protocol, 'h:p', model or '', version or ''). `protocol` (grpc | http) must agree with the
+    scheme's; a plain HOST:PORT takes it (default gRPC).
+    """
+    text = str(url).strip()
+    parts = urlparse(text if "://" in text else "none://" + text)
+    try:
+        port = parts.port
+    except ValueError:  # a port that is not a number
+        port = None
+    if parts.scheme not in (*SCHEMES, "none") or not parts.hostname or port is None:
+        raise CoordGANError(f"{url!r} is not a Triton server address; write HOST:PORT or triton://host:port[/model] "
+                            "(triton+http://... for HTTP).")
+    if protocol is not None and protocol not in PROTOCOLS:
+        raise CoordGANError(f"--protocol must be grpc or http, not {protocol!r}.")
+    implied = SCHEMES.get(parts.scheme)
+    if protocol and implied and protocol != implied:
+        raise CoordGANError(f"{url!r} is a {implied} address but --protocol says {protocol}.")
     model, _, version = parts.path.strip("/").partition("@")
-    return protocol, parts.netloc, model, version
+    return protocol or implied or "grpc", parts.netloc, model, version
+
+
+def client_module(protocol: str):
+    """tritonclient.grpc or tritonclient.http, or one sentence saying how to install it."""
+    try:
+        if protocol == "http":
+            import tritonclient.http as module
+        else:
+            import tritonclient.grpc as module
+    except ImportError:
+        raise CoordGANError(f"Talking to Triton needs tritonclient[{protocol}]; install it with: "
+                            "pip install 'coordgan-deploy[runtime]'.") from None
+    return module
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:240].rstrip(".")
 
 
 class TritonBackend(Backend):
     name = "triton"
 
-    def __init__(self, url: str, timeout_s: float = 30.0):
-        protocol, self.host, self.model, self.version = parse_url(url)
-        try:
-            if protocol == "http":
-                import tritonclient.http as client
-            else:
-                import tritonclient.grpc as client
-        except ImportError:
-            raise CoordGANError("The triton backend needs tritonclient; install it with: "
-                                "pip install 'coordgan-deploy[runtime]'.") from None
+    def __init__(self, url: str, model: str | None = None, timeout_s: float = 30.0):
+        """url: a Triton address (parse_address); model: the model when the address names none."""
+        protocol, self.host, url_model, self.version = parse_address(url)
+        self.model = url_model or model
+        if not self.model:
+            raise CoordGANError(f"{url!r} names no model; write triton://host:port/model (or triton+http://...).")
+        client = client_module(protocol)
         self.client_mod = client
         self.protocol = protocol
         self.timeout_s = timeout_s

@@ -33,7 +33,7 @@ def add_published_ratios(rows) -> None:
         r["vs_published"] = r["throughput"] / ref if ref else None
 
 
-def _fmt(value, digits=1):
+def fmt(value, digits=1):
     if value is None:
         return "-"
     if isinstance(value, float):
@@ -63,10 +63,10 @@ def render_table(rows, title: str = "coordgan bench", console=None) -> None:
         table.add_column("vs published", justify="right")
     table.add_column("notes", overflow="fold")
     for r in ok_rows(rows):
-        cells = [r["target"], r["backend"], str(r["batch"]), _fmt(r["p50_ms"]), _fmt(r["p90_ms"]),
-                 _fmt(r["p99_ms"]), _fmt(r["mean_ms"]), _fmt(r["throughput"], 2), _fmt(r["host_peak_mb"])]
+        cells = [r["target"], r["backend"], str(r["batch"]), fmt(r["p50_ms"]), fmt(r["p90_ms"]),
+                 fmt(r["p99_ms"]), fmt(r["mean_ms"]), fmt(r["throughput"], 2), fmt(r["host_peak_mb"])]
         if has_gpu:
-            cells.append(_fmt(r.get("gpu_peak_mb")))
+            cells.append(fmt(r.get("gpu_peak_mb")))
         if has_ratio:
             ratio = r.get("vs_published")
             cells.append("-" if ratio is None else f"{ratio:.1f}x")
@@ -153,9 +153,9 @@ def render_compare(rows, name_a: str, name_b: str, console=None) -> None:
                  "a items/s", "b items/s", "items/s b/a"):
         table.add_column(name, justify="left" if name in ("target", "backend") else "right")
     for r in rows:
-        table.add_row(r["target"], r["backend"], str(r["batch"]), _fmt(r["a_p50_ms"]), _fmt(r["b_p50_ms"]),
-                      _fmt(r["p50_ratio"], 3), _fmt(r["mean_ratio"], 3), _fmt(r["a_throughput"], 2),
-                      _fmt(r["b_throughput"], 2), _fmt(r["throughput_ratio"], 3))
+        table.add_row(r["target"], r["backend"], str(r["batch"]), fmt(r["a_p50_ms"]), fmt(r["b_p50_ms"]),
+                      fmt(r["p50_ratio"], 3), fmt(r["mean_ratio"], 3), fmt(r["a_throughput"], 2),
+                      fmt(r["b_throughput"], 2), fmt(r["throughput_ratio"], 3))
     console.print(table)
 
 

@@ -28,7 +28,8 @@ class BackendRunner(Runner):
         self.backend = name
         self.workload = workload
         self.model = model
-        self.lookup_device = lookup_device
+        # the lookup beside a GPU backend is the kernel; beside a CPU one the --lookup-method path
+        self.lookup_impl = "cuda" if lookup_device == "cuda" else workload.cpu_lookup_impl
         self.device = model.device if model is not None else lookup_device
         self.uses_gpu = "cuda" in self.device or lookup_device == "cuda" or name == "trt"
         if workload.target == "lookup" or workload.target == "pipeline":
@@ -39,8 +40,7 @@ class BackendRunner(Runner):
     def _lookup(self, q, k, v):
         from runtime.lookup import lookup
 
-        method = "auto" if self.lookup_device == "cuda" else self.workload.lookup_method
-        return lookup(q, k, v, tau=self.workload.tau, mode="soft", device=self.lookup_device, method=method)
+        return lookup(q, k, v, tau=self.workload.tau, mode="soft", impl=self.lookup_impl)
 
     def _image_feed(self, frames_or_image):
         """The encoder's feed from float NCHW images: uint8 NHWC if the graph takes frames."""
@@ -154,10 +154,8 @@ def open_runtime_runner(backend: str, workload: Workload, *, onnx_dir=None, trt_
                 raise Skip("the lookup is not served as a model of its own; time it with ort-cpu / ort-cuda")
             from runtime.backends.triton_backend import TritonBackend
 
-            address = url.rstrip("/")
-            if address.count("/") < 3:  # triton://host:port -> the target's model
-                address = f"{address}/{model_name}"
-            return BackendRunner(backend, workload, TritonBackend(address), lookup_device="cpu")
+            # triton://host:port serves the target's model under its own name
+            return BackendRunner(backend, workload, TritonBackend(url, model=model_name), lookup_device="cpu")
     except CoordGANError as exc:
         raise Skip(str(exc).rstrip(".")) from None
     raise Skip(f"unknown backend {backend!r}")

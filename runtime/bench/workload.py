@@ -58,6 +58,11 @@ class Workload:
             raise CoordGANError("--refs and --classes must be positive and --tau greater than 0.")
 
     @property
+    def cpu_lookup_impl(self) -> str:
+        """The runtime.lookup path of --lookup-method (auto: sparse, which runs dense where that is faster)."""
+        return "sparse" if self.lookup_method == "auto" else self.lookup_method
+
+    @property
     def frame_size(self) -> tuple[int, int]:
         return self.frame_hw or (self.size, self.size)
 

@@ -1,42 +1,72 @@
-"""Correspondence lookup without torch: numpy on the CPU (dense or sparse), the fused kernel on a GPU.
-
-One semantics, defined by ``coordgan.correspondence.lookup`` (torch): Q (N, 2, Hq, Wq), K (N, R, 2,
-Hk, Wk), V (N, R, C, Hk, Wk) -> P (N, C, Hq, Wq) float32, labels (N, Hq, Wq) int32.
+"""The correspondence lookup, in one place: its spec, the dense / sparse / CUDA paths, one dispatch.
 
     from runtime.lookup import lookup
-    p, labels = lookup(q, k, v, tau=0.01, mode="soft")           # numpy in, numpy out
+    p, labels = lookup(q, k, v, tau=0.01, mode="soft")            # numpy in, numpy out
 
-The CPU's sparse path is compiled with numba (``runtime/lookup/_sparse_kernels.py``, cached on
-disk after the first call). ``device="cuda"`` runs the fused kernel (needs cuda-python and a GPU;
-numpy arrays are copied in and out). To run on device memory another framework owns, use
-:func:`runtime.lookup.cuda.lookup_device` with raw pointers.
+    spec.py          the op's definition, limits and argument rules (read by every path)
+    inputs.py        numpy inputs checked and laid out for the CPU paths
+    dense.py         every pair, numpy, exact
+    sparse.py        only the pairs that can carry weight (numba kernels in kernels/), bounded error
+    cuda.py          the fused kernel corr_lookup.cu through cuda-python (also the TensorRT plugin's)
+
+The torch reference that defines the semantics is ``coordgan.correspondence.lookup`` (a layer up:
+this package never imports torch); its ``impl=`` hands torch tensors to the paths here.
 """
 
 from __future__ import annotations
 
 from runtime.errors import CoordGANError
-from runtime.lookup.cpu import MODES, default_threads, lookup_dense, lookup_sparse
+from runtime.lookup import spec
+from runtime.lookup.dense import lookup_dense
+from runtime.lookup.sparse import default_threads, lookup_sparse
+from runtime.lookup.spec import IMPLS, MODES
 
-__all__ = ["MODES", "lookup", "lookup_dense", "lookup_sparse", "cuda_available", "default_threads"]
+__all__ = ["IMPLS", "MODES", "lookup", "lookup_dense", "lookup_sparse", "choose_impl", "impl_for_device",
+           "cuda_available", "default_threads"]
 
-_DEVICES = ("auto", "cpu", "cuda")
-_METHODS = ("auto", "dense", "sparse")
+# What the `device` options of the CLI and the Triton models mean for the lookup.
+_DEVICE_IMPL = {"auto": "auto", "cpu": "sparse", "cuda": "cuda"}
 
 
 def cuda_available() -> bool:
     """True when cuda-python is importable and a CUDA GPU answers (never raises)."""
-    try:
-        from runtime.lookup import cuda as _cuda
-    except Exception:  # pragma: no cover - the module itself is import-safe
-        return False
-    return _cuda.available()
+    from runtime import cuda_driver
+
+    return cuda_driver.available()
 
 
-def _fits_kernel(ref_probs, mode: str, k) -> bool:
-    shape = getattr(ref_probs, "shape", ())
-    if len(shape) != 5 or shape[2] > 64:
-        return False
-    return not (mode == "topk" and isinstance(k, int) and k > 64)
+def impl_for_device(device: str) -> str:
+    """auto -> auto, cpu -> sparse (which runs dense itself where that is faster), cuda -> cuda."""
+    if device not in _DEVICE_IMPL:
+        raise CoordGANError(f"device must be one of 'auto', 'cpu' or 'cuda', got {device!r}.")
+    return _DEVICE_IMPL[device]
+
+
+def choose_impl(impl: str, *, classes: int, mode: str = "soft", k: int | None = None,
+                on_gpu: bool | None = None) -> str:
+    """The path that runs: dense, sparse or cuda.
+
+    "auto" is the fused kernel when the data is on a GPU (on_gpu True), or when it is on the host
+    (on_gpu None) and cuda-python finds a GPU, as long as the op fits the kernel (C <= 64, k <= 64);
+    otherwise sparse. "cuda" for an op the kernel cannot run is an error, as is "dense" or
+    "sparse" for data on a GPU.
+    """
+    spec.check_impl(impl)
+    limit = spec.kernel_limit(classes, mode, k)
+    if impl == "auto":
+        if on_gpu:
+            if limit:
+                raise CoordGANError(f"No lookup path takes these GPU tensors: {limit}.")
+            return "cuda"
+        return "cuda" if limit is None and on_gpu is None and cuda_available() else "sparse"
+    if impl == "cuda" and limit:
+        raise CoordGANError(f"impl='cuda' cannot run this lookup: {limit}.")
+    if impl == "cuda" and on_gpu is False:
+        raise CoordGANError("impl='cuda' runs the CUDA kernel and needs CUDA tensors; use impl='reference', 'dense' "
+                            "or 'sparse' on the CPU.")
+    if on_gpu and impl != "cuda":
+        raise CoordGANError(f"impl={impl!r} runs on the CPU; these tensors are on a GPU (use impl='cuda' or 'auto').")
+    return impl
 
 
 def lookup(
@@ -47,42 +77,37 @@ def lookup(
     tau: float = 0.01,
     mode: str = "soft",
     k: int | None = None,
-    device: str = "auto",
-    method: str = "auto",
+    impl: str = "auto",
     tol: float = 1e-4,
     threads: int | None = None,
+    info: dict | None = None,
 ):
     """Propagate label probabilities from reference pixels to query pixels (numpy arrays).
 
     Args:
-        query, ref_maps, ref_probs: Q, K, V numpy arrays (see the module docstring).
-        tau, mode, k: as in the torch reference (softmax temperature, "soft"/"hard"/"topk", k).
-        device: "cpu", "cuda", or "auto" (the GPU kernel when cuda-python and a GPU are there and
-            the op fits it, C <= 64 and k <= 64; else the CPU).
-        method: CPU only: "dense" (exact), "sparse" (per query, skips the pixels whose total weight
-            is provably below ``tol``; exact for hard/topk; compiled with numba, and the dense path
-            where numba is missing), or "auto" (= sparse, which falls back to dense itself where
-            that is faster).
+        query, ref_maps, ref_probs: Q (N, 2, Hq, Wq), K (N, R, 2, Hk, Wk), V (N, R, C, Hk, Wk).
+        tau, mode, k: softmax temperature, "soft" / "hard" / "topk", k for topk (runtime.lookup.spec).
+        impl: "dense" (exact), "sparse" (skips the pixels whose total weight is provably below
+            ``tol``; exact for hard/topk; runs dense itself where that is faster or numba is
+            missing), "cuda" (the fused kernel: needs cuda-python and a GPU; arrays are copied in
+            and out), or "auto" (cuda where it runs and the op fits it, else sparse).
         tol: neglected softmax mass per query allowed to the sparse path.
         threads: CPU threads of the sparse path (default: the CPUs available, capped by
-            OMP_NUM_THREADS); the dense path's BLAS follows its own settings (OPENBLAS_NUM_THREADS...).
+            OMP_NUM_THREADS); the dense path's BLAS follows its own settings.
+        info: a dict the sparse path fills with what it did (see ``lookup_sparse``), and every path
+            with ``impl``.
 
     Returns:
         P (N, C, Hq, Wq) float32 and labels (N, Hq, Wq) int32, numpy.
     """
-    if device not in _DEVICES:
-        raise CoordGANError(f"device must be one of 'auto', 'cpu' or 'cuda', got {device!r}.")
-    if method not in _METHODS:
-        raise CoordGANError(f"method must be one of 'auto', 'dense' or 'sparse', got {method!r}.")
-    if device == "auto":
-        # the kernel covers C <= 64 and k <= 64; a CPU method asked for by name means the CPU
-        device = "cuda" if method == "auto" and _fits_kernel(ref_probs, mode, k) and cuda_available() else "cpu"
-    if device == "cuda":
-        if method != "auto":
-            raise CoordGANError(f"method={method!r} chooses between CPU paths; use device='cpu' with it.")
-        from runtime.lookup import cuda as _cuda
+    classes = getattr(ref_probs, "shape", (0, 0, 0))[2] if getattr(ref_probs, "ndim", 0) == 5 else 0
+    chosen = choose_impl(impl, classes=classes, mode=mode, k=spec.as_int(k))
+    if info is not None:
+        info["impl"] = chosen
+    if chosen == "cuda":
+        from runtime.lookup import cuda
 
-        return _cuda.lookup_numpy(query, ref_maps, ref_probs, tau=tau, mode=mode, k=k)
-    if method == "dense":
+        return cuda.lookup_numpy(query, ref_maps, ref_probs, tau=tau, mode=mode, k=k)
+    if chosen == "dense":
         return lookup_dense(query, ref_maps, ref_probs, tau=tau, mode=mode, k=k)
-    return lookup_sparse(query, ref_maps, ref_probs, tau=tau, mode=mode, k=k, tol=tol, threads=threads)
+    return lookup_sparse(query, ref_maps, ref_probs, tau=tau, mode=mode, k=k, tol=tol, threads=threads, info=info)

@@ -1,6 +1,6 @@
 """The fused correspondence-lookup kernel on a GPU, through cuda-python (driver API + NVRTC), no torch.
 
-The kernel source is ``export/plugin/corr_lookup.cu`` (read that header for the semantics, the entry
+The kernel source is ``corr_lookup.cu`` beside this file (read that header for the semantics, the entry
 points and the launch configuration). It is compiled at run time, never shipped compiled: NVRTC
 (from cuda-python) turns it into PTX for the device's architecture, cached under
 ``$COORDGAN_CACHE`` (default ``~/.cache/coordgan``) keyed by source hash, architecture and NVRTC
@@ -12,7 +12,7 @@ Two ways in:
 * :func:`lookup_device` takes raw device pointers (ints) and a stream handle, so memory owned by
   any framework works (torch ``t.data_ptr()`` / ``torch.cuda.current_stream().cuda_stream``,
   CuPy ``a.data.ptr``, TensorRT bindings...). It validates shapes and attributes but cannot see
-  the values; run the checks of :func:`runtime.lookup.cpu.prepare` (NaN/Inf, range, V >= 0)
+  the values; run the value checks of :mod:`runtime.lookup.spec` (NaN/Inf, range, V >= 0)
   where the data is.
 * :func:`lookup_numpy` takes numpy arrays, validates them like the reference, copies them in,
   launches, and copies P and labels out.
@@ -35,7 +35,9 @@ import numpy as np
 
 from runtime.errors import CoordGANError
 from runtime import cuda_driver
-from runtime.lookup import cpu
+from runtime.fileio import cache_dir
+from runtime.lookup import spec
+from runtime.lookup.inputs import checked
 
 __all__ = [
     "BLOCK",
@@ -51,8 +53,8 @@ __all__ = [
 ]
 
 BLOCK = 128  # CL_BLOCK in the .cu: threads per block = queries per block = pixels per tile
-TOPK_MAX = 64  # CL_TOPK_MAX
-CMAX_VALUES = (1, 2, 4, 8, 16, 32, 64)
+TOPK_MAX = spec.MAX_TOPK  # CL_TOPK_MAX
+CMAX_VALUES = (1, 2, 4, 8, 16, 32, 64)  # the instantiations; the last is spec.MAX_CLASSES
 KERNEL_SOURCE = Path(__file__).with_name("corr_lookup.cu")
 
 _lock = threading.Lock()
@@ -65,16 +67,16 @@ _modules: dict = {}  # (context handle, arch) -> (module, {name: function})
 
 def cmax_for(c: int) -> int:
     """The instantiated class count a C runs on (the next one up; extra classes are masked)."""
-    for cmax in CMAX_VALUES:
-        if c <= cmax:
-            return cmax
-    raise CoordGANError(f"the CUDA lookup supports at most {CMAX_VALUES[-1]} classes, got C = {c}.")
+    limit = spec.kernel_limit(c, "soft", None)
+    if limit:
+        raise CoordGANError(limit + ".")
+    return next(cmax for cmax in CMAX_VALUES if c <= cmax)
 
 
 def kernel_name(mode: str, dtype, c: int) -> str:
     """Entry point for a mode, an input dtype (float32/float16) and a class count C."""
-    if mode not in cpu.MODES:
-        raise CoordGANError(f"mode must be one of 'soft', 'hard' or 'topk', got {mode!r}.")
+    if mode not in spec.MODES:
+        spec.check_mode(mode, None, 1)
     dt = np.dtype(dtype)
     if dt == np.float32:
         tname = "f32"
@@ -86,7 +88,7 @@ def kernel_name(mode: str, dtype, c: int) -> str:
 
 
 def all_kernel_names() -> list[str]:
-    return [f"corr_lookup_{m}_{t}_c{c}" for c in CMAX_VALUES for t in ("f32", "f16") for m in cpu.MODES]
+    return [f"corr_lookup_{m}_{t}_c{c}" for c in CMAX_VALUES for t in ("f32", "f16") for m in spec.MODES]
 
 
 def launch_config(n: int, hq: int, wq: int) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
@@ -116,13 +118,6 @@ def _device_arch(driver) -> int:
     return 10 * major + minor
 
 
-def _cache_dir() -> Path:
-    root = os.environ.get("COORDGAN_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "coordgan"
-    )
-    return Path(root) / "kernels"
-
-
 def compile_ptx(arch: int | None = None, *, source: Path | None = None, cache: bool = True) -> bytes:
     """PTX of the kernel for compute capability ``arch`` (e.g. 90), compiled with NVRTC.
 
@@ -147,7 +142,7 @@ def compile_ptx(arch: int | None = None, *, source: Path | None = None, cache: b
     arch = max(usable)
     options = [f"--gpu-architecture=compute_{arch}".encode(), b"--std=c++14"]
     key = hashlib.sha256(src + b"\0".join(options) + repr(version).encode()).hexdigest()[:16]
-    path = _cache_dir() / f"corr_lookup-{key}-compute_{arch}.ptx"
+    path = cache_dir("kernels") / f"corr_lookup-{key}-compute_{arch}.ptx"
     if cache and path.is_file():
         return path.read_bytes()
     prog = cuda_driver.check(nvrtc.nvrtcCreateProgram(src, b"corr_lookup.cu", 0, [], []), "nvrtcCreateProgram")
@@ -208,13 +203,6 @@ def _function(name: str):
 # Launch on device memory.
 
 
-def _positive(name: str, value) -> int:
-    v = cpu.as_int(value)
-    if v is None or v < 1:
-        raise CoordGANError(f"{name} must be a positive integer, got {value!r}.")
-    return v
-
-
 def lookup_device(
     query_ptr: int,
     ref_maps_ptr: int,
@@ -241,13 +229,14 @@ def lookup_device(
     V (n, r, c, hk, wk), all of ``dtype`` (float32 or float16); P out (n, c, hq, wq) float32 and
     labels out (n, hq, wq) int32. The values are not checked here (see the module docstring).
     """
-    dims = {name: _positive(name, v) for name, v in (("n", n), ("hq", hq), ("wq", wq), ("r", r), ("hk", hk),
+    dims = {name: spec.check_positive_int(name, v) for name, v in (("n", n), ("hq", hq), ("wq", wq), ("r", r), ("hk", hk),
                                                        ("wk", wk), ("c", c))}
     n, hq, wq, r, hk, wk, c = dims.values()
-    tau = cpu.check_tau(tau)
-    k_int = cpu.check_mode(mode, k, r * hk * wk)
-    if mode == "topk" and k_int > TOPK_MAX:
-        raise CoordGANError(f"the CUDA lookup keeps at most k = {TOPK_MAX} neighbours in topk mode, got k = {k_int}.")
+    tau = spec.check_tau(tau)
+    k_int = spec.check_mode(mode, k, r * hk * wk)
+    limit = spec.kernel_limit(c, mode, k_int)
+    if limit:
+        raise CoordGANError(limit + ".")
     if n > 65535:
         raise CoordGANError(f"the CUDA lookup runs batch items along grid y, at most 65535 of them, got N = {n}.")
     if max(hq * wq, r * hk * wk) >= 2**31:
@@ -255,7 +244,7 @@ def lookup_device(
     pointers = []
     for name, ptr in (("query", query_ptr), ("ref_maps", ref_maps_ptr), ("ref_probs", ref_probs_ptr),
                       ("probs_out", probs_out_ptr), ("labels_out", labels_out_ptr)):
-        p = cpu.as_int(ptr)
+        p = spec.as_int(ptr)
         if p is None or p <= 0:
             raise CoordGANError(f"{name} must be a device pointer (a positive int), got {ptr!r}.")
         pointers.append(p)
@@ -279,21 +268,12 @@ def lookup_device(
 
 
 def _validated(query, ref_maps, ref_probs, tau, mode, k):
-    q = cpu._as_array("query", query, "(N, 2, Hq, Wq)", 4)
-    kmap = cpu._as_array("ref_maps", ref_maps, "(N, R, 2, Hk, Wk)", 5)
-    v = cpu._as_array("ref_probs", ref_probs, "(N, R, C, Hk, Wk)", 5)
-    cpu.check_shapes(q.shape, kmap.shape, v.shape)
-    tau = cpu.check_tau(tau)
-    cpu.check_mode(mode, k, kmap.shape[1] * kmap.shape[3] * kmap.shape[4])
+    (q, kmap, v), as_f32, tau, _ = checked(query, ref_maps, ref_probs, tau=tau, mode=mode, k=k)
     # float16 kernel only when everything is float16 already (no rounding of float32 inputs)
     half = q.dtype == np.float16 and kmap.dtype == np.float16 and v.dtype == np.float16
-    q16 = cpu._check_coords("query", q)  # float32 views for the checks
-    cpu._check_coords("ref_maps", kmap)
-    cpu._check_probs("ref_probs", v)
+    arrays = (q, kmap, v) if half else as_f32
     dtype = np.float16 if half else np.float32
-    if not half:
-        q = q16
-    return (np.ascontiguousarray(q, dtype), np.ascontiguousarray(kmap, dtype), np.ascontiguousarray(v, dtype), tau)
+    return (*(np.ascontiguousarray(a, dtype) for a in arrays), tau)
 
 
 def lookup_numpy(query, ref_maps, ref_probs, *, tau: float = 0.01, mode: str = "soft", k: int | None = None):

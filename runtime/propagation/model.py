@@ -1,8 +1,8 @@
 """Frames -> correspondence maps through an exported encoder, and the lookup behind one call.
 
-    model = CorrespondenceModel("export/encoder.onnx")          # or a .plan, or triton://...
+    model = open_model(resolve_encoder("export/"))               # or encoder.onnx, a .plan, triton://...
     corr = model.correspondence(frames)                          # (N, 2, S, S) float32
-    probs, labels = model.lookup(corr, ref_maps, ref_probs)      # CUDA, sparse CPU or dense CPU
+    probs, labels = model.lookup(corr, ref_maps, ref_probs)      # lookup_impl: auto, cuda, sparse or dense
 
 The encoder graph takes either float images (`image`, NCHW in [-1, 1]) or uint8 frames
 (`frames`, NHWC); the model reads which from the backend's input and feeds it accordingly.
@@ -12,20 +12,28 @@ from __future__ import annotations
 
 import numpy as np
 
-from runtime.errors import CoordGANError
+from pathlib import Path
+
 from runtime import lookup as lookup_ops
-from runtime.backends import Backend, open_backend
+from runtime.backends import Backend, backend_for, open_backend
+from runtime.errors import CoordGANError
 from runtime.propagation.preprocess import check_frames, resize_frames, to_unit_range
 
 
 class CorrespondenceModel:
-    def __init__(self, encoder, *, backend: str | None = None, batch: int = 8, lookup_device: str = "auto",
+    def __init__(self, encoder, *, backend: str | None = None, batch: int = 8, lookup_impl: str = "auto",
                  **backend_options):
         self.backend: Backend = encoder if isinstance(encoder, Backend) else open_backend(
             encoder, backend=backend, **backend_options)
-        if len(self.backend.inputs) != 1 or "corr_map" not in {o.name for o in self.backend.outputs}:
+        outputs = {o.name: o for o in self.backend.outputs}
+        if len(self.backend.inputs) != 1 or "corr_map" not in outputs:
             raise CoordGANError(f"{encoder} is not a CoordGAN encoder: expected one image input and a "
                                 f"corr_map output, found {self.backend.describe()}.")
+        self.name = str(encoder) if not isinstance(encoder, Backend) else encoder.describe()
+        corr = outputs["corr_map"].shape
+        if len(corr) != 4 or corr[1] not in (None, 2):  # checked again on every batch where it is dynamic
+            raise CoordGANError(f"{self.name} is not a CoordGAN encoder: its corr_map is {outputs['corr_map'].dims()}, "
+                                "not (N, 2, H, W) correspondence maps.")
         spec = self.backend.inputs[0]
         self.input_name = spec.name
         self.uint8_input = spec.dtype == np.uint8
@@ -34,7 +42,7 @@ class CorrespondenceModel:
             raise CoordGANError(f"The encoder's input {spec.describe()} has no fixed size.")
         self.size = int(size)
         self.batch = max(1, int(batch))
-        self.lookup_device = lookup_device
+        self.lookup_impl = lookup_ops.spec.check_impl(lookup_impl)
 
     def encode(self, frames: np.ndarray) -> dict[str, np.ndarray]:
         """uint8 frames (N, H, W, 3), any size -> corr_map, w_struct, w_texture, in batches."""
@@ -48,13 +56,15 @@ class CorrespondenceModel:
         return {name: np.concatenate(values) for name, values in parts.items()}
 
     def correspondence(self, frames: np.ndarray) -> np.ndarray:
-        return self.encode(frames)["corr_map"].astype(np.float32, copy=False)
+        corr = self.encode(frames)["corr_map"]
+        if corr.ndim != 4 or corr.shape[1] != 2:
+            raise CoordGANError(f"{self.name} gave corr_map of shape {list(corr.shape)}, not (N, 2, H, W) "
+                                "correspondence maps; it is not a CoordGAN encoder.")
+        return corr.astype(np.float32, copy=False)
 
-    def lookup(self, query, ref_maps, ref_probs, *, tau: float = 0.01, mode: str = "soft", k: int | None = None,
-               method: str = "auto"):
-        """Label probabilities and labels for query maps; the GPU kernel where it runs, else sparse/dense CPU."""
-        device = self.lookup_device if method == "auto" else "cpu"
-        return lookup_ops.lookup(query, ref_maps, ref_probs, tau=tau, mode=mode, k=k, device=device, method=method)
+    def lookup(self, query, ref_maps, ref_probs, *, tau: float = 0.01, mode: str = "soft", k: int | None = None):
+        """Label probabilities and labels for query maps, through the model's lookup path (runtime.lookup)."""
+        return lookup_ops.lookup(query, ref_maps, ref_probs, tau=tau, mode=mode, k=k, impl=self.lookup_impl)
 
     def close(self):
         self.backend.close()
@@ -64,3 +74,49 @@ class CorrespondenceModel:
 
     def __exit__(self, *exc):
         self.close()
+
+
+CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def resolve_encoder(model: str | None, backend: str | None = None, url: str | None = None) -> str:
+    """What `--model` / `--backend` / `--url` name, as the artifact open_backend takes: an encoder file
+    (an export directory's encoder.onnx, or its .plan for --backend tensorrt), a Triton address, or
+    a checkpoint path as given (exporting one needs PyTorch: export.cache, a layer up)."""
+    if url:
+        if backend not in (None, "triton"):
+            raise CoordGANError(f"--url is a Triton address; it goes with --backend triton, not {backend}.")
+        return url
+    if model is None:
+        raise CoordGANError("Give the encoder with --model (encoder.onnx, an export directory, a .plan, or "
+                            "triton://host:port/model), or --backend triton --url triton://host:port/model.")
+    if "://" in model:
+        return model
+    path = Path(model)
+    if not path.exists():
+        raise CoordGANError(f"Model {path} does not exist.")
+    if path.is_dir():
+        names = ("encoder.plan", "encoder.engine") if backend == "tensorrt" else ("encoder.onnx", "encoder.plan")
+        for name in names:
+            if (path / name).is_file():
+                return str(path / name)
+        raise CoordGANError(f"{path} holds no {' or '.join(names)}; export one with `coordgan export onnx`.")
+    return str(path)
+
+
+def check_device(device: str) -> str:
+    if device not in DEVICES:
+        raise CoordGANError(f"--device must be auto, cpu or cuda, not {device!r}.")
+    return device
+
+
+def open_model(artifact: str, *, backend: str | None = None, device: str = "auto", batch: int = 8
+               ) -> CorrespondenceModel:
+    """The correspondence model of an encoder artifact; `device` (auto, cpu, cuda) places ONNX Runtime
+    and the lookup (cpu: the sparse numpy path; cuda: the fused kernel)."""
+    check_device(device)
+    kind = backend or backend_for(artifact)
+    options = {"device": device} if kind == "onnxruntime" else {}
+    return CorrespondenceModel(artifact, backend=backend, batch=batch, lookup_impl=lookup_ops.impl_for_device(device),
+                               **options)

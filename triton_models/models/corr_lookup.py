@@ -9,7 +9,7 @@ Parameters: tau, mode (soft | hard | topk), k (topk only), device (cpu | cuda | 
 
 from __future__ import annotations
 
-from runtime.lookup import lookup
+from runtime.lookup import impl_for_device, lookup
 from triton_models.models.base import BatchedModel, Feeds
 
 
@@ -20,9 +20,9 @@ class TritonPythonModel(BatchedModel):
         self.tau = float(self.parameters.get("tau", "0.01"))
         self.mode = self.parameters.get("mode", "soft")
         self.k = int(self.parameters.get("k", "0")) or None
-        self.device = self.parameters.get("device", "cpu")
+        self.impl = impl_for_device(self.parameters.get("device", "cpu"))
 
     def run(self, feeds: Feeds) -> Feeds:
         probs, labels = lookup(feeds["query"], feeds["ref_maps"], feeds["ref_probs"], tau=self.tau,
-                               mode=self.mode, k=self.k, device=self.device)
+                               mode=self.mode, k=self.k, impl=self.impl)
         return {"probs": probs, "labels": labels}

@@ -1,8 +1,7 @@
 """`coordgan train` and `coordgan train-encoder`.
 
-`register(app)` adds both commands to the main Typer app. Only typer and the torch-free config
-are imported here: torch, lpips and the trainers load inside the commands, so `coordgan --help`
-starts without PyTorch. Under torchrun: `torchrun --nproc_per_node 8 -m coordgan.train train ...`.
+torch, lpips and the trainers load inside the commands, so `coordgan --help` starts without
+PyTorch. Under torchrun: `torchrun --nproc_per_node 8 -m coordgan.cli train ...`.
 """
 
 from __future__ import annotations
@@ -12,6 +11,8 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+
+from coordgan.cli.common import console
 
 
 def _common(**kw):
@@ -101,7 +102,7 @@ def register(app: typer.Typer) -> None:
                     lpips_random_backbone=lpips_random_backbone, workers=workers, device=device,
                     losses=tuple(loss or ()))
         _finish(lambda: train_generator(c, preset=preset, init_from=init_from, freeze_structure=freeze_structure,
-                                        console=_console()))
+                                        console=console(stderr=True)))
 
     @app.command("train-encoder")
     def train_encoder(
@@ -129,10 +130,4 @@ def register(app: typer.Typer) -> None:
                     resume=resume, amp=amp, seed=seed, lpips_net=lpips_net, lpips_weights=lpips_weights,
                     lpips_random_backbone=lpips_random_backbone, workers=workers, device=device,
                     losses=tuple(loss or ()))
-        _finish(lambda: run_encoder(c, gen_ckpt=gen_ckpt, console=_console()))
-
-
-def _console():
-    from rich.console import Console
-
-    return Console(stderr=True)
+        _finish(lambda: run_encoder(c, gen_ckpt=gen_ckpt, console=console(stderr=True)))

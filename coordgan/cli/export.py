@@ -1,18 +1,16 @@
-"""`coordgan export ...`: the export sub-commands (onnx, verify, trt), as a Typer sub-app.
+"""`coordgan export onnx | verify | trt | lookup`: PyTorch -> ONNX -> TensorRT (the work is in export/).
 
-torch/onnx/tensorrt are imported inside the commands only: `coordgan --help` must start without
-them. User errors are CoordGANError (one sentence); `coordgan.cli.main` prints them and exits 1,
-and so does `main` below when this sub-app runs on its own (`python -m export.cli ...`).
+torch/onnx/tensorrt are imported inside the commands only: `coordgan --help` starts without them.
 """
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 from typing import Optional
 
 import typer
 
+from coordgan.cli.common import console, positive_ints, status
 from runtime.errors import CoordGANError
 
 app = typer.Typer(
@@ -21,39 +19,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-
-
-def _console():
-    from rich.console import Console
-
-    return Console()
-
-
-@contextlib.contextmanager
-def _steps(console):
-    """A rich spinner line per step of a long command (export, verify, engine build)."""
-    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
-                  console=console, transient=True) as progress:
-        tasks = []
-
-        def step(message: str):
-            if tasks:
-                progress.update(tasks[-1], completed=1)
-            tasks.append(progress.add_task(message, total=1))
-
-        yield step
-
-
-def _batch_sizes(text: str, option: str) -> tuple[int, ...]:
-    try:
-        sizes = tuple(int(b) for b in text.split(","))
-        if not sizes or min(sizes) < 1:
-            raise ValueError
-    except ValueError:
-        raise CoordGANError(f"{option} must be positive integers separated by commas, not {text!r}.") from None
-    return sizes
 
 
 @app.command("onnx")
@@ -76,15 +41,15 @@ def onnx_command(
     from export.onnx_export import ExportOptions, export_onnx
     from export.verify import print_report
 
-    console = _console()
+    out_console = console()
     options = ExportOptions(uint8_input=uint8_input, generator_input=generator_input, fp16=fp16, only=only,
                             opset=opset, overwrite=overwrite, verify=verify,
-                            verify_batches=_batch_sizes(verify_batches, "--verify-batches"))
-    with _steps(console) as step:
-        result = export_onnx(ckpt, out, options, preset=preset, on_report=lambda r: print_report(r, console),
-                             progress=step)
+                            verify_batches=positive_ints(verify_batches, "--verify-batches"))
+    with status(out_console) as say:
+        result = export_onnx(ckpt, out, options, preset=preset, on_report=lambda r: print_report(r, out_console),
+                             progress=say)
     files = ", ".join(m["file"] for m in result.manifest["models"].values())
-    console.print(f"wrote {result.directory}: {files}, manifest.json")
+    out_console.print(f"wrote {result.directory}: {files}, manifest.json")
 
 
 @app.command("verify")
@@ -96,11 +61,11 @@ def verify_command(
     """Check an export directory: ONNX checker, shapes, graph shape, ORT vs PyTorch numerics."""
     from export.verify import print_report, verify_directory
 
-    console = _console()
-    with _steps(console) as step:
-        step("verifying against PyTorch")
-        report = verify_directory(directory, ckpt=ckpt, batches=_batch_sizes(batches, "--batches"))
-    print_report(report, console)
+    out_console = console()
+    with status(out_console) as say:
+        say("verifying against PyTorch")
+        report = verify_directory(directory, ckpt=ckpt, batches=positive_ints(batches, "--batches"))
+    print_report(report, out_console)
     if report.failures:
         raise CoordGANError(f"Verification of {directory} failed: {report.failures[0]}")
 
@@ -127,19 +92,20 @@ def trt_command(
     options = EngineOptions(precision="fp16" if fp16 else "bf16" if bf16 else "fp32", min_batch=min_batch,
                             opt_batch=opt_batch, max_batch=max_batch, max_refs=max_refs,
                             workspace_gb=workspace_gb, timing_cache=timing_cache, only=only)
-    console = _console()
+    out_console = console()
     notes: list[str] = []
-    with _steps(console) as step:
-        plans = build_engines(directory, options, progress=step, notes=notes)
+    with status(out_console) as say:
+        plans = build_engines(directory, options, progress=say, notes=notes)
     for note in notes:
-        console.print(f"[yellow]note[/yellow]: {note}")
-    console.print("wrote " + ", ".join(str(p) for p in plans) + " (+ .plan.json sidecars)")
+        out_console.print(f"[yellow]note[/yellow]: {note}")
+    out_console.print("wrote " + ", ".join(str(p) for p in plans) + " (+ .plan.json sidecars)")
 
 
 @app.command("lookup")
 def lookup(
-    out: Path = typer.Option(..., "--out", "-o", help="ONNX file to write, or an export directory: its "
-                             "corr_lookup.onnx, which `coordgan export trt` then builds with the models."),
+    out: Path = typer.Option(..., "--out", "-o", help="ONNX file to write (a name ending .onnx), or a folder "
+                             "(made if missing): its corr_lookup.onnx, which `coordgan export trt` builds with "
+                             "an export directory's models."),
     classes: int = typer.Option(..., "--classes", help="Class count C of the label probabilities (1 to 64)."),
     tau: float = typer.Option(0.01, "--tau", help="Softmax temperature of the soft lookup."),
     mode: str = typer.Option("soft", "--mode", help="soft, hard or topk."),
@@ -151,19 +117,13 @@ def lookup(
     from export.lookup_onnx import write_lookup_model
     from export.tensorrt_build import LOOKUP
 
-    if out.is_dir():
+    if out.suffix.lower() != ".onnx":  # a folder, as `--out exported/` names one
+        out.mkdir(parents=True, exist_ok=True)
         out = out / f"{LOOKUP}.onnx"
     path = write_lookup_model(out, classes, tau=tau, mode=mode, k=k, fp16=fp16, overwrite=overwrite)
     print(f"wrote {path}: coordgan::CorrLookup, C = {classes}, mode {mode}, tau {tau}"
           + (f", k {k}" if mode == "topk" else ""))
 
 
-def main():
-    """Run this sub-app on its own with the `coordgan` CLI's error handling."""
-    from coordgan.cli import run_app
-
-    run_app(app)
-
-
-if __name__ == "__main__":
-    main()
+def register(parent: typer.Typer) -> None:
+    parent.add_typer(app, name="export")

@@ -1,0 +1,71 @@
+"""How every `coordgan` command ends: one sentence for a user error, one for Ctrl-C or SIGTERM.
+
+Never imports the app (so anything may import this without building it): `run_app` takes any
+Typer app and runs it with the project's error contract.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+
+import typer
+
+from runtime.errors import CoordGANError
+
+_terminated: list[bool] = []
+
+
+def _on_sigterm(signum, frame):
+    # Unwind like Ctrl-C (temp files removed, no half-written output left); Python's default would
+    # end the process on the spot. A second SIGTERM must not cut that cleanup short. Training and
+    # `serve` install their own handlers while they run.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _terminated.append(True)
+    raise KeyboardInterrupt
+
+
+def run_app(typer_app: typer.Typer) -> None:
+    """Run a Typer app with the project's error contract: one sentence and exit 1, no traceback.
+
+    Ctrl-C and SIGTERM end a command with one sentence too (exit 130 and 143); Typer turns the
+    KeyboardInterrupt into a silent exit 130, so the message is printed here.
+    """
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None
+    try:
+        typer_app()
+    except CoordGANError as exc:
+        _fail(str(exc))
+    except FileExistsError as exc:  # mkdir(exist_ok=True) where a file has the folder's name
+        _fail(f"cannot make the folder {exc.filename}: a file of that name exists.")
+    except NotADirectoryError as exc:
+        _fail(f"cannot use the path {exc.filename}: part of it is a file, not a folder.")
+    except OSError as exc:
+        where = f" {exc.filename}" if exc.filename else ""
+        _fail(f"cannot access{where}: {exc.strerror or exc}.")
+    except KeyboardInterrupt:
+        _stopped()
+    except SystemExit as exc:
+        # Typer's silent exit for Ctrl-C, not a command's own exit 130 (training says why it stopped)
+        if exc.code == 130 and isinstance(getattr(exc.__context__, "__cause__", None), KeyboardInterrupt):
+            _stopped()
+        raise
+    finally:
+        if main_thread:  # callers in-process (tests) get theirs back
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+        _terminated.clear()
+
+
+def _fail(sentence: str):
+    print(f"Error: {sentence}", file=sys.stderr)
+    sys.exit(1)
+
+
+def _stopped():
+    if _terminated:
+        print("Stopped by SIGTERM.", file=sys.stderr)
+        sys.exit(143)
+    print("Interrupted.", file=sys.stderr)
+    sys.exit(130)

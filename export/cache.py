@@ -1,0 +1,105 @@
+"""The one ONNX export cache: a checkpoint's models exported (and verified) once, reused by every command.
+
+    <cache>/onnx/<sha16>[-fp16]/<model>/   an export directory holding <model>.onnx and manifest.json
+    <cache>/presets/<preset>-seed<N>.safetensors   random weights, for benchmarks at published scale
+
+<cache> is $COORDGAN_CACHE (default ~/.cache/coordgan, runtime.fileio.cache_dir) unless a caller
+names another. Exports are keyed by the checkpoint's SHA-256, so a changed file is exported anew
+and the same weights under another name are not. `coordgan propagate --model CKPT`, the demo and
+`coordgan bench` all export through here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from runtime.errors import CoordGANError
+from runtime.fileio import cache_dir, sha256_file
+
+VERIFY_BATCHES = (1, 2)  # a cached export is checked against PyTorch at a batch of 1 and a batch of more
+
+
+def export_dir(ckpt, model: str, *, fp16: bool = False, cache: Path | None = None,
+               progress: Callable[[str], None] | None = None) -> Path:
+    """The export directory of one model ("encoder" or "generator") of a checkpoint, exported on first use."""
+    from export.manifest import MODEL_FILES
+
+    ckpt = Path(ckpt)
+    if not ckpt.is_file():
+        raise CoordGANError(f"Checkpoint {ckpt} does not exist or is not a file.")
+    root = Path(cache) if cache is not None else cache_dir()
+    target = root / "onnx" / (sha256_file(ckpt)[:16] + ("-fp16" if fp16 else "")) / model
+    if (target / MODEL_FILES[model]).is_file():
+        return target
+    try:
+        from export.onnx_export import ExportOptions, export_onnx
+    except ImportError as exc:
+        raise CoordGANError(f"Exporting {ckpt} needs PyTorch and onnx ({exc.name} is missing); export it with "
+                            "`coordgan export onnx` elsewhere and pass the ONNX file.") from None
+    if progress:
+        progress(f"exporting the {model} of {ckpt} to {target} (once)")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        export_onnx(ckpt, target, ExportOptions(fp16=fp16, only=model, verify_batches=VERIFY_BATCHES))
+    except CoordGANError:
+        if not (target / MODEL_FILES[model]).is_file():  # another process (another shard) may have won the race
+            raise
+    return target
+
+
+class ModelSource:
+    """Where benchmarked weights come from: a checkpoint, or a preset with random weights (seeded,
+    saved once in the cache, so published-scale timings need no trained weights)."""
+
+    def __init__(self, ckpt=None, preset: str | None = None, seed: int = 0, cache: Path | None = None,
+                 progress: Callable[[str], None] | None = None):
+        if (ckpt is None) == (preset is None):
+            raise CoordGANError("Give exactly one of --ckpt CKPT and --preset NAME (random weights).")
+        self.cache = Path(cache) if cache is not None else cache_dir()
+        self.seed = seed
+        self.progress = progress or (lambda message: None)
+        self._ck = None
+        self.preset = preset
+        if ckpt is not None:
+            self.ckpt_path = Path(ckpt)
+            if not self.ckpt_path.is_file():
+                raise CoordGANError(f"Checkpoint {ckpt} does not exist or is not a file.")
+        else:
+            from coordgan.config import get_preset
+
+            self.config = get_preset(preset)
+            self.ckpt_path = None
+
+    def describe(self) -> str:
+        return f"checkpoint {self.ckpt_path}" if self.preset is None else \
+            f"preset {self.preset}, random weights (seed {self.seed})"
+
+    def _preset_checkpoint(self) -> Path:
+        path = self.cache / "presets" / f"{self.preset}-seed{self.seed}.safetensors"
+        if not path.is_file():
+            import torch
+
+            from coordgan.checkpoint import save
+            from coordgan.models import build
+
+            self.progress(f"making {self.preset} with random weights (seed {self.seed})")
+            torch.manual_seed(self.seed)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            save(path, self.config, build(self.config, which=("g", "e")))
+        return path
+
+    def checkpoint(self):
+        """The loaded torch Checkpoint (cached)."""
+        if self._ck is None:
+            from coordgan.checkpoint import load
+
+            self._ck = load(self.ckpt_path or self._preset_checkpoint())
+        return self._ck
+
+    def onnx_dir(self, model: str, fp16: bool = False) -> Path:
+        """Export directory with `<model>.onnx` for this source, exported on first use."""
+        ck = self.checkpoint()
+        if model == "encoder" and "e" not in ck.networks:
+            raise CoordGANError(f"Checkpoint {ck.path} has no encoder, so encoder.onnx cannot be exported.")
+        return export_dir(ck.path, model, fp16=fp16, cache=self.cache, progress=self.progress)

@@ -1,0 +1,17 @@
+"""The compiled (numba) kernels of the sparse CPU lookup, imported by runtime.lookup.sparse on first use.
+
+    jit.py      njit with an on-disk cache that works on read-only installs
+    simd.py     8-lane float32 vectors and a vectorisable exp
+    grid.py     the reference pixels bucketed into cells; a query's disk and its tail bound
+    soft.py     soft mode
+    nearest.py  hard and top-k modes
+
+Everything works on ONE batch item; kernels release the GIL and take a query range, so the
+caller's threads split the queries.
+"""
+
+from runtime.lookup.kernels.grid import build_grid
+from runtime.lookup.kernels.nearest import nearest_k
+from runtime.lookup.kernels.soft import soft
+
+__all__ = ["build_grid", "nearest_k", "soft"]
