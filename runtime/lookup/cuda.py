@@ -35,7 +35,7 @@ import numpy as np
 
 from runtime.errors import CoordGANError
 from runtime import cuda_driver
-from runtime.fileio import cache_dir
+from runtime.fileio import atomic_write, cache_dir
 from runtime.lookup import spec
 from runtime.lookup.inputs import checked
 
@@ -160,12 +160,11 @@ def compile_ptx(arch: int | None = None, *, source: Path | None = None, cache: b
         cuda_driver.check(nvrtc.nvrtcGetPTX(prog, ptx), "nvrtcGetPTX")
     finally:
         nvrtc.nvrtcDestroyProgram(prog)
-    if cache:  # write then rename, so a crash never leaves a truncated PTX behind
+    if cache:  # atomically: a crash never leaves a truncated PTX behind
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_bytes(ptx)
-            os.replace(tmp, path)
+            with atomic_write(path) as f:
+                f.write(ptx)
         except OSError:
             pass  # a read-only home only costs a recompile next time
     return ptx

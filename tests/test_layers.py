@@ -1,0 +1,127 @@
+"""The layer order of docs/DESIGN.md, read from the source: who may import whom, and no import circles.
+
+    runtime/        imports nothing of ours above it (and never torch)
+    coordgan/       runtime
+    export/         runtime, coordgan
+    triton_models/  runtime, export
+    coordgan/cli/   anything; nothing else imports it
+
+Every import counts, the lazy ones inside functions too: a layer that imports upwards only at run
+time still cannot be installed or reasoned about without the layer above.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("runtime", "coordgan", "export", "triton_models")
+ALLOWED = {
+    "runtime": {"runtime"},
+    "coordgan": {"runtime", "coordgan"},
+    "export": {"runtime", "coordgan", "export"},
+    "triton_models": {"runtime", "export", "triton_models"},
+    "cli": {"runtime", "coordgan", "export", "triton_models", "cli"},
+}
+
+
+def layer(module: str) -> str:
+    return "cli" if module == "coordgan.cli" or module.startswith("coordgan.cli.") else module.split(".")[0]
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def our_modules() -> dict[str, Path]:
+    return {module_name(p): p for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py")}
+
+
+def imports(path: Path, name: str, modules: dict[str, Path]) -> set[str]:
+    """Our modules that the file imports (a `from pkg import x` counts as pkg.x when that is a module)."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+            targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names]
+        else:
+            continue
+        found.update(t for t in targets if t.split(".")[0] in PACKAGES or t == "torch" or t.startswith("torch."))
+    return found
+
+
+def graph() -> dict[str, set[str]]:
+    modules = our_modules()
+    return {name: imports(path, name, modules) for name, path in modules.items()}
+
+
+def test_every_import_follows_the_layer_order():
+    bad = []
+    for source, targets in graph().items():
+        for target in targets:
+            if target == "torch" or target.startswith("torch."):
+                if layer(source) == "runtime":
+                    bad.append(f"{source} imports {target} (runtime/ never imports torch)")
+                continue
+            if layer(target) not in ALLOWED[layer(source)]:
+                bad.append(f"{source} imports {target}")
+    assert not bad, "layer order violated:\n" + "\n".join(sorted(bad))
+
+
+def test_no_import_circles():
+    edges = {m: {t for t in ts if not (t == "torch" or t.startswith("torch."))} for m, ts in graph().items()}
+    index, low, on_stack, stack, circles = {}, {}, set(), [], []
+
+    def visit(v):  # Tarjan's strongly connected components
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in edges.get(v, ()):
+            if w not in edges:
+                continue
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                circles.append(sorted(component))
+
+    for v in sorted(edges):
+        if v not in index:
+            visit(v)
+    assert not circles, "import circles: " + "; ".join(" <-> ".join(c) for c in circles)
+
+
+def test_the_checks_see_a_violation(tmp_path, monkeypatch):
+    """The checks are not blind: an upward lazy import and a circle planted in a copy of the tree fail them."""
+    import shutil
+    import sys
+
+    import pytest
+
+    for pkg in PACKAGES:
+        shutil.copytree(ROOT / pkg, tmp_path / pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    (tmp_path / "runtime" / "planted.py").write_text("def f():\n    from coordgan.cli import app\n")
+    (tmp_path / "export" / "a_planted.py").write_text("import export.b_planted\n")
+    (tmp_path / "export" / "b_planted.py").write_text("from export import a_planted\n")
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
+    with pytest.raises(AssertionError, match="runtime.planted imports coordgan.cli"):
+        test_every_import_follows_the_layer_order()
+    with pytest.raises(AssertionError, match="export.a_planted <-> export.b_planted"):
+        test_no_import_circles()
