@@ -1,9 +1,12 @@
-"""Verification of an export directory: structure, then ONNX Runtime against PyTorch.
+"""Verification of an export directory: structure, then every backend against PyTorch.
 
 Structure: the full ONNX checker, strict shape inference, declared I/O against the manifest
 (dynamic "batch" axis), no control flow, no foldable constant subgraph left that should have been
-folded, metadata_props consistent with the manifest. Numerics: ONNX Runtime (CPU) against the
-untouched PyTorch models, on random and fixed inputs, at each batch size.
+folded, metadata_props consistent with the manifest. Numerics, as Polygraphy compares runners:
+each backend that can run a model of the directory, opened through the one `runtime.backends`
+interface (ONNX Runtime on the CPU for <model>.onnx; TensorRT for a <model>.plan beside it, where
+TensorRT and a GPU are present, else a note says it was not checked), against the untouched
+PyTorch models, on random and fixed inputs, at each batch size.
 
 Bounds (max |diff|): fp32 models 1e-4 on correspondence maps and 1e-3 on images. fp16 models are
 held to FP16_BOUNDS and every report prints the measured values: ONNX Runtime CPU measured at most
@@ -27,6 +30,9 @@ from export.manifest import model_metadata, read_manifest
 
 FP32_BOUNDS = {"corr_map": 1e-4, "image": 1e-3}
 FP16_BOUNDS = {"corr_map": 2e-3, "image": 3e-2}
+# TensorRT plans (not yet measured on a GPU): an fp32 build may run TF32 (TensorRT's default), so it
+# gets the fp16 bounds; bf16 has 3 fewer mantissa bits than fp16, so 8x those.
+ENGINE_BOUNDS = {"fp32": FP16_BOUNDS, "fp16": FP16_BOUNDS, "bf16": {k: 8 * v for k, v in FP16_BOUNDS.items()}}
 CASES = ("random", "fixed")
 
 
@@ -38,6 +44,7 @@ class Check:
     batch: int
     max_abs: float
     bound: float | None
+    backend: str = "onnxruntime"
 
     @property
     def passed(self) -> bool:
@@ -59,6 +66,7 @@ class VerifyReport:
     fp16: bool
     bounds: dict
     models: dict[str, ModelReport]
+    notes: list[str] = dataclasses.field(default_factory=list)  # what could not be checked here, and why
 
     @property
     def failures(self) -> list[str]:
@@ -66,12 +74,12 @@ class VerifyReport:
         for m in self.models.values():
             for c in m.checks:
                 if not c.passed:
-                    out.append(f"{m.name} {c.output} differs from PyTorch by {c.max_abs:.3g} > {c.bound:g} "
-                               f"({c.case} inputs, batch {c.batch}).")
+                    out.append(f"{m.name} {c.output} on {c.backend} differs from PyTorch by {c.max_abs:.3g} > "
+                               f"{c.bound:g} ({c.case} inputs, batch {c.batch}).")
         return out
 
-    def max_diff(self, model: str, output: str) -> float:
-        return max(c.max_abs for c in self.models[model].checks if c.output == output)
+    def max_diff(self, model: str, output: str, backend: str = "onnxruntime") -> float:
+        return max(c.max_abs for c in self.models[model].checks if c.output == output and c.backend == backend)
 
 
 def resolve_checkpoint(manifest: dict, directory: Path, ckpt=None) -> Path:
@@ -112,7 +120,28 @@ def verify_directory(directory, *, ckpt=None, encoder=None, generator=None, batc
     report = VerifyReport(directory, manifest["fp16"], bounds, {})
     for name, entry in manifest["models"].items():
         report.models[name] = _verify_model(directory, manifest, name, entry, encoder, generator, bounds, batches)
+        plan = directory / f"{name}.plan"
+        if plan.is_file() and not report.models[name].problems:
+            _verify_engine(plan, report, name, entry, encoder, generator, batches)
     return report
+
+
+def _verify_engine(plan: Path, report: VerifyReport, name, entry, encoder, generator, batches) -> None:
+    """A TensorRT plan of the model, through the same interface and inputs as the ONNX model."""
+    from runtime.backends import open_backend
+
+    try:
+        backend = open_backend(plan, backend="tensorrt")
+    except CoordGANError as exc:  # no TensorRT, no GPU, a plan of another version
+        report.notes.append(f"{plan.name} was not checked: {str(exc).rstrip('.')}.")
+        return
+    try:
+        sidecar = plan.with_name(plan.name + ".json")
+        precision = json.loads(sidecar.read_text()).get("precision", "fp32") if sidecar.is_file() else "fp32"
+        bounds = ENGINE_BOUNDS.get(precision, ENGINE_BOUNDS["bf16"])
+        report.models[name].checks += compare_backend(backend, name, entry, encoder, generator, bounds, batches)
+    finally:
+        backend.close()
 
 
 def _verify_model(directory, manifest, name, entry, encoder, generator, bounds, batches) -> ModelReport:
@@ -157,35 +186,38 @@ def _verify_model(directory, manifest, name, entry, encoder, generator, bounds, 
         rep.problems.append(f"its metadata_props disagree with manifest.json ({', '.join(stale[:3])}).")
     if rep.problems:
         return rep
+    from runtime.backends.ort_backend import OrtBackend
+
     try:
-        rep.checks = _compare_numerics(path, name, entry, encoder, generator, bounds, batches)
-    except Exception as exc:  # onnxruntime's own exception types: load or run failures
+        backend = OrtBackend(path, device="cpu")
+        try:
+            rep.checks = compare_backend(backend, name, entry, encoder, generator, bounds, batches)
+        finally:
+            backend.close()
+    except CoordGANError as exc:  # ONNX Runtime cannot load or run it
+        rep.problems.append(f"ONNX Runtime cannot run it ({str(exc).rstrip('.')}).")
+    except Exception as exc:  # onnxruntime's own exception types: run failures
         if not type(exc).__module__.startswith("onnxruntime"):
             raise
         rep.problems.append(f"ONNX Runtime cannot run it ({str(exc).splitlines()[0][:200]}).")
     return rep
 
 
-def _compare_numerics(path, name, entry, encoder, generator, bounds, batches) -> list[Check]:
-    import onnxruntime as ort
-
+def compare_backend(backend, name, entry, encoder, generator, bounds, batches) -> list[Check]:
+    """One backend (runtime.backends.Backend) running a model against the PyTorch reference's outputs."""
     from export.wrappers import reference_outputs
 
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     output_names = [o["name"] for o in entry["outputs"]]
     checks = []
     for batch in batches:
         for case in CASES:
             feeds = make_inputs(entry["inputs"], batch, case)
-            got = dict(zip(output_names, session.run(output_names, feeds)))
+            got = backend.run(feeds)
             want = reference_outputs(encoder, generator, name, feeds, uint8_input=entry.get("uint8_input", False),
                                      input_space=entry.get("input_space", "w"))
             for out in output_names:
                 diff = float(np.max(np.abs(got[out].astype(np.float64) - want[out].numpy().astype(np.float64))))
-                checks.append(Check(name, out, case, batch, diff, bounds.get(out)))
+                checks.append(Check(name, out, case, batch, diff, bounds.get(out), backend.name))
     return checks
 
 
@@ -228,15 +260,18 @@ def print_report(report: VerifyReport, console=None) -> None:
         for line in m.kept_unfolded:
             console.print(f"{m.name}: constant subgraph kept unfolded on purpose (size): {line}")
     precision = "fp16" if report.fp16 else "fp32"
-    diffs = Table(title=f"ONNX Runtime (CPU) vs PyTorch, {precision}: max |diff|")
-    for col in ("model", "output", "inputs", "batch", "max |diff|", "bound", ""):
-        diffs.add_column(col, justify="right" if col in ("batch", "max |diff|", "bound") else "left")
+    diffs = Table(title=f"Backends vs PyTorch, {precision} export: max |diff|")
+    for col in ("model", "backend", "output", "inputs", "batch", "max |diff|", "bound", ""):
+        diffs.add_column(col, justify="right" if col in ("batch", "max |diff|", "bound") else "left",
+                         no_wrap=col in ("backend", "max |diff|"))
     for m in report.models.values():
         for c in m.checks:
             ok = "[green]ok" if c.passed else "[red]FAIL"
-            diffs.add_row(m.name, c.output, c.case, str(c.batch), f"{c.max_abs:.2e}",
+            diffs.add_row(m.name, c.backend, c.output, c.case, str(c.batch), f"{c.max_abs:.2e}",
                           "-" if c.bound is None else f"{c.bound:g}", ok if c.bound is not None else "")
     console.print(diffs)
+    for note in report.notes:
+        console.print(f"[yellow]note[/yellow]: {note}")
     if report.fp16:
         measured = {f"{m}/{o}": report.max_diff(m, o) for m, mr in report.models.items()
                     for o in {c.output for c in mr.checks}}

@@ -15,7 +15,6 @@ from coordgan.cli import app
 from runtime.errors import CoordGANError
 from runtime.bench.report import compare, to_csv
 from runtime.bench.stats import percentile, summarize
-from runtime.bench.workload import upsample_probs
 
 
 def invoke(*args):
@@ -51,10 +50,14 @@ def test_summary_throughput_and_spread():
 
 
 def test_upsample_matches_torch_bilinear():
+    """The propagation step's upsampling (what the runtime pipeline runs) is the published path's bilinear."""
+    from runtime.propagation.label_resize import upsample
+
     torch = pytest.importorskip("torch")
-    p = np.random.default_rng(1).random((2, 3, 8, 6), dtype=np.float32)
-    ours = upsample_probs(p, (19, 11))
-    ref = torch.nn.functional.interpolate(torch.from_numpy(p), size=(19, 11), mode="bilinear", align_corners=False)
+    p = np.random.default_rng(1).random((3, 8, 6), dtype=np.float32)
+    ours = upsample(p, (19, 11))
+    ref = torch.nn.functional.interpolate(torch.from_numpy(p)[None], size=(19, 11), mode="bilinear",
+                                          align_corners=False)[0]
     np.testing.assert_allclose(ours, ref.numpy(), atol=1e-5)
 
 

@@ -284,7 +284,21 @@ def test_user_errors_are_one_sentence_without_traceback(tmp_path, fp32_export, g
 def test_verify_finds_the_checkpoint_through_the_manifest(fp32_export):
     result = runner.invoke(app, ["verify", str(fp32_export[0]), "--batches", "2"])
     assert result.exit_code == 0, result.output + repr(result.exception)
-    assert "ONNX Runtime (CPU) vs PyTorch" in result.output and "FAIL" not in result.output
+    assert "Backends vs PyTorch" in result.output and "onnxruntime" in result.output and "FAIL" not in result.output
+
+
+def test_verify_takes_an_engine_beside_its_model_through_the_same_interface(tmp_path, fp32_export, nets):
+    """A <model>.plan is checked like the ONNX model where TensorRT runs; here (no TensorRT) a note says so."""
+    out = tmp_path / "with-plan"
+    shutil.copytree(fp32_export[0], out)
+    (out / "encoder.plan").write_bytes(b"an engine built elsewhere")
+    report = verify_directory(out, encoder=nets["e"], generator=nets["g"], batches=(1,))
+    if importlib.util.find_spec("tensorrt") is None:
+        assert report.failures == [] and len(report.notes) == 1
+        assert report.notes[0].startswith("encoder.plan was not checked: TensorRT is not installed")
+    else:  # a plan that is not one: refused, in a note, by TensorRT itself
+        assert "encoder.plan was not checked" in report.notes[0]
+    assert {c.backend for m in report.models.values() for c in m.checks} == {"onnxruntime"}
 
 
 def test_verify_detects_a_tampered_model(tmp_path, fp32_export, tiny_ckpt):

@@ -153,7 +153,7 @@ def test_resume_after_ctrl_c_gives_the_same_masks(exported, data, tmp_path, monk
     ok(monkeypatch, capsys, *args, "--out", tmp_path / "straight")
     import runtime.propagation.sequence as prop
 
-    real_write, calls = prop._SequenceRun._write, []
+    real_write, calls = prop.MaskWriter.write, []
 
     def write_then_stop(self, *a):
         real_write(self, *a)
@@ -161,11 +161,11 @@ def test_resume_after_ctrl_c_gives_the_same_masks(exported, data, tmp_path, monk
         if len(calls) == 5:
             raise KeyboardInterrupt  # Ctrl-C after the 5th frame
 
-    monkeypatch.setattr(prop._SequenceRun, "_write", write_then_stop)
+    monkeypatch.setattr(prop.MaskWriter, "write", write_then_stop)
     code, _, err = run_main(monkeypatch, capsys, *args, "--out", tmp_path / "resumed")
     assert code == 130 and err.endswith("Interrupted.\n") and "Traceback" not in err
     assert (tmp_path / "resumed" / STATE_FILE).exists() and not (tmp_path / "resumed" / "summary.json").exists()
-    monkeypatch.setattr(prop._SequenceRun, "_write", real_write)
+    monkeypatch.setattr(prop.MaskWriter, "write", real_write)
     _, err = ok(monkeypatch, capsys, *args, "--out", tmp_path / "resumed", "--resume")
     assert "resumed at frame 4" in err
     for t in range(T):

@@ -13,6 +13,7 @@ the evaluation loops over frames, eager PyTorch.
 from __future__ import annotations
 
 import contextlib
+import tempfile
 
 import numpy as np
 
@@ -76,6 +77,7 @@ class TorchRunner(Runner):
         if workload.target in ("lookup", "pipeline") and backend != "published":
             self.detail += ", fused CUDA lookup kernel" if self.fused_lookup else ", chunked reference lookup"
         self._call = None
+        self._scratch = None  # pipeline: the video and the masks, removed on close()
 
     # -- the computations -------------------------------------------------------------------------
     def _fn(self):
@@ -97,10 +99,11 @@ class TorchRunner(Runner):
             def fn(q, k, v):
                 return lookup(q, k, v, tau=wl.tau, mode="soft", impl=impl)[1]
         else:
-            size, hw = wl.size, wl.frame_size
+            size = wl.size
             published = self.backend == "published"
 
             def fn(frames, k, v):
+                hw = tuple(frames.shape[1:3])
                 x = frames.permute(0, 3, 1, 2).to(self.dtype)
                 if tuple(x.shape[2:]) != (size, size):
                     x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
@@ -136,15 +139,28 @@ class TorchRunner(Runner):
             args = tuple(t(a) for a in wl.lookup_inputs(batch))
         else:
             k, v = wl.reference_memory()
-            args = (t(wl.frames(batch)), t(np.repeat(k, batch, axis=0)), t(np.repeat(v, batch, axis=0)))
+            args = (t(np.repeat(k, batch, axis=0)), t(np.repeat(v, batch, axis=0)))
         fn = self._fn()
         sync = torch.cuda.synchronize if self.uses_gpu else (lambda: None)
 
-        def call():
-            with torch.inference_mode():
-                out = fn(*args)
-            sync()
-            return out
+        if wl.target == "pipeline":  # frames decoded from the video, masks written as PNGs, as propagate
+            if self._scratch is None:
+                self._scratch = tempfile.TemporaryDirectory(prefix="coordgan-bench-")
+            video = wl.video(batch, self._scratch.name)
+
+            def call():
+                decoded = wl.decode(video)
+                frames = t(np.stack([f for _, _, f in decoded]))
+                with torch.inference_mode():
+                    labels = fn(frames, *args)
+                wl.write_masks([name for _, name, _ in decoded], labels.to(torch.uint8).cpu().numpy(),
+                               self._scratch.name)
+        else:
+            def call():
+                with torch.inference_mode():
+                    out = fn(*args)
+                sync()
+                return out
 
         self._call = call
         if self.backend == "torch-compile":
@@ -170,6 +186,8 @@ class TorchRunner(Runner):
 
     def close(self):
         self._call = None
+        if self._scratch is not None:
+            self._scratch.cleanup()
         if self.uses_gpu:
             self.torch.cuda.empty_cache()
 

@@ -3,16 +3,20 @@
 Every runner feeds numpy arrays through `runtime.backends` and gets numpy arrays back, so a timed
 call includes the host<->device copies a deployment pays. The lookup runs through
 `runtime.lookup`: numpy (dense / sparse) beside CPU backends, the fused CUDA kernel beside GPU ones.
-A backend that cannot run here raises `Skip` with one sentence saying why.
+The pipeline runs what `coordgan propagate` runs on a batch: the video decoded, the same
+CorrespondenceModel and propagation step (runtime.propagation.sequence.propagate_batch), PNGs and
+the resume state written. A backend that cannot run here raises `Skip` with one sentence saying why.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 
 from runtime.errors import CoordGANError
 from runtime.bench.timing import Runner
-from runtime.bench.workload import Workload, upsample_probs
+from runtime.bench.workload import Workload
 
 RUNTIME_BACKENDS = ("ort-cpu", "ort-cuda", "trt", "triton")
 
@@ -36,6 +40,7 @@ class BackendRunner(Runner):
             how = "CUDA kernel" if lookup_device == "cuda" else f"numpy {workload.lookup_method}"
             self.detail = f"lookup: {how}"
         self._call = None
+        self._scratch = None  # pipeline: the video and the masks, removed on close()
 
     def _lookup(self, q, k, v):
         from runtime.lookup import lookup
@@ -72,21 +77,32 @@ class BackendRunner(Runner):
             self._call = self._pipeline_call(batch)
 
     def _pipeline_call(self, batch: int):
-        from runtime.propagation.preprocess import resize_frames, to_unit_range
+        import tempfile
 
-        wl, model = self.workload, self.model
-        frames = wl.frames(batch)
+        from runtime.io.masks import DAVIS_PALETTE
+        from runtime.propagation.memory import STATE_FILE
+        from runtime.propagation.model import CorrespondenceModel
+        from runtime.propagation.sequence import MaskWriter, propagate_batch
+        from runtime.propagation.step import Propagator
+
+        wl = self.workload
+        if self._scratch is None:
+            self._scratch = tempfile.TemporaryDirectory(prefix="coordgan-bench-")
+        scratch = Path(self._scratch.name)
+        video = wl.video(batch, scratch)
+        model = CorrespondenceModel(self.model, batch=batch, lookup_impl=self.lookup_impl)
+        # the memory holds the workload's R reference frames and keeps them (no recent window), so
+        # every call looks up the same memory
+        step = Propagator(model.lookup, memory=0, tau=wl.tau, labels=range(wl.classes))
         k, v = wl.reference_memory()
-        k, v = np.repeat(k, batch, axis=0), np.repeat(v, batch, axis=0)
-        spec = model.inputs[0]
-        size = wl.size
+        for r in range(wl.refs):
+            step.memory.add_reference(f"ref{r}", k[0, r], v[0, r])
+        out = MaskWriter(scratch, DAVIS_PALETTE, step.labels.values)
 
         def call():
-            small = resize_frames(frames, size)
-            feed = small if spec.dtype == np.uint8 else to_unit_range(small)
-            corr = model.run({spec.name: feed})["corr_map"].astype(np.float32, copy=False)
-            probs, _ = self._lookup(corr, k, v)
-            return upsample_probs(probs, wl.frame_size).argmax(axis=1)
+            frames = wl.decode(video)
+            propagate_batch(model, step, frames, frames[0][2].shape[:2], out)
+            step.memory.save(scratch / STATE_FILE, next_frame=len(frames), meta={})  # as propagate, every batch
 
         return call
 
@@ -96,11 +112,11 @@ class BackendRunner(Runner):
     def close(self):
         if self.model is not None:
             self.model.close()
+        if self._scratch is not None:
+            self._scratch.cleanup()
 
 
 def _model_file(directory, name: str, suffix: str, option: str):
-    from pathlib import Path
-
     if directory is None:
         raise Skip(f"needs {option} DIR holding {name}{suffix}")
     path = Path(directory) / f"{name}{suffix}"

@@ -3,7 +3,9 @@
     encoder    image (N, 3, S, S) float in [-1, 1] -> correspondence map + structure/texture codes
     generator  W codes (N, D) + W+ codes (N, n_latent, D) -> image
     lookup     query maps (N, 2, S, S) + reference memory (R maps, C-class probabilities) -> labels
-    pipeline   frames (N, H, W, 3) uint8 -> resize to S x S, encoder, lookup, upsample to H x W, argmax
+    pipeline   what `coordgan propagate` does with a batch: N frames decoded from a video -> resize to
+               S x S, encoder, lookup in a memory of R reference frames, upsample to H x W, argmax,
+               palette PNGs written (the runtime backends run propagate's own step on it)
 
 Correspondence maps are smooth random warps of the canonical grid (what a warping network gives),
 label probabilities are soft (Dirichlet) over C classes; the lookup's cost does not depend on the
@@ -13,6 +15,7 @@ values beyond that.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -82,6 +85,32 @@ class Workload:
         h, w = self.frame_size
         return self.rng(batch).integers(0, 256, (batch, h, w, 3), dtype=np.uint8)
 
+    def video(self, batch: int, folder) -> Path:
+        """An mp4 of frames(batch) in folder (made once per batch): what the pipeline decodes."""
+        from runtime.io.video import VideoWriter
+
+        path = Path(folder) / f"frames-{batch}.mp4"
+        if not path.is_file():
+            with VideoWriter(path, fps=24) as writer:
+                for frame in self.frames(batch):
+                    writer.write(frame)
+        return path
+
+    @staticmethod
+    def decode(video: Path) -> list[tuple[int, str, np.ndarray]]:
+        """(index, name, frame) of every frame, as propagate reads them."""
+        from runtime.io.video import open_frames
+
+        return list(open_frames(video).frames())
+
+    @staticmethod
+    def write_masks(names, masks: np.ndarray, folder) -> None:
+        """One palette PNG per mask, as propagate writes them."""
+        from runtime.io.masks import DAVIS_PALETTE, write_mask
+
+        for name, mask in zip(names, masks):
+            write_mask(Path(folder) / f"{name}.png", mask, DAVIS_PALETTE)
+
     def reference_memory(self) -> tuple[np.ndarray, np.ndarray]:
         """K (1, R, 2, S, S) and V (1, R, C, S, S): the annotated / recent frames a query looks up."""
         rng = np.random.default_rng([self.seed, 7919])
@@ -105,24 +134,4 @@ class Workload:
         if self.target == "lookup":
             return f"lookup {s} vs {lk}"
         h, w = self.frame_size
-        return f"frame {h}x{w} uint8 -> resize {s}, encoder, lookup ({lk}), upsample, argmax"
-
-
-def upsample_probs(p: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
-    """(N, C, h, w) -> (N, C, H, W) bilinear (half-pixel centres, as torch align_corners=False)."""
-    h, w = p.shape[2:]
-    H, W = hw
-    if (h, w) == (H, W):
-        return p
-
-    def axis(n_in, n_out):
-        x = (np.arange(n_out, dtype=np.float32) + 0.5) * (n_in / n_out) - 0.5
-        x = np.clip(x, 0, n_in - 1)
-        i0 = np.floor(x).astype(np.int64)
-        i1 = np.minimum(i0 + 1, n_in - 1)
-        return i0, i1, (x - i0).astype(np.float32)
-
-    y0, y1, fy = axis(h, H)
-    x0, x1, fx = axis(w, W)
-    rows = p[:, :, y0] * (1 - fy)[:, None] + p[:, :, y1] * fy[:, None]
-    return rows[..., x0] * (1 - fx) + rows[..., x1] * fx
+        return f"video frames {h}x{w} decoded -> resize {s}, encoder, lookup ({lk}), upsample, argmax, PNGs written"

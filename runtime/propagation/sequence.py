@@ -95,13 +95,62 @@ class Reference:
 
 
 @dataclass
-class _Timer:
+class StageTimer:
+    """Seconds spent per stage; add(stage, since) books the time since `since` and returns now."""
+
     seconds: dict = field(default_factory=lambda: dict(decode=0.0, encode=0.0, lookup=0.0, upsample_write=0.0))
 
     def add(self, stage: str, since: float) -> float:
         now = time.perf_counter()
         self.seconds[stage] += now - since
         return now
+
+
+@dataclass
+class MaskWriter:
+    """Where a sequence's masks go: palette PNGs in out_dir (NAME.png), probs/NAME.npz with save_probs,
+    and the frames with the masks blended in to an overlay video when there is one."""
+
+    out_dir: Path
+    palette: bytes  # 256 colours
+    labels: np.ndarray  # label value of each probability channel
+    save_probs: bool = False
+    video: VideoWriter | None = None
+
+    def write(self, name: str, mask: np.ndarray, probs: np.ndarray, frame: np.ndarray) -> None:
+        if self.save_probs:
+            with atomic_write(self.out_dir / PROBS_DIR / f"{name}.npz") as f:
+                np.savez(f, probs=probs.astype(np.float16), labels=self.labels)
+        mask_io.write_mask(self.out_dir / f"{name}.png", mask, self.palette)
+        if self.video:
+            self.video.write(mask_io.overlay(frame, mask, self.palette))
+
+
+def propagate_batch(model, step: Propagator, batch, size: tuple[int, int], out: MaskWriter, *,
+                    annotated: dict | None = None, timer: StageTimer | None = None,
+                    on_frame: Callable[[int], None] | None = None) -> None:
+    """The propagation step of one batch of decoded frames (index, name, frame), masks written.
+
+    The encoder runs once for the batch; then each frame, in order, either joins the memory as an
+    annotated frame (its mask given in `annotated`, at frame size) or is looked up in it, and its
+    mask is written. `coordgan propagate` and `coordgan bench pipeline` both run this.
+    """
+    timer = timer or StageTimer()
+    annotated = annotated or {}
+    tick = time.perf_counter()
+    corr = model.correspondence(np.stack([f for _, _, f in batch]))
+    tick = timer.add("encode", tick)
+    for (index, name, frame), c in zip(batch, corr):
+        if index in annotated:
+            mask = annotated[index]
+            probs = step.annotate(name, c, mask)
+        else:
+            mask, probs = step.propagate(name, c, size)
+            tick = timer.add("lookup", tick)  # lookup, upsample and argmax
+        out.write(name, mask, probs, frame)
+        tick = timer.add("upsample_write", tick)
+        if on_frame:
+            on_frame(index)
 
 
 def propagate_sequence(model, frames, refs: Sequence[Reference], out_dir,
@@ -254,7 +303,7 @@ class _SequenceRun:
         self.step = Propagator(model.lookup, memory=memory, tau=options.tau, topk=options.topk, labels=labels.values)
         self.palette = mask_io.full_palette(refs_at[0].palette)
         self.on_frame = on_frame or (lambda done, total: None)
-        self.timer = _Timer()
+        self.timer = StageTimer()
         self.size = None  # (H, W) of the frames
         self.full_refs: dict[int, np.ndarray] = {}  # annotated labels at frame size
         self.names: dict[int, str] = {}  # of the annotated frames
@@ -315,31 +364,18 @@ class _SequenceRun:
     def _process(self, batch, writer):
         if not self.processed:  # the folder is recognisably a run's before its first mask exists
             self.step.memory.save(self.out_dir / STATE_FILE, next_frame=batch[0][0], meta=self.state_meta)
-        tick = time.perf_counter()
-        corr = self.model.correspondence(np.stack([f for _, _, f in batch]))
-        tick = self.timer.add("encode", tick)
-        for (index, name, frame), c in zip(batch, corr):
-            if index in self.refs_at:
-                out = self.full_refs[index]
-                probs = self.step.annotate(name, c, out)
-            else:
-                out, probs = self.step.propagate(name, c, self.size)
-                tick = self.timer.add("lookup", tick)  # lookup, upsample and argmax
-            self._write(name, out, probs, frame, writer)
-            tick = self.timer.add("upsample_write", tick)
+        out = MaskWriter(self.out_dir, self.palette, self.labels.values, self.options.save_probs, writer)
+
+        def done(index):
             self.processed += 1
             self.on_frame(index + 1, self.source.count)
+
+        propagate_batch(self.model, self.step, batch, self.size, out, annotated=self.full_refs, timer=self.timer,
+                        on_frame=done)
         # Saved after the batch: a resumed run restarts at a batch boundary, as this one did.
+        tick = time.perf_counter()
         self.step.memory.save(self.out_dir / STATE_FILE, next_frame=batch[-1][0] + 1, meta=self.state_meta)
         self.timer.add("upsample_write", tick)
-
-    def _write(self, name, labels, probs, frame, writer):
-        if self.options.save_probs:
-            with atomic_write(self.out_dir / PROBS_DIR / f"{name}.npz") as f:
-                np.savez(f, probs=probs.astype(np.float16), labels=self.labels.values)
-        mask_io.write_mask(self.out_dir / f"{name}.png", labels, self.palette)
-        if writer:
-            writer.write(mask_io.overlay(frame, labels, self.palette))
 
     def _check_all_references_seen(self):
         late = [i for i in self.refs_at if i >= self.seen]
