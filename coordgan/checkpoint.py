@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 import struct
-import zipfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -115,7 +116,7 @@ def _read_safetensors(path: Path):
         header = json.loads(data[8:8 + header_len])
         tensors = st_load(data)
     except (SafetensorError, ValueError, struct.error, UnicodeDecodeError) as exc:
-        raise CoordGANError(f"Checkpoint {path} is truncated or corrupt ({exc}).") from None
+        raise CoordGANError(f"Checkpoint {path} is truncated or corrupt ({_first_line(exc)}).") from None
     meta = header.get("__metadata__") or {}
     if meta.get("format") != FORMAT or "config" not in meta:
         raise CoordGANError(f"{path} is a safetensors file but not a CoordGAN checkpoint (no embedded config).")
@@ -131,13 +132,21 @@ def _read_safetensors(path: Path):
 
 def _read_public(path: Path) -> dict[str, dict]:
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        # a file object: torch.load must not pick a reader by the file's name; its pickle-protocol
+        # warnings are about files it then refuses or reads anyway
+        with open(path, "rb") as f, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            obj = torch.load(f, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise CoordGANError(
-            f"Refusing to load {path}: it contains pickled Python objects, not only tensors "
-            f"({str(exc).splitlines()[0][:160]}).") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise CoordGANError(f"Checkpoint {path} is truncated or corrupt ({str(exc).splitlines()[0][:160]}).") from None
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+        if found:
+            raise CoordGANError(f"Refusing to load {path}: it holds pickled Python objects (such as "
+                                f"{found.group(1)}), not only tensors, and checkpoints are never unpickled.") from None
+        reason = re.search(r"WeightsUnpickler error:\s*(.+)", str(exc))
+        raise CoordGANError(f"Checkpoint {path} is truncated or corrupt "
+                            f"({reason.group(1).strip().rstrip('.') if reason else _first_line(exc)}).") from None
+    except Exception as exc:  # torch raises many types for damaged files (RuntimeError, EOFError, zip errors...)
+        raise CoordGANError(f"Checkpoint {path} is truncated or corrupt ({_first_line(exc)}).") from None
     if not isinstance(obj, dict) or not any(k in obj for k in NETWORK_KEYS):
         raise CoordGANError(f"{path} is not a CoordGAN checkpoint: expected top-level keys among {', '.join(NETWORK_KEYS)}.")
     states = {}
@@ -148,6 +157,11 @@ def _read_public(path: Path) -> dict[str, dict]:
                 raise CoordGANError(f"{path}: entry {key!r} is not a state dict of tensors.")
             states[key] = {k.removeprefix("module."): v for k, v in state.items()}
     return states
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0][:160].rstrip(".") if text else type(exc).__name__)
 
 
 def _match_preset(path: Path, states: dict, preset: str | None) -> ModelConfig:

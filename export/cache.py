@@ -33,15 +33,17 @@ def export_dir(ckpt, model: str, *, fp16: bool = False, cache: Path | None = Non
     if (target / MODEL_FILES[model]).is_file():
         return target
     try:
+        from coordgan.checkpoint import load
         from export.onnx_export import ExportOptions, export_onnx
     except ImportError as exc:
         raise CoordGANError(f"Exporting {ckpt} needs PyTorch and onnx ({exc.name} is missing); export it with "
                             "`coordgan export onnx` elsewhere and pass the ONNX file.") from None
+    loaded = load(ckpt)  # a file that is no checkpoint is refused before anything is announced or made
     if progress:
         progress(f"exporting the {model} of {ckpt} to {target} (once)")
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
-        export_onnx(ckpt, target, ExportOptions(fp16=fp16, only=model, verify_batches=VERIFY_BATCHES))
+        export_onnx(loaded, target, ExportOptions(fp16=fp16, only=model, verify_batches=VERIFY_BATCHES))
     except CoordGANError:
         if not (target / MODEL_FILES[model]).is_file():  # another process (another shard) may have won the race
             raise

@@ -60,6 +60,8 @@ def export_onnx(ckpt, out, options: ExportOptions = ExportOptions(), *, preset: 
                 on_report=None, progress=None) -> ExportResult:
     """Export the checkpoint's encoder (+ warp network) and/or generator to ONNX under `out`.
 
+    `ckpt` is a checkpoint file or a loaded coordgan.checkpoint.Checkpoint.
+
     `on_report(report)` sees the verification report before the directory is published (the CLI
     prints it); a failed bound raises CoordGANError and leaves nothing behind.
     """
@@ -70,9 +72,9 @@ def export_onnx(ckpt, out, options: ExportOptions = ExportOptions(), *, preset: 
     with staged_directory(out, options.overwrite) as staging:
         import onnx
 
-        from coordgan.checkpoint import load
+        from coordgan.checkpoint import Checkpoint, load
 
-        ck = load(ckpt, preset=preset)
+        ck = ckpt if isinstance(ckpt, Checkpoint) else load(ckpt, preset=preset)
         generator = ck.generator
         if "encoder" in options.models() and "e" not in ck.networks:
             hint = ("train one with `coordgan train-encoder --gen-ckpt CKPT`" if options.only == "encoder"

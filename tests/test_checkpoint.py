@@ -170,7 +170,9 @@ class Payload:
 
 def test_pickle_payload_is_refused(tmp_path, capsys):
     torch.save({"g_ema": Generator(TINY).state_dict(), "evil": Payload()}, tmp_path / "evil.pt")
-    with pytest.raises(CoordGANError, match="pickled Python objects"):
+    with pytest.raises(CoordGANError, match=r"^Refusing to load .*evil.pt: it holds pickled Python objects "
+                                            r"\(such as print\), not only tensors, and checkpoints "
+                                            r"are never unpickled\.$"):
         load(tmp_path / "evil.pt")
     # a legacy (non-zip) pickle stream is refused the same way
     (tmp_path / "legacy.pt").write_bytes(pickle.dumps({"g_ema": Payload()}))
@@ -193,6 +195,12 @@ def test_not_a_checkpoint(tmp_path):
     save_file({"x": torch.zeros(1)}, tmp_path / "plain.safetensors")
     with pytest.raises(CoordGANError, match="not a CoordGAN checkpoint"):
         load(tmp_path / "plain.safetensors")
+    # any bytes under a .safetensors name: one sentence, whatever reader the bytes suggest
+    for junk in (b"\x80\x04\x95", b"\x80\x04\x95\x10" + bytes(7) + b"junkjunk", b"PK\x03\x04junk"):
+        (tmp_path / "junk.safetensors").write_bytes(junk)
+        with pytest.raises(CoordGANError, match="junk.safetensors is truncated or corrupt") as info:
+            load(tmp_path / "junk.safetensors")
+        assert "\n" not in str(info.value)
 
 
 def test_require_names_the_missing_network(tmp_path):

@@ -67,6 +67,23 @@ def test_user_errors_are_one_sentence_without_traceback(args, message):
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+def test_junk_under_a_checkpoint_name_is_one_sentence_everywhere(tmp_path, monkeypatch, capsys):
+    """Bytes that are no checkpoint, named .safetensors: every command that loads one says so in one sentence."""
+    monkeypatch.setenv("COORDGAN_CACHE", str(tmp_path / "cache"))
+    junk = tmp_path / "x.safetensors"
+    junk.write_bytes(b"\x80\x04\x95")
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(frames / "0.png")
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "ref.png")
+    for args in (("info", junk), ("sample", junk, "--out", tmp_path / "s.png"),
+                 ("export", "onnx", junk, "--out", tmp_path / "e"),
+                 ("propagate", frames, "--model", junk, "--ref", tmp_path / "ref.png", "--out", tmp_path / "p"),
+                 ("bench", "encoder", "--ckpt", junk, "--backends", "torch")):
+        code, _, err = run_main(monkeypatch, capsys, *args)
+        assert code == 1 and "x.safetensors is truncated or corrupt" in err and err.count("\n") == 1, (args, err)
+
+
 def test_bad_option_values_are_refused_before_any_work(tmp_path, monkeypatch, capsys):
     """Values Typer's types let through; each one sentence, and no run folder left behind."""
 
@@ -81,6 +98,8 @@ def test_bad_option_values_are_refused_before_any_work(tmp_path, monkeypatch, ca
         ((*train[:-1], "cudax"), "--device must be cpu or cuda[:N], got 'cudax'"),
         ((*train, "--batch", 0), "--batch 0 must give each process an even number"),
         ((*train, "--workers", -1), "--workers must be 0"),
+        (("bench", "encoder", "--preset", "tiny", "--backends", "torch", "--max-time", -1),
+         "--max-time must be greater than 0 seconds, got -1"),
     ]:
         code, _, err = run_main(monkeypatch, capsys, *args)
         assert code == 1 and message in err and len(err.strip().splitlines()) == 1, (args, err)

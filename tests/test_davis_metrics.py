@@ -180,3 +180,17 @@ def test_eval_video_cli_table_and_json(folders, monkeypatch, capsys):
     assert code == 0 and "J&F-Mean" in out and "seq" in out
     code, out, err = run_main(monkeypatch, capsys, "eval-video", folders / "nothing", folders / "gt")
     assert code == 1 and err.startswith("Error: Predictions") and "Traceback" not in err
+
+
+def test_a_ground_truth_too_short_to_score_says_so(tmp_path, monkeypatch, capsys):
+    """One or two frames: DAVIS leaves out the first and the last, so nothing is scored (no perfect J and F)."""
+    for n in (1, 2):
+        gt = gt_frames()[:n]
+        write_seq(tmp_path / f"gt{n}" / "seq", gt)
+        write_seq(tmp_path / f"pred{n}" / "seq", gt)
+        code, _, err = run_main(monkeypatch, capsys, "eval-video", tmp_path / f"pred{n}", tmp_path / f"gt{n}")
+        assert code == 1 and f"has {n} frame(s)" in err and "no frame is left to score" in err
+        assert err.count("\n") == 1
+        code, out, err = run_main(monkeypatch, capsys, "eval-video", tmp_path / f"pred{n}", tmp_path / f"gt{n}",
+                                  "--all-frames", "--json")
+        assert code == 0 and json.loads(out)["sequences"]["seq"]["frames"] == [f"{t:05d}" for t in range(n)]

@@ -137,7 +137,10 @@ def test_davis_layout_sharded_then_evaluated(exported, data, tmp_path, monkeypat
     assert np.array_equal(read_mask(out / "cat" / "00003.png")[0],
                           read_mask(root / "davis" / "Annotations" / "480p" / "cat" / "00003.png")[0])
     record = json.loads(ok(monkeypatch, capsys, "eval-video", out, root / "davis", "--json")[0])
-    assert sorted(record["sequences"]) == ["bear", "cat"]
+    # cat's two annotations (0 and 3) leave no frame to score by the DAVIS protocol: named, not scored
+    assert sorted(record["sequences"]) == ["bear"] and "no frame is left to score" in record["skipped"]["cat"]
+    record = json.loads(ok(monkeypatch, capsys, "eval-video", out, root / "davis", "--json", "--all-frames")[0])
+    assert sorted(record["sequences"]) == ["bear", "cat"] and record["skipped"] == {}
     _, err = ok(monkeypatch, capsys, "propagate", root / "davis", "--model", exported / "export", "--out", out,
                 "--resume")
     assert "bear: already complete, skipped" in err and "cat: already complete, skipped" in err

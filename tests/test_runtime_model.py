@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from coordgan.checkpoint import save
 from coordgan.config import PRESETS
@@ -78,3 +79,35 @@ def test_not_an_encoder_is_refused(tmp_path):
     onnx.save(model, tmp_path / "relu.onnx")
     with pytest.raises(CoordGANError, match="is not a CoordGAN encoder"):
         CorrespondenceModel(tmp_path / "relu.onnx")
+
+
+def three_channel_encoder(path):
+    """The right names, but corr_map has 3 channels (the image passed through)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, 32, 32])
+    y = helper.make_tensor_value_info("corr_map", TensorProto.FLOAT, ["batch", 3, 32, 32])
+    model = helper.make_model(helper.make_graph([helper.make_node("Identity", ["image"], ["corr_map"])], "g", [x],
+                                                [y]), opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+def test_an_encoder_with_other_maps_is_refused_before_any_frame(tmp_path, monkeypatch, capsys):
+    from cli_helpers import run_main
+    from runtime.io.masks import DAVIS_PALETTE, write_mask
+
+    model = three_channel_encoder(tmp_path / "three.onnx")
+    with pytest.raises(CoordGANError, match=r"three.onnx is not a CoordGAN encoder: its corr_map is \[\?,3,32,32\]"):
+        CorrespondenceModel(model)
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for t in range(3):
+        Image.fromarray(np.full((32, 32, 3), 40 * t, np.uint8)).save(frames / f"{t:05d}.png")
+    write_mask(tmp_path / "ref.png", np.zeros((32, 32), np.uint8), DAVIS_PALETTE)
+    code, _, err = run_main(monkeypatch, capsys, "propagate", frames, "--model", model, "--ref", tmp_path / "ref.png",
+                            "--out", tmp_path / "out")
+    assert code == 1 and "is not a CoordGAN encoder" in err and err.count("\n") == 1
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

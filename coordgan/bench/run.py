@@ -56,6 +56,8 @@ class BenchOptions:
             raise CoordGANError("--batch must be positive integers separated by commas.")
         if self.iters < 1 or self.warmup < 0:
             raise CoordGANError("--iters must be at least 1 and --warmup at least 0.")
+        if self.max_time_s is not None and not self.max_time_s > 0:
+            raise CoordGANError(f"--max-time must be greater than 0 seconds, got {self.max_time_s:g}.")
         if self.threads is not None and self.threads < 1:
             raise CoordGANError(f"--threads must be at least 1, got {self.threads}.")
         for flag, folder in (("--onnx-dir", self.onnx_dir), ("--trt-dir", self.trt_dir)):

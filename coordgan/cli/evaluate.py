@@ -157,6 +157,8 @@ def _print_video(result: dict) -> None:
     out = console()
     out.print(table)
     out.print(f"J&F-Mean {_fmt(g['J&F-Mean'])}  J-Mean {_fmt(g['J-Mean'])}  F-Mean {_fmt(g['F-Mean'])}")
+    for seq, reason in result["skipped"].items():
+        out.print(f"[yellow]not scored[/yellow] {seq}: {reason}")
 
 
 def register(app: typer.Typer) -> None:

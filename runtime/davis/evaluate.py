@@ -27,6 +27,10 @@ CONVENTION = ("DAVIS: J = IoU over non-void pixels (1 where neither mask holds t
               "F-measure with tolerance ceil(0.008 * diagonal) px")
 
 
+class NothingToScore(CoordGANError):
+    """A ground truth too short for the DAVIS protocol (it leaves out the first and the last frame)."""
+
+
 def _pngs(folder: Path) -> list[Path]:
     return sorted(folder.glob("*.png"), key=lambda p: natural_key(p.name)) if folder.is_dir() else []
 
@@ -62,7 +66,11 @@ def evaluate_sequence(pred_dir, gt_dir, *, all_frames: bool = False, bound_th: f
         raise CoordGANError(f"Ground truth {gt_dir} holds no .png masks.")
     gts = [_read_gt(p) for p in gt_files]
     objects = sorted(set().union(*(np.unique(g).tolist() for g in gts)) - {0, VOID})
-    frames = gt_files if all_frames or len(gt_files) <= 2 else gt_files[1:-1]
+    if not all_frames and len(gt_files) <= 2:
+        raise NothingToScore(f"Ground truth {gt_dir} has {len(gt_files)} frame(s); DAVIS scoring leaves out the "
+                            "first (the given reference) and the last, so no frame is left to score (pass "
+                            "--all-frames to score them anyway).")
+    frames = gt_files if all_frames else gt_files[1:-1]
     per_object = {o: {"J": [], "F": []} for o in objects}
     for path in frames:
         gt = gts[gt_files.index(path)]
@@ -83,20 +91,34 @@ def evaluate_sequence(pred_dir, gt_dir, *, all_frames: bool = False, bound_th: f
 
 def evaluate(pred, gt, *, all_frames: bool = False, resolution: str | None = None,
              bound_th: float = metrics.BOUND_TH) -> dict:
-    """J and F for every sequence of GT, and the DAVIS global means over all (sequence, object) pairs."""
+    """J and F for every sequence of GT, and the DAVIS global means over all (sequence, object) pairs.
+
+    A sequence whose ground truth leaves no frame to score (one or two frames) is left out, named in
+    "skipped" with the reason; when that leaves nothing, the reason is the error.
+    """
     pred = Path(pred)
     if not pred.is_dir():
         raise CoordGANError(f"Predictions {pred} is not a folder.")
     seqs = gt_sequences(gt, resolution)
-    results = {seq: evaluate_sequence(_pred_folder(pred, seq, len(seqs) == 1), folder, all_frames=all_frames,
-                                      bound_th=bound_th) for seq, folder in seqs.items()}
+    results, skipped = {}, {}
+    for seq, folder in seqs.items():
+        try:
+            results[seq] = evaluate_sequence(_pred_folder(pred, seq, len(seqs) == 1), folder, all_frames=all_frames,
+                                             bound_th=bound_th)
+        except NothingToScore as exc:
+            skipped[seq] = str(exc)
+    if not results:
+        raise CoordGANError(next(iter(skipped.values())) if len(skipped) == 1 else
+                            f"No sequence of {gt} has a frame left to score (each has at most 2 ground-truth "
+                            "frames; pass --all-frames to score them anyway).")
     objs = [o for r in results.values() for o in r["objects"].values()]
     g = {}
     for m in ("J", "F"):
         for stat in ("mean", "recall", "decay"):
             g[f"{m}-{stat.capitalize()}"] = _mean(o[m][stat] for o in objs)
     g["J&F-Mean"] = (g["J-Mean"] + g["F-Mean"]) / 2 if objs else float("nan")
-    return {"convention": CONVENTION, "all_frames": all_frames, "global": g, "sequences": results}
+    return {"convention": CONVENTION, "all_frames": all_frames, "global": g, "sequences": results,
+            "skipped": skipped}
 
 
 def _read_gt(path: Path) -> np.ndarray:
