@@ -1,7 +1,8 @@
-"""CoordGAN in PyTorch: model, presets, checkpoints, reference correspondence ops.
+"""CoordGAN in PyTorch: model, presets, checkpoints, training, evaluation, the torch reference of the
+lookup; and the `coordgan` command line on top of everything (coordgan/cli/).
 
 Importing the package is cheap and torch-free; the torch-backed names load on first use,
-so `coordgan --help` and `runtime/` never pay for PyTorch.
+so `coordgan --help` never pays for PyTorch.
 """
 
 from runtime.errors import CoordGANError

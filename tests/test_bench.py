@@ -1,5 +1,5 @@
 """`coordgan bench`: statistics on known samples, end-to-end runs on the tiny preset (torch + ONNX
-Runtime CPU) for every target with JSON / CSV / PNG output, skipped backends with reasons, --compare."""
+Runtime CPU) for every target with JSON / CSV / PNG output, skipped backends with reasons, compare."""
 
 import csv
 import json

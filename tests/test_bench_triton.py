@@ -114,7 +114,7 @@ def test_levels_json_and_server_statistics(server, protocol, tmp_path):
         for key in ("server_queue_ms", "server_compute_input_ms", "server_compute_infer_ms",
                     "server_compute_output_ms", "server_request_ms"):
             assert r[key] is not None and r[key] >= 0, key
-    # --compare matches levels by concurrency too (a run against itself: every ratio 1)
+    # compare matches levels by concurrency too (a run against itself: every ratio 1)
     result = invoke("compare", out, out, "--json", tmp_path / "c.json")
     assert result.exit_code == 0, (result.output, result.exception)
     compared = json.loads((tmp_path / "c.json").read_text())["rows"]

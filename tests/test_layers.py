@@ -125,3 +125,22 @@ def test_the_checks_see_a_violation(tmp_path, monkeypatch):
         test_every_import_follows_the_layer_order()
     with pytest.raises(AssertionError, match="export.a_planted <-> export.b_planted"):
         test_no_import_circles()
+
+
+def test_the_docs_point_inside_the_repository():
+    """README, docs/ and the other notes name files of this tree only: no ../ links, no stale paths."""
+    import re
+
+    docs = [ROOT / "README.md", ROOT / "BENCHMARKS.md", *(ROOT / "docs").glob("*.md"), *ROOT.glob("*/README.md")]
+    tops = ("runtime/", "coordgan/", "export/", "triton_models/", "tests/", "benchmarks/", "checkpoints/", "docs/")
+    stale = []
+    for doc in docs:
+        text = doc.read_text()
+        if "../" in text:
+            stale.append(f"{doc.name}: a ../ path")
+        for token in re.findall(r"`([^`\s]+)`", text):
+            path = token.split(":")[0].rstrip(".,")
+            code = path.endswith(("/", ".py", ".md", ".cu", ".sh"))  # not data that may not have shipped
+            if code and path.startswith(tops) and not any(c in path for c in "<*{") and not (ROOT / path).exists():
+                stale.append(f"{doc.relative_to(ROOT)}: {path}")
+    assert not stale, "docs name what is not in the tree:\n" + "\n".join(stale)

@@ -1,5 +1,5 @@
 """Training CoordGAN and its encoder: losses, data, resumable runs, torchrun scale-out.
 
-`coordgan train` / `coordgan train-encoder` (see `coordgan/train/cli.py`) are the entry points;
-`python -m coordgan.train ...` runs the same commands (and works under torchrun).
+`coordgan train` / `coordgan train-encoder` (coordgan/cli/train.py) are the entry points;
+`torchrun ... -m coordgan.cli train ...` runs them in several processes.
 """
