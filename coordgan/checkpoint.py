@@ -22,9 +22,9 @@ import torch
 from torch import nn
 
 from coordgan.config import PRESETS, ModelConfig, get_preset
+from coordgan.models import NETWORKS
 from runtime.errors import CoordGANError
 from runtime.fileio import atomic_write, sha256_file
-from coordgan.models import NETWORKS
 
 FORMAT = "coordgan-deploy/1"
 NETWORK_KEYS = ("g_ema", "g", "e", "d", "d_patch")  # g_ema is a Generator like g

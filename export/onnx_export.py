@@ -16,10 +16,10 @@ import json
 import warnings
 from pathlib import Path
 
-from runtime.errors import CoordGANError
 from export import graph_tools
 from export.manifest import MANIFEST, MODEL_FILES, build_manifest, model_metadata
 from export.staging import staged_directory
+from runtime.errors import CoordGANError
 
 MODELS = tuple(MODEL_FILES)
 GENERATOR_INPUTS = ("w", "z")

@@ -15,8 +15,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from runtime.errors import CoordGANError
 from export.graph_tools import topological_sort
+from runtime.errors import CoordGANError
 
 BF16_OPSET = 22
 FP32_OPS = ("Sqrt", "Reciprocal", "ReduceMean", "ReduceSum", "Pow", "Tanh", "Sin")

@@ -28,9 +28,9 @@ import importlib.util
 import json
 from pathlib import Path
 
+from export.manifest import read_manifest
 from runtime.errors import CoordGANError
 from runtime.fileio import atomic_write, sha256_file
-from export.manifest import read_manifest
 
 PLUGIN_MODULE = "export.plugin.trt_plugin"
 LOOKUP = "corr_lookup"  # corr_lookup.onnx in an export directory: the CorrLookup graph

@@ -24,9 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.errors import CoordGANError
 from export import graph_tools
 from export.manifest import model_metadata, read_manifest
+from runtime.errors import CoordGANError
 
 FP32_BOUNDS = {"corr_map": 1e-4, "image": 1e-3}
 FP16_BOUNDS = {"corr_map": 2e-3, "image": 3e-2}

@@ -12,9 +12,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from coordgan.cli import app
-from runtime.errors import CoordGANError
 from runtime.bench.report import compare, to_csv
 from runtime.bench.stats import percentile, summarize
+from runtime.errors import CoordGANError
 
 
 def invoke(*args):

@@ -8,8 +8,8 @@ import torch
 import coordgan
 from coordgan.checkpoint import load, save
 from coordgan.config import PRESETS, get_preset
-from runtime.errors import CoordGANError
 from coordgan.models import Discriminator, Encoder, Generator, build
+from runtime.errors import CoordGANError
 
 TINY = PRESETS["tiny"]
 

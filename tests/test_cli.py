@@ -10,8 +10,8 @@ from PIL import Image
 from cli_helpers import run_cli, run_main
 from coordgan.checkpoint import save
 from coordgan.config import PRESETS
-from runtime.errors import CoordGANError
 from coordgan.models import build
+from runtime.errors import CoordGANError
 
 TINY = PRESETS["tiny"]
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from runtime.errors import CoordGANError
 from runtime.davis import layout as davis
+from runtime.errors import CoordGANError
 from runtime.io.masks import DAVIS_PALETTE, write_mask
 from runtime.propagation.jobs import parse_ref, parse_shard, plan
 

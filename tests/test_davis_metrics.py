@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from runtime.errors import CoordGANError
+from cli_helpers import run_main
 from runtime.davis import metrics as dm
 from runtime.davis.evaluate import evaluate, evaluate_sequence
+from runtime.errors import CoordGANError
 from runtime.io.masks import DAVIS_PALETTE, write_mask
-from cli_helpers import run_main
 
 
 def box(shape, y0, y1, x0, x1):

@@ -16,8 +16,8 @@ from coordgan.checkpoint import save
 from coordgan.config import PRESETS
 from coordgan.correspondence import canonical_grid
 from coordgan.data import write_image_folder
-from runtime.errors import CoordGANError
 from coordgan.models import build
+from runtime.errors import CoordGANError
 
 TINY = PRESETS["tiny"]
 

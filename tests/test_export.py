@@ -21,14 +21,14 @@ from onnx import numpy_helper
 from typer.testing import CliRunner
 
 from coordgan.checkpoint import save
+from coordgan.cli.export import app
 from coordgan.config import PRESETS
-from runtime.errors import CoordGANError
-from runtime.fileio import sha256_file
 from coordgan.models import build
 from export import graph_tools
-from coordgan.cli.export import app
 from export.onnx_export import ExportOptions, export_onnx
 from export.verify import FP16_BOUNDS, FP32_BOUNDS, make_inputs, verify_directory
+from runtime.errors import CoordGANError
+from runtime.fileio import sha256_file
 
 TINY = PRESETS["tiny"]
 runner = CliRunner()

@@ -6,8 +6,8 @@ import sys
 import onnx
 import pytest
 
-from runtime.errors import CoordGANError
 from export.lookup_onnx import lookup_model, write_lookup_model
+from runtime.errors import CoordGANError
 
 
 def test_node_contract():

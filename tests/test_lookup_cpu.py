@@ -20,10 +20,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runtime.errors import CoordGANError
 from runtime.bench.workload import warp_maps as warp
-from runtime.lookup import lookup
-from runtime.lookup import lookup_dense, lookup_sparse
+from runtime.errors import CoordGANError
+from runtime.lookup import lookup, lookup_dense, lookup_sparse
 
 torch = pytest.importorskip("torch")
 from coordgan.correspondence import canonical_grid  # noqa: E402

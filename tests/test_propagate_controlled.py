@@ -14,11 +14,11 @@ from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
 from runtime.errors import CoordGANError
-from runtime.propagation.model import CorrespondenceModel
 from runtime.io.masks import read_mask
-from runtime.propagation.sequence import PropagateOptions, Reference, propagate_sequence
-from runtime.propagation.memory import STATE_FILE
 from runtime.io.video import open_frames
+from runtime.propagation.memory import STATE_FILE
+from runtime.propagation.model import CorrespondenceModel
+from runtime.propagation.sequence import PropagateOptions, Reference, propagate_sequence
 
 G = 32  # the fake model's grid
 

@@ -16,17 +16,16 @@ import pytest
 import torch
 from PIL import Image
 
+from cli_helpers import run_cli, run_main
 from coordgan.checkpoint import save
 from coordgan.config import PRESETS
 from coordgan.data.synthetic_faces import PALETTE, make_sequence
-from runtime.io.masks import DAVIS_PALETTE, write_mask
 from coordgan.models import build
-from runtime.propagation.model import CorrespondenceModel
-from runtime.io.masks import read_mask
-from runtime.propagation.sequence import PropagateOptions, Reference, propagate_sequence
-from runtime.propagation.memory import STATE_FILE
+from runtime.io.masks import DAVIS_PALETTE, read_mask, write_mask
 from runtime.io.video import open_frames
-from cli_helpers import run_cli, run_main
+from runtime.propagation.memory import STATE_FILE
+from runtime.propagation.model import CorrespondenceModel
+from runtime.propagation.sequence import PropagateOptions, Reference, propagate_sequence
 
 T, SIZE = 7, 64
 
@@ -60,7 +59,8 @@ def data(tmp_path_factory):
     for t, f in enumerate(frames):
         Image.fromarray(f).save(root / "frames" / f"img_{t:03d}.jpg", quality=95)
     write_mask(root / "ref.png", masks[0], DAVIS_PALETTE)
-    write_mask(root / "ref_small.png", np.asarray(Image.fromarray(masks[4]).resize((32, 32), Image.NEAREST)), DAVIS_PALETTE)
+    small = np.asarray(Image.fromarray(masks[4]).resize((32, 32), Image.NEAREST))
+    write_mask(root / "ref_small.png", small, DAVIS_PALETTE)
     for seq, seed in (("bear", 5), ("cat", 6)):
         fr, ms = make_sequence(T, SIZE, seed=seed)
         (root / "davis" / "JPEGImages" / "480p" / seq).mkdir(parents=True)

@@ -8,9 +8,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from runtime.errors import CoordGANError
 from runtime.backends import backend_for, open_backend
 from runtime.backends.triton_backend import TritonBackend, parse_address
+from runtime.errors import CoordGANError
 from runtime.propagation.preprocess import resize_frames, to_unit_range
 
 

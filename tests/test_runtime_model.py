@@ -7,9 +7,9 @@ from PIL import Image
 
 from coordgan.checkpoint import save
 from coordgan.config import PRESETS
-from runtime.errors import CoordGANError
 from coordgan.models import build
 from export.onnx_export import ExportOptions, export_onnx
+from runtime.errors import CoordGANError
 from runtime.propagation.model import CorrespondenceModel
 from runtime.propagation.preprocess import resize_frames, to_unit_range
 

@@ -11,13 +11,13 @@ import torch
 
 from coordgan.config import PRESETS
 from coordgan.correspondence import canonical_grid, lookup
-from coordgan.train.warp_ops import soft_warp
-from runtime.errors import CoordGANError
 from coordgan.models import build
 from coordgan.train import losses as L
 from coordgan.train.loop import Run, RunOptions
 from coordgan.train.perceptual import build_lpips
 from coordgan.train.trainer import GeneratorTraining
+from coordgan.train.warp_ops import soft_warp
+from runtime.errors import CoordGANError
 
 TINY = PRESETS["tiny"]
 

@@ -20,14 +20,14 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from coordgan.checkpoint import load, save
-from coordgan.config import PRESETS
-from runtime.errors import CoordGANError
-from coordgan.models import build
 from coordgan.cli import app
+from coordgan.config import PRESETS
+from coordgan.models import build
 from coordgan.train.commands import Common, train_encoder, train_generator
 from coordgan.train.data import ImageFolder, ResumableLoader
 from coordgan.train.perceptual import backbone_file_name, build_lpips
 from coordgan.train.state import load_tree
+from runtime.errors import CoordGANError
 
 TINY = PRESETS["tiny"]
 ROOT = Path(__file__).resolve().parents[1]

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from tritonclient.utils import InferenceServerException
 
+from export_helpers import export_tiny
 from runtime.backends.ort_backend import OrtBackend
 from runtime.lookup import lookup
-from export_helpers import export_tiny
 from triton_helpers import needs_tritonserver, start_server
 from triton_models.repository import BuildOptions, build_repository
 

@@ -17,10 +17,9 @@ from tritonclient.grpc.model_config_pb2 import DataType, ModelConfig, ModelInsta
 from typer.testing import CliRunner
 
 from coordgan.cli import app
-
-from runtime.errors import CoordGANError
 from export.lookup_onnx import write_lookup_model
 from export_helpers import export_tiny
+from runtime.errors import CoordGANError
 from triton_models import pbtxt
 from triton_models.models.base import run_batched
 from triton_models.repository import BuildOptions, build_repository

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from runtime.errors import CoordGANError
-from triton_models.server import EXIT_TIMEOUT_S, TritonServer, check_repository
 from triton_helpers import needs_tritonserver, start_server, write_echo_repo
+from triton_models.server import EXIT_TIMEOUT_S, TritonServer, check_repository
 
 COORDGAN = str(Path(sys.executable).parent / "coordgan")
 

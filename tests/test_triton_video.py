@@ -16,13 +16,13 @@ from google.protobuf import text_format
 from PIL import Image
 
 from coordgan.data.synthetic_faces import make_sequence
+from export_helpers import export_tiny
 from runtime.errors import CoordGANError
-from runtime.propagation.model import CorrespondenceModel
-from runtime.lookup import lookup
 from runtime.io.masks import read_mask
+from runtime.lookup import lookup
+from runtime.propagation.model import CorrespondenceModel
 from runtime.propagation.sequence import PropagateOptions, Reference, propagate_sequence
 from runtime.propagation.step import Propagator
-from export_helpers import export_tiny
 from triton_helpers import needs_tritonserver, start_server
 from triton_models.models import video as video_model
 

@@ -12,10 +12,10 @@ import pytest
 from PIL import Image
 
 from coordgan.data.synthetic_faces import PALETTE, make_sequence
-from runtime.io.masks import DAVIS_PALETTE, write_mask
 from runtime.errors import CoordGANError
 from runtime.io import masks, video
 from runtime.io.images import read_image
+from runtime.io.masks import DAVIS_PALETTE, write_mask
 from runtime.io.video import ArrayFrames, FolderFrames, VideoFrames, VideoWriter, natural_key, open_frames, pick_codec
 
 

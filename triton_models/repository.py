@@ -19,9 +19,9 @@ import json
 import shutil
 from pathlib import Path
 
-from runtime.errors import CoordGANError
 from export.manifest import read_manifest
 from export.staging import check_target, staged_directory
+from runtime.errors import CoordGANError
 from triton_models import pbtxt
 
 BACKENDS = ("onnxruntime", "tensorrt", "python")

@@ -12,11 +12,11 @@ import platform
 import time
 from pathlib import Path
 
-from runtime.errors import CoordGANError
 from runtime.bench.report import add_published_ratios
 from runtime.bench.runners import RUNTIME_BACKENDS, Skip, open_runtime_runner
 from runtime.bench.timing import measure
 from runtime.bench.workload import Workload
+from runtime.errors import CoordGANError
 
 ALL_BACKENDS = ("published", "torch", "torch-compile", "ort-cpu", "ort-cuda", "trt", "triton")
 

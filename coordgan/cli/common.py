@@ -42,8 +42,15 @@ def status(out):
 def frames_bar(out, description: str):
     """A frames bar (count, frames/s, eta) shown from the first frame on, so a run refused before any
     frame leaves no empty bar behind: yields on_frame(done, total)."""
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn,
-                               TimeElapsedColumn, TimeRemainingColumn)
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        ProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
     from rich.text import Text
 
     class FramesPerSecond(ProgressColumn):

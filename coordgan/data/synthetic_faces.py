@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 import numpy as np
+
 from runtime.errors import CoordGANError
 from runtime.io import masks
 from runtime.io.masks import DAVIS_PALETTE

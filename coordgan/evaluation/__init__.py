@@ -36,8 +36,14 @@ CoordGAN adapter (encoder -> w_struct -> generator.warp).
 from coordgan.evaluation.data import SYNTHETIC, LabelledImages, load_folder, split_refs, synthetic_faces
 from coordgan.evaluation.maps import checkpoint_corr_fn, correspondence_maps, identity_corr, match_error, to_tensor
 from coordgan.evaluation.picture import visualize
-from coordgan.evaluation.scoring import (IoUAccumulator, PropagationResult, evaluate, evaluate_maps, ground_truth,
-                                         propagate)
+from coordgan.evaluation.scoring import (
+                                         IoUAccumulator,
+                                         PropagationResult,
+                                         evaluate,
+                                         evaluate_maps,
+                                         ground_truth,
+                                         propagate,
+)
 
 __all__ = [
     "SYNTHETIC",

@@ -18,11 +18,11 @@ import torch
 
 from coordgan.config import ModelConfig, get_preset, loss_names, with_losses
 from coordgan.devices import torch_device
-from runtime.errors import CoordGANError
 from coordgan.train import data as data_mod
 from coordgan.train import distributed as ddp
 from coordgan.train.loop import Run, RunOptions, options_record, prepare_out, train_loop
 from coordgan.train.perceptual import build_lpips
+from runtime.errors import CoordGANError
 
 
 @dataclass
@@ -146,7 +146,8 @@ def train_generator(c: Common, preset: str | None = None, init_from: Path | None
                     freeze_structure: bool | None = None, cfg: ModelConfig | None = None,
                     hooks: dict | None = None, console=None) -> dict:
     """Train G, D and the patch D; `cfg` overrides the preset (tests, custom configs)."""
-    from coordgan.train.trainer import GeneratorTraining, init_from as apply_init
+    from coordgan.train.trainer import GeneratorTraining
+    from coordgan.train.trainer import init_from as apply_init
 
     resumed = _resume_checkpoint(c.out) if c.resume else None
     if resumed is not None:

@@ -33,10 +33,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from runtime.errors import CoordGANError
-from runtime.fileio import atomic_write
 from coordgan.train import distributed as ddp
 from coordgan.train.state import load_tree, rng_state, save_tree, set_rng_state
+from runtime.errors import CoordGANError
+from runtime.fileio import atomic_write
 
 CHECKPOINTS = "checkpoints"
 LATEST = "latest.json"
@@ -303,8 +303,15 @@ class _Signals:
 
 
 def _progress(enabled: bool):
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn,
-                               TimeElapsedColumn, TimeRemainingColumn)
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        ProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
     from rich.text import Text
 
     class Speed(ProgressColumn):

@@ -22,10 +22,10 @@ import torch
 import torch.nn.functional as F
 
 from coordgan.config import ModelConfig
-from runtime.errors import CoordGANError
 from coordgan.models import build
 from coordgan.train import losses as L
 from coordgan.train.loop import Run
+from runtime.errors import CoordGANError
 
 STRUCTURE_BRANCH = ("struc.", "foldnet.")  # frozen in the 512 stage (the public --fix_struc_grad)
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from runtime.errors import CoordGANError
 from runtime.backends.base import Backend, TensorSpec
+from runtime.errors import CoordGANError
 
 __all__ = ["Backend", "TensorSpec", "BACKENDS", "open_backend", "backend_for"]
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.errors import CoordGANError
 from runtime.backends.base import Backend, TensorSpec
+from runtime.errors import CoordGANError
 
 _ORT_TYPES = {
     "tensor(float)": np.float32,

@@ -12,8 +12,8 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from runtime.errors import CoordGANError
 from runtime.backends.base import Backend, TensorSpec
+from runtime.errors import CoordGANError
 
 _TRITON_TYPES = {"FP32": np.float32, "FP16": np.float16, "FP64": np.float64, "UINT8": np.uint8,
                  "INT8": np.int8, "INT32": np.int32, "INT64": np.int64, "BOOL": np.bool_}

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.errors import CoordGANError
 from runtime import cuda_driver
 from runtime.backends.base import Backend, TensorSpec
+from runtime.errors import CoordGANError
 
 
 def _import_trt():

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.errors import CoordGANError
 from runtime.bench.timing import Runner
 from runtime.bench.workload import Workload
+from runtime.errors import CoordGANError
 
 RUNTIME_BACKENDS = ("ort-cpu", "ort-cuda", "trt", "triton")
 

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
+from runtime.davis import layout as davis
+from runtime.davis import metrics
 from runtime.errors import CoordGANError
-from runtime.davis import layout as davis, metrics
 from runtime.io.masks import VOID, read_mask
 from runtime.io.video import natural_key
 

@@ -20,7 +20,6 @@ from runtime.errors import CoordGANError
 from runtime.fileio import atomic_write
 
 
-
 def _voc_colormap() -> bytes:
     """The PASCAL VOC colormap DAVIS annotations use: the bits of each index spread over R, G, B."""
     pal = bytearray()

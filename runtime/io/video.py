@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+
 from runtime.errors import CoordGANError
 from runtime.io.images import read_image
 

@@ -33,8 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.errors import CoordGANError
 from runtime import cuda_driver
+from runtime.errors import CoordGANError
 from runtime.fileio import atomic_write, cache_dir
 from runtime.lookup import spec
 from runtime.lookup.inputs import checked

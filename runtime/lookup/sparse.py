@@ -24,7 +24,6 @@ from runtime.lookup import spec
 from runtime.lookup.dense import dense_into
 from runtime.lookup.inputs import Prepared, finish, prepare
 
-
 _kernels_module = None
 _NO_NUMBA = (
     "numba is not installed ({}), so runtime.lookup's sparse path runs the dense numpy one instead "

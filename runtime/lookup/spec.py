@@ -104,7 +104,8 @@ def check_rank(name: str, shape, layout: str, rank: int) -> None:
     if len(shape) != rank:
         raise CoordGANError(f"{name} must have shape {layout}, got {shape_text(shape)}.")
     if 0 in tuple(shape):
-        raise CoordGANError(f"{name} has an empty dimension (shape {shape_text(shape)}); every size must be at least 1.")
+        raise CoordGANError(f"{name} has an empty dimension (shape {shape_text(shape)}); every size must be at "
+                            "least 1.")
 
 
 def check_shapes(q_shape, k_shape, v_shape) -> None:

@@ -11,10 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from runtime.errors import CoordGANError
 from runtime.davis import layout as davis
-from runtime.propagation.sequence import Reference
+from runtime.errors import CoordGANError
 from runtime.io.video import FrameSource, open_frames
+from runtime.propagation.sequence import Reference
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,9 @@ The encoder graph takes either float images (`image`, NCHW in [-1, 1]) or uint8 
 
 from __future__ import annotations
 
-import numpy as np
-
 from pathlib import Path
+
+import numpy as np
 
 from runtime import lookup as lookup_ops
 from runtime.backends import Backend, backend_for, open_backend

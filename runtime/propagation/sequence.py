@@ -38,9 +38,9 @@ import numpy as np
 from runtime.errors import CoordGANError
 from runtime.fileio import atomic_write
 from runtime.io import masks as mask_io
+from runtime.io.video import FrameSource, VideoWriter, as_frame_source
 from runtime.propagation.memory import STATE_FILE, Memory
 from runtime.propagation.step import LabelChannels, Propagator
-from runtime.io.video import FrameSource, VideoWriter, as_frame_source
 
 SUMMARY_FILE = "summary.json"
 PROBS_DIR = "probs"

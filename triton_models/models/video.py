@@ -27,11 +27,12 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.errors import CoordGANError
 from runtime.backends.base import Backend, TensorSpec
-from runtime.propagation.model import CorrespondenceModel
+from runtime.errors import CoordGANError
 from runtime.io.masks import resize_mask
+from runtime.propagation.model import CorrespondenceModel
 from runtime.propagation.step import Propagator
+
 # shared with the other python-backend models: the stub's utils, error text, dlpack log-noise filter
 from triton_models.models.base import error_message, pb_utils_module, quiet_used_capsules
 

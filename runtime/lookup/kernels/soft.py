@@ -11,7 +11,18 @@ import numpy as np
 
 from runtime.lookup.kernels.grid import DIST_MARGIN, FAR, argmax_first, grow, tail_bound
 from runtime.lookup.kernels.jit import jit
-from runtime.lookup.kernels.simd import exp_neg, v8_add, v8_fma, v8_hmin, v8_load, v8_min, v8_norm, v8_splat, v8_store, v8_sub
+from runtime.lookup.kernels.simd import (
+    exp_neg,
+    v8_add,
+    v8_fma,
+    v8_hmin,
+    v8_load,
+    v8_min,
+    v8_norm,
+    v8_splat,
+    v8_store,
+    v8_sub,
+)
 
 
 @jit
