@@ -40,7 +40,7 @@ def make_export(workdir: Path, preset: str) -> tuple[Path, Path]:
     cfg = get_preset(preset)
     ckpt = save(workdir / f"{preset}-random.safetensors", cfg, build(cfg, which=("g", "e")))
     out = workdir / "onnx"
-    cmd = [sys.executable, "-m", "export.cli", "onnx", str(ckpt), "--out", str(out), "--only", "encoder"]
+    cmd = [sys.executable, "-m", "coordgan.cli", "export", "onnx", str(ckpt), "--out", str(out), "--only", "encoder"]
     subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
     return ckpt, out / "encoder.onnx"
 

@@ -29,7 +29,7 @@ MODEL = "coordgan_encoder"
 
 def build_repositories(preset: str, workdir: Path, args) -> dict:
     """{'on': repo, 'off': repo} for the preset's encoder export."""
-    from coordgan.bench.source import ModelSource
+    from export.cache import ModelSource
     from triton_models.repository import BuildOptions, build_repository
 
     export = ModelSource(preset=preset, seed=0, progress=lambda m: print(f"  {m}", flush=True)).onnx_dir("encoder")

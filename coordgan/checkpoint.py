@@ -23,7 +23,7 @@ from torch import nn
 
 from coordgan.config import PRESETS, ModelConfig, get_preset
 from coordgan.models import NETWORKS
-from runtime.errors import CoordGANError
+from runtime.errors import CoordGANError, first_line
 from runtime.fileio import atomic_write, sha256_file
 
 FORMAT = "coordgan-deploy/1"
@@ -116,7 +116,7 @@ def _read_safetensors(path: Path):
         header = json.loads(data[8:8 + header_len])
         tensors = st_load(data)
     except (SafetensorError, ValueError, struct.error, UnicodeDecodeError) as exc:
-        raise CoordGANError(f"Checkpoint {path} is truncated or corrupt ({_first_line(exc)}).") from None
+        raise CoordGANError(f"Checkpoint {path} is truncated or corrupt ({first_line(exc)}).") from None
     meta = header.get("__metadata__") or {}
     if meta.get("format") != FORMAT or "config" not in meta:
         raise CoordGANError(f"{path} is a safetensors file but not a CoordGAN checkpoint (no embedded config).")
@@ -144,9 +144,9 @@ def _read_public(path: Path) -> dict[str, dict]:
                                 f"{found.group(1)}), not only tensors, and checkpoints are never unpickled.") from None
         reason = re.search(r"WeightsUnpickler error:\s*(.+)", str(exc))
         raise CoordGANError(f"Checkpoint {path} is truncated or corrupt "
-                            f"({reason.group(1).strip().rstrip('.') if reason else _first_line(exc)}).") from None
+                            f"({reason.group(1).strip().rstrip('.') if reason else first_line(exc)}).") from None
     except Exception as exc:  # torch raises many types for damaged files (RuntimeError, EOFError, zip errors...)
-        raise CoordGANError(f"Checkpoint {path} is truncated or corrupt ({_first_line(exc)}).") from None
+        raise CoordGANError(f"Checkpoint {path} is truncated or corrupt ({first_line(exc)}).") from None
     if not isinstance(obj, dict) or not any(k in obj for k in NETWORK_KEYS):
         raise CoordGANError(f"{path} is not a CoordGAN checkpoint: expected top-level keys among {', '.join(NETWORK_KEYS)}.")
     states = {}
@@ -158,10 +158,6 @@ def _read_public(path: Path) -> dict[str, dict]:
             states[key] = {k.removeprefix("module."): v for k, v in state.items()}
     return states
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0][:160].rstrip(".") if text else type(exc).__name__)
 
 
 def _match_preset(path: Path, states: dict, preset: str | None) -> ModelConfig:

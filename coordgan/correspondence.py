@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from runtime.errors import CoordGANError
-from runtime.lookup import choose_impl, spec
+from runtime.lookup import choose_impl, cuda_available, spec
 
 __all__ = ["canonical_grid", "lookup", "lookup_published", "IMPLS"]
 
@@ -207,7 +207,7 @@ def lookup(
         impl: "reference" (this module, torch, any device); or a path of ``runtime.lookup``: "dense"
             or "sparse" (numpy, CPU tensors), "cuda" (the fused kernel on CUDA tensors: P within 1e-4
             of the reference, topk keeps at most 64 neighbours; needs cuda-python), "auto" (cuda on
-            CUDA tensors, sparse on CPU ones).
+            CUDA tensors where the kernel runs them, else the reference; sparse on CPU ones).
 
     Returns:
         P (N, C, Hq, Wq) float32 and labels (N, Hq, Wq) int32 = argmax over C (first max on ties),
@@ -226,6 +226,8 @@ def lookup(
     q, kmap, v = _validate(query, ref_maps, ref_probs)
     n, r, c, hk, wk = v.shape
     k = spec.check_mode(mode, k, r * hk * wk)
+    if impl == "auto" and q.is_cuda and (spec.kernel_limit(c, mode, k) or not cuda_available()):
+        impl = "reference"  # what the kernel cannot run (C or k > 64, no cuda-python), torch can
     if impl == "reference":
         return _reference(q, kmap, v, tau, mode, k, chunk_size)
     chosen = choose_impl(impl, classes=c, mode=mode, k=k, on_gpu=q.is_cuda)

@@ -3,8 +3,8 @@
     <cache>/onnx/<sha16>[-fp16]/<model>/   an export directory holding <model>.onnx and manifest.json
     <cache>/presets/<preset>-seed<N>.safetensors   random weights, for benchmarks at published scale
 
-<cache> is $COORDGAN_CACHE (default ~/.cache/coordgan, runtime.fileio.cache_dir) unless a caller
-names another. Exports are keyed by the checkpoint's SHA-256, so a changed file is exported anew
+<cache> is $COORDGAN_CACHE (else $XDG_CACHE_HOME/coordgan, else ~/.cache/coordgan:
+runtime.fileio.cache_dir) unless a caller names another. Exports are keyed by the checkpoint's SHA-256, so a changed file is exported anew
 and the same weights under another name are not. `coordgan propagate --model CKPT`, the demo and
 `coordgan bench` all export through here.
 """
@@ -22,25 +22,28 @@ VERIFY_BATCHES = (1, 2)  # a cached export is checked against PyTorch at a batch
 
 def export_dir(ckpt, model: str, *, fp16: bool = False, cache: Path | None = None,
                progress: Callable[[str], None] | None = None) -> Path:
-    """The export directory of one model ("encoder" or "generator") of a checkpoint, exported on first use."""
+    """The export directory of one model ("encoder" or "generator") of a checkpoint (a file, or a
+    loaded coordgan.checkpoint.Checkpoint), exported on first use."""
     from export.manifest import MODEL_FILES
 
-    ckpt = Path(ckpt)
-    if not ckpt.is_file():
-        raise CoordGANError(f"Checkpoint {ckpt} does not exist or is not a file.")
+    loaded = None if isinstance(ckpt, (str, Path)) else ckpt
+    path = Path(ckpt) if loaded is None else loaded.path
+    if loaded is None and not path.is_file():
+        raise CoordGANError(f"Checkpoint {path} does not exist or is not a file.")
     root = Path(cache) if cache is not None else cache_dir()
-    target = root / "onnx" / (sha256_file(ckpt)[:16] + ("-fp16" if fp16 else "")) / model
+    sha = loaded.sha256 if loaded is not None else sha256_file(path)
+    target = root / "onnx" / (sha[:16] + ("-fp16" if fp16 else "")) / model
     if (target / MODEL_FILES[model]).is_file():
         return target
     try:
         from coordgan.checkpoint import load
         from export.onnx_export import ExportOptions, export_onnx
     except ImportError as exc:
-        raise CoordGANError(f"Exporting {ckpt} needs PyTorch and onnx ({exc.name} is missing); export it with "
+        raise CoordGANError(f"Exporting {path} needs PyTorch and onnx ({exc.name} is missing); export it with "
                             "`coordgan export onnx` elsewhere and pass the ONNX file.") from None
-    loaded = load(ckpt)  # a file that is no checkpoint is refused before anything is announced or made
+    loaded = loaded or load(path)  # a file that is no checkpoint is refused before anything is announced
     if progress:
-        progress(f"exporting the {model} of {ckpt} to {target} (once)")
+        progress(f"exporting the {model} of {path} to {target} (once)")
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
         export_onnx(loaded, target, ExportOptions(fp16=fp16, only=model, verify_batches=VERIFY_BATCHES))
@@ -48,6 +51,13 @@ def export_dir(ckpt, model: str, *, fp16: bool = False, cache: Path | None = Non
         if not (target / MODEL_FILES[model]).is_file():  # another process (another shard) may have won the race
             raise
     return target
+
+
+def encoder_onnx(ckpt, *, cache: Path | None = None, progress: Callable[[str], None] | None = None) -> Path:
+    """encoder.onnx of a checkpoint, from the cache (exported on first use)."""
+    from export.manifest import MODEL_FILES
+
+    return export_dir(ckpt, "encoder", cache=cache, progress=progress) / MODEL_FILES["encoder"]
 
 
 class ModelSource:
@@ -104,4 +114,4 @@ class ModelSource:
         ck = self.checkpoint()
         if model == "encoder" and "e" not in ck.networks:
             raise CoordGANError(f"Checkpoint {ck.path} has no encoder, so encoder.onnx cannot be exported.")
-        return export_dir(ck.path, model, fp16=fp16, cache=self.cache, progress=self.progress)
+        return export_dir(ck, model, fp16=fp16, cache=self.cache, progress=self.progress)

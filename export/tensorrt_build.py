@@ -29,7 +29,7 @@ import json
 from pathlib import Path
 
 from export.manifest import read_manifest
-from runtime.errors import CoordGANError
+from runtime.errors import CoordGANError, first_line
 from runtime.fileio import atomic_write, sha256_file
 
 PLUGIN_MODULE = "export.plugin.trt_plugin"
@@ -69,7 +69,7 @@ def import_tensorrt():
     try:
         import tensorrt as trt
     except (ImportError, OSError) as exc:  # a wheel without its CUDA libraries
-        raise CoordGANError(f"TensorRT is installed but cannot be loaded ({str(exc).splitlines()[0]}).") from None
+        raise CoordGANError(f"TensorRT is installed but cannot be loaded ({first_line(exc)}).") from None
     return trt
 
 
@@ -93,7 +93,7 @@ def load_plugin(required: bool) -> tuple[str | None, str | None]:
         if callable(getattr(module, "register", None)):  # the module registers on request, not on import
             module.register()
     except Exception as exc:
-        message = f"The TensorRT plugin {PLUGIN_MODULE} failed to load ({str(exc).splitlines()[0][:200].rstrip('.')})"
+        message = f"The TensorRT plugin {PLUGIN_MODULE} failed to load ({first_line(exc)})"
         if required:
             raise CoordGANError(message + ".") from None
         return None, message + "; the models need no custom op, so the build goes on without it."
@@ -128,7 +128,7 @@ def build_engines(directory, options: EngineOptions = EngineOptions(), progress=
     try:
         builder = trt.Builder(logger)
     except Exception as exc:  # no driver / no device
-        raise CoordGANError(f"TensorRT found no usable NVIDIA GPU ({str(exc).splitlines()[0]}).") from None
+        raise CoordGANError(f"TensorRT found no usable NVIDIA GPU ({first_line(exc)}).") from None
     if builder is None:
         raise CoordGANError("TensorRT found no usable NVIDIA GPU (the builder could not be created).")
     trt.init_libnvinfer_plugins(logger, "")

@@ -26,7 +26,7 @@ import numpy as np
 
 from export import graph_tools
 from export.manifest import model_metadata, read_manifest
-from runtime.errors import CoordGANError
+from runtime.errors import CoordGANError, first_line
 
 FP32_BOUNDS = {"corr_map": 1e-4, "image": 1e-3}
 FP16_BOUNDS = {"corr_map": 2e-3, "image": 3e-2}
@@ -137,9 +137,13 @@ def _verify_engine(plan: Path, report: VerifyReport, name, entry, encoder, gener
         return
     try:
         sidecar = plan.with_name(plan.name + ".json")
-        precision = json.loads(sidecar.read_text()).get("precision", "fp32") if sidecar.is_file() else "fp32"
-        bounds = ENGINE_BOUNDS.get(precision, ENGINE_BOUNDS["bf16"])
-        report.models[name].checks += compare_backend(backend, name, entry, encoder, generator, bounds, batches)
+        built = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
+        bounds = ENGINE_BOUNDS.get(built.get("precision", "fp32"), ENGINE_BOUNDS["bf16"])
+        lo, hi = backend.ranges[backend.inputs[0].name][0][0], backend.ranges[backend.inputs[0].name][1][0]
+        fitting = [b for b in batches if lo <= b <= hi] or [lo]  # the batches its profile takes
+        report.models[name].checks += compare_backend(backend, name, entry, encoder, generator, bounds, fitting)
+    except (CoordGANError, ValueError, KeyError) as exc:  # a damaged sidecar, a plan that fails to run
+        report.notes.append(f"{plan.name} was not checked: {first_line(exc)}.")
     finally:
         backend.close()
 
@@ -152,17 +156,17 @@ def _verify_model(directory, manifest, name, entry, encoder, generator, bounds, 
     try:
         model = onnx.load(str(path))
     except Exception as exc:
-        raise CoordGANError(f"{path} is not a readable ONNX model ({str(exc).splitlines()[0][:200]}).") from None
+        raise CoordGANError(f"{path} is not a readable ONNX model ({first_line(exc)}).") from None
     rep.op_counts = graph_tools.op_counts(model)
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-        rep.problems.append(f"the ONNX checker rejects it ({str(exc).splitlines()[0][:200]}).")
+        rep.problems.append(f"the ONNX checker rejects it ({first_line(exc)}).")
         return rep
     try:
         inferred = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
     except onnx.shape_inference.InferenceError as exc:
-        rep.problems.append(f"shape inference fails on it ({str(exc).splitlines()[0][:200]}).")
+        rep.problems.append(f"shape inference fails on it ({first_line(exc)}).")
         return rep
     declared = graph_tools.io_specs(inferred)
     for key in ("inputs", "outputs"):
@@ -199,7 +203,7 @@ def _verify_model(directory, manifest, name, entry, encoder, generator, bounds, 
     except Exception as exc:  # onnxruntime's own exception types: run failures
         if not type(exc).__module__.startswith("onnxruntime"):
             raise
-        rep.problems.append(f"ONNX Runtime cannot run it ({str(exc).splitlines()[0][:200]}).")
+        rep.problems.append(f"ONNX Runtime cannot run it ({first_line(exc)}).")
     return rep
 
 

@@ -112,6 +112,25 @@ def test_bench_end_to_end_tiny(target, cache_dir, tmp_path):
         assert img.format == "PNG" and img.width > 400
 
 
+def test_runtime_pipeline_runs_the_propagation_step(cache_dir, monkeypatch):
+    """The runtime rows of `bench pipeline` time propagate's own step on frames decoded from a video,
+    and write each frame's PNG."""
+    import runtime.propagation.sequence as sequence
+
+    real, seen = sequence.propagate_batch, []
+
+    def counting(model, step, batch, size, out, **kwargs):
+        real(model, step, batch, size, out, **kwargs)
+        seen.append(len(batch))
+        assert all((out.out_dir / f"{name}.png").is_file() for _, name, _ in batch)
+
+    monkeypatch.setattr(sequence, "propagate_batch", counting)
+    result = invoke("pipeline", "--preset", "tiny", "--backends", "ort-cpu", "--batch", "3", "--warmup", "1",
+                    "--iters", "2", "--threads", "1", "--cache-dir", cache_dir)
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert seen == [3, 3, 3]  # the warm-up call and two timed ones, each a batch of 3 decoded frames
+
+
 def test_compare_ratios(tmp_path, cache_dir):
     def result_file(name, rows):
         path = tmp_path / name
@@ -157,7 +176,7 @@ def test_csv_has_header_and_blank_for_missing():
     assert line.startswith("lookup,trt,,") and line.endswith("why")
 
 
-def test_bench_cli_imports_without_torch():
+def test_bench_help_starts_without_torch():
     code = ("import sys; sys.modules['torch'] = None\n"
             "from coordgan.cli import app\n"
             "import runtime.bench, runtime.bench.report, runtime.bench.runners, runtime.bench.workload\n"

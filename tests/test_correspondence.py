@@ -1,4 +1,5 @@
-"""Tests of the reference correspondence lookup (coordgan/correspondence.py) and the Chamfer distance."""
+"""Tests of the reference correspondence lookup (coordgan/correspondence.py) and the Chamfer distance
+(coordgan/train/warp_ops.py)."""
 
 from __future__ import annotations
 

@@ -91,3 +91,7 @@ def test_cli_writes_into_an_export_directory(tmp_path):
                                  "--classes", "8"], capture_output=True, text=True)
         assert result.returncode == 0, result.stderr
         assert onnx.load(str(folder / "corr_lookup.onnx")).graph.node[0].op_type == "CorrLookup"
+    refused = subprocess.run([sys.executable, "-m", "coordgan.cli", "export", "lookup", "--out", str(tmp_path / "no"),
+                              "--classes", "100"], capture_output=True, text=True)
+    assert refused.returncode == 1 and "1 to 64 classes" in refused.stderr
+    assert not (tmp_path / "no").exists()  # a refused op makes no folder

@@ -145,3 +145,51 @@ def test_the_docs_point_inside_the_repository():
             if code and path.startswith(tops) and not any(c in path for c in "<*{") and not (ROOT / path).exists():
                 stale.append(f"{doc.relative_to(ROOT)}: {path}")
     assert not stale, "docs name what is not in the tree:\n" + "\n".join(stale)
+
+
+def _top_level_names(path: Path) -> set[str] | None:
+    """Names a module defines at its top level (None: it has a module __getattr__, any name may exist)."""
+    names = set()
+    for node in ast.parse(path.read_text(), str(path)).body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            if node.name == "__getattr__":
+                return None
+            names.add(node.name)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names.update((a.asname or a.name).split(".")[0] for a in node.names)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.For)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names.update(n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name))
+        elif isinstance(node, (ast.If, ast.Try)):
+            names.update(n.name for n in ast.walk(node) if isinstance(n, (ast.FunctionDef, ast.ClassDef)))
+    return names
+
+
+def test_every_import_of_ours_resolves():
+    """Scripts, tests and packages import only modules and names that exist (a moved module leaves no
+    dangling import behind, lazy or in a script no test runs), and `-m` targets are runnable modules."""
+    import re
+
+    modules = our_modules()
+    files = [p for d in (*PACKAGES, "benchmarks", "checkpoints", "tests") for p in (ROOT / d).rglob("*.py")]
+    broken = []
+    for path in files:
+        text = path.read_text()
+        for node in ast.walk(ast.parse(text, str(path))):
+            if isinstance(node, ast.Import):
+                broken += [f"{path.relative_to(ROOT)}: import {a.name}" for a in node.names
+                           if a.name.split(".")[0] in PACKAGES and a.name not in modules]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").split(".")[0] in PACKAGES:
+                if node.module not in modules:
+                    broken.append(f"{path.relative_to(ROOT)}: from {node.module}")
+                    continue
+                names = _top_level_names(modules[node.module])
+                broken += [f"{path.relative_to(ROOT)}: from {node.module} import {a.name}" for a in node.names
+                           if names is not None and a.name != "*" and a.name not in names
+                           and f"{node.module}.{a.name}" not in modules]
+        for target in re.findall(r'"-m",\s*"([\w.]+)"', text):
+            if target.split(".")[0] in PACKAGES and target not in modules and f"{target}.__main__" not in modules:
+                broken.append(f"{path.relative_to(ROOT)}: -m {target}")
+            elif target in modules and modules[target].name == "__init__.py" and f"{target}.__main__" not in modules:
+                broken.append(f"{path.relative_to(ROOT)}: -m {target} (a package without __main__)")
+    assert not broken, "imports of modules or names that do not exist:\n" + "\n".join(sorted(broken))

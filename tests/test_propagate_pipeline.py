@@ -33,7 +33,7 @@ T, SIZE = 7, 64
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """root/tiny.safetensors, and its encoder exported the way `--model tiny.safetensors` does it:
-    once, into the cache (root/cache/onnx/<sha>/), which then serves as an export directory."""
+    once, into the cache (root/cache/onnx/<sha>/encoder/), which then serves as an export directory."""
     from export.cache import export_dir
 
     root = tmp_path_factory.mktemp("model")

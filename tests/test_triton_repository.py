@@ -25,7 +25,6 @@ from triton_models.models.base import run_batched
 from triton_models.repository import BuildOptions, build_repository
 
 MODELS = ("coordgan_encoder", "coordgan_generator", "coordgan_corr_lookup", "coordgan_frame_labels")
-HAS_VIDEO = importlib.util.find_spec("triton_models.models.video") is not None
 
 
 def read_config(path) -> ModelConfig:
@@ -183,10 +182,6 @@ def test_uint8_encoder_only_export(tmp_path):
 
 def test_video_model(tmp_path, exported):
     result = build_repository(exported, tmp_path / "repo", BuildOptions(video_idle_s=5))
-    if not HAS_VIDEO:
-        assert any("coordgan_video" in n for n in result.notes)
-        assert not (result.repo / "coordgan_video").exists()
-        pytest.skip("triton_models.models.video is not there yet")
     video = read_config(result.repo / "coordgan_video" / "config.pbtxt")
     assert video.name == "coordgan_video" and video.HasField("sequence_batching")
     assert (result.repo / "coordgan_video" / "1" / "model.py").is_file()

@@ -14,14 +14,13 @@ directory beside REPO and renamed into place, so Triton never polls a half-writt
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import shutil
 from pathlib import Path
 
 from export.manifest import read_manifest
 from export.staging import check_target, staged_directory
-from runtime.errors import CoordGANError
+from runtime.errors import CoordGANError, first_line
 from triton_models import pbtxt
 
 BACKENDS = ("onnxruntime", "tensorrt", "python")
@@ -161,7 +160,7 @@ def plan_repository(models_dir: Path, manifest: dict, options: BuildOptions) -> 
         else:
             notes.append(f"No {FRAME_LABELS}: the encoder gives {corr['dtype']} maps, "
                          f"the lookup takes {query['dtype']}.")
-        video = _video_model(options, notes)
+        video = _video_model(options)
         if video:
             plans.append(video)
     return plans, notes
@@ -228,7 +227,7 @@ def _read_onnx(path: Path):
     try:
         return onnx.load(str(path), load_external_data=False)
     except Exception as exc:
-        raise CoordGANError(f"{path} is not a readable ONNX model ({str(exc).splitlines()[0][:120]}).") from None
+        raise CoordGANError(f"{path} is not a readable ONNX model ({first_line(exc)}).") from None
 
 
 def _names(io: dict) -> dict:
@@ -292,11 +291,8 @@ def _frame_labels(encoder_io: dict, lookup_io: dict, options: BuildOptions) -> M
     return ModelPlan(FRAME_LABELS, "ensemble", config)
 
 
-def _video_model(options: BuildOptions, notes: list[str]) -> ModelPlan | None:
+def _video_model(options: BuildOptions) -> ModelPlan | None:
     if not options.video:
-        return None
-    if importlib.util.find_spec("triton_models.models.video") is None:
-        notes.append(f"No {VIDEO}: this installation has no triton_models.models.video.")
         return None
     from triton_models.models import video
 

@@ -16,7 +16,7 @@ from runtime.bench.report import add_published_ratios
 from runtime.bench.runners import RUNTIME_BACKENDS, Skip, open_runtime_runner
 from runtime.bench.timing import measure
 from runtime.bench.workload import Workload
-from runtime.errors import CoordGANError
+from runtime.errors import CoordGANError, first_line
 
 ALL_BACKENDS = ("published", "torch", "torch-compile", "ort-cpu", "ort-cuda", "trt", "triton")
 
@@ -130,7 +130,7 @@ def run_bench(options: BenchOptions, source, *, progress=None, on_row=None) -> t
                 add({**base, "batch": None, "status": "skipped", "reason": str(exc)})
                 continue
             except Exception as exc:  # a backend that breaks must not take the others down
-                add({**base, "batch": None, "status": "failed", "reason": _one_line(exc)})
+                add({**base, "batch": None, "status": "failed", "reason": _reason(exc)})
                 continue
             try:
                 for batch in options.batches:
@@ -144,7 +144,7 @@ def run_bench(options: BenchOptions, source, *, progress=None, on_row=None) -> t
                         add({**row, "status": "skipped", "reason": str(exc)})
                         break
                     except Exception as exc:
-                        add({**row, "status": "failed", "reason": _one_line(exc)})
+                        add({**row, "status": "failed", "reason": _reason(exc)})
                         if not isinstance(exc, CoordGANError):
                             break  # e.g. out of memory: larger batches will not do better
                         continue
@@ -158,6 +158,7 @@ def run_bench(options: BenchOptions, source, *, progress=None, on_row=None) -> t
     return meta, rows
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
-    return f"{type(exc).__name__}: {text}" if not isinstance(exc, CoordGANError) else text
+def _reason(exc: BaseException) -> str:
+    """One line for a failed row: a user error's sentence, else the exception's type and first line."""
+    return first_line(exc) if isinstance(exc, CoordGANError) else f"{type(exc).__name__}: {first_line(exc)}"
+

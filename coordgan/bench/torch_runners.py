@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import tempfile
+from pathlib import Path
 
 import numpy as np
 
@@ -144,17 +145,21 @@ class TorchRunner(Runner):
         sync = torch.cuda.synchronize if self.uses_gpu else (lambda: None)
 
         if wl.target == "pipeline":  # frames decoded from the video, masks written as PNGs, as propagate
+            from runtime.io.masks import DAVIS_PALETTE
+            from runtime.propagation.sequence import MaskWriter
+
             if self._scratch is None:
                 self._scratch = tempfile.TemporaryDirectory(prefix="coordgan-bench-")
             video = wl.video(batch, self._scratch.name)
+            out = MaskWriter(Path(self._scratch.name), DAVIS_PALETTE, np.arange(wl.classes))
 
             def call():
                 decoded = wl.decode(video)
                 frames = t(np.stack([f for _, _, f in decoded]))
                 with torch.inference_mode():
-                    labels = fn(frames, *args)
-                wl.write_masks([name for _, name, _ in decoded], labels.to(torch.uint8).cpu().numpy(),
-                               self._scratch.name)
+                    labels = fn(frames, *args).to(torch.uint8).cpu().numpy()
+                for (_, name, frame), mask in zip(decoded, labels):
+                    out.write(name, mask, None, frame)
         else:
             def call():
                 with torch.inference_mode():

@@ -97,7 +97,8 @@ def _target_command(target: str):
                                                  "the model's canonical size)."),
         seed: int = typer.Option(0, "--seed", help="Seed of the random weights (--preset) and inputs."),
         cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="ONNX export cache (default: "
-                                                 "$COORDGAN_CACHE, else ~/.cache/coordgan)."),
+                                                 "$COORDGAN_CACHE, else $XDG_CACHE_HOME/coordgan or "
+                                                 "~/.cache/coordgan)."),
         json_out: Optional[Path] = typer.Option(None, "--json", help="Write the results as JSON."),
         csv_out: Optional[Path] = typer.Option(None, "--csv", help="Write the results as CSV."),
         plot: Optional[Path] = typer.Option(None, "--plot", help="PNG: latency and throughput vs batch per "

@@ -22,7 +22,7 @@ def demo(
     """Propagate a synthetic face's part masks through a video and score them against ground truth."""
     from coordgan.data.synthetic_faces import PART_NAMES
     from coordgan.demo import DemoOptions, run_demo
-    from export.cache import export_dir
+    from export.cache import encoder_onnx
     from runtime.errors import CoordGANError
     from runtime.propagation.model import open_model
 
@@ -32,7 +32,7 @@ def demo(
     options.validate()
     out_console = console()
     started = time.perf_counter()
-    encoder = export_dir(ckpt, "encoder", cache=out / "export", progress=out_console.print) / "encoder.onnx"
+    encoder = encoder_onnx(ckpt, cache=out / "export", progress=out_console.print)
     out_console.print(f"{frames} synthetic-faces frames at {size}x{size} (seed {seed}), propagated with {encoder}")
     with open_model(str(encoder), backend="onnxruntime", device="cpu") as model, \
             frames_bar(out_console, "propagating") as on_frame:

@@ -60,15 +60,21 @@ def eval_propagation(
         seed=seed, json_out=json_out, vis=vis, device=device, lookup=lookup)
     labels = {"maps": "correspondence maps", "propagation": "propagation (ref x query)"}
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console(stderr=True), transient=False) as bar:
-        tasks = {}
+    bar = Progress(*columns, console=console(stderr=True), transient=False)
+    tasks = {}
 
-        def progress(stage, done, total):
-            if stage not in tasks:
-                tasks[stage] = bar.add_task(labels.get(stage, stage), total=total)
-            bar.update(tasks[stage], completed=done)
+    def progress(stage, done, total):
+        if not tasks:  # shown from the first maps on: a refused run leaves no empty bar behind
+            bar.start()
+        if stage not in tasks:
+            tasks[stage] = bar.add_task(labels.get(stage, stage), total=total)
+        bar.update(tasks[stage], completed=done)
 
+    try:
         report = run_eval(ckpt, options, progress)
+    finally:
+        if tasks:
+            bar.stop()
     _print_propagation(report, options)
 
 

@@ -58,7 +58,7 @@ def verify_command(
     ckpt: Optional[Path] = typer.Option(None, "--ckpt", help="The source checkpoint, if not where the manifest says."),
     batches: str = typer.Option("1,8", "--batches", help="Comma-separated batch sizes to compare at."),
 ):
-    """Check an export directory: ONNX checker, shapes, graph shape, ORT vs PyTorch numerics."""
+    """Check an export directory: ONNX checker, shapes, ONNX Runtime and any TensorRT plan vs PyTorch."""
     from export.verify import print_report, verify_directory
 
     out_console = console()
@@ -114,10 +114,11 @@ def lookup(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing file."),
 ):
     """The correspondence lookup as one coordgan::CorrLookup node, for TensorRT's plugin."""
-    from export.lookup_onnx import write_lookup_model
+    from export.lookup_onnx import lookup_model, write_lookup_model
     from export.tensorrt_build import LOOKUP
 
-    if out.suffix.lower() != ".onnx":  # a folder, as `--out exported/` names one
+    if out.suffix.lower() != ".onnx":  # a folder, as `--out exported/` names one: made once the op is valid
+        lookup_model(classes, tau=tau, mode=mode, k=k, fp16=fp16)
         out.mkdir(parents=True, exist_ok=True)
         out = out / f"{LOOKUP}.onnx"
     path = write_lookup_model(out, classes, tau=tau, mode=mode, k=k, fp16=fp16, overwrite=overwrite)

@@ -68,11 +68,10 @@ def propagate(
     device: str = _opt("auto", "--device"),
 ):
     """Propagate label masks from annotated frames to every frame through CoordGAN correspondence maps."""
-    import dataclasses
-
-    from runtime.propagation.jobs import plan
-    from runtime.propagation.model import check_device, open_model
-    from runtime.propagation.sequence import PropagateOptions, propagate_sequence
+    from runtime.devices import check_device
+    from runtime.propagation.jobs import plan, run_jobs
+    from runtime.propagation.model import open_model
+    from runtime.propagation.sequence import PropagateOptions
 
     options = PropagateOptions(batch=batch, memory=memory, tau=tau, topk=topk, save_probs=save_probs,
                                overwrite=overwrite, resume=resume)
@@ -86,12 +85,7 @@ def propagate(
     check_device(device)  # before an on-the-fly export
     artifact = encoder_artifact(model, backend, url, err.print)
     with open_model(artifact, backend=backend, device=device, batch=batch) as corr_model:
-        opened = [job.open() for job in jobs]  # every input and reference mask checked before any output
-        for job, (source, refs) in zip(jobs, opened):
-            with frames_bar(err, job.name) as on_frame:
-                summary = propagate_sequence(corr_model, source, refs, job.out_dir,
-                                             dataclasses.replace(options, overlay=job.overlay), name=job.name,
-                                             on_frame=on_frame)
+        for job, summary in run_jobs(corr_model, jobs, options, frames_bar=lambda name: frames_bar(err, name)):
             if summary.get("skipped"):
                 err.print(f"{job.name}: already complete, skipped")
                 continue
@@ -106,9 +100,9 @@ def encoder_artifact(model: str | None, backend: str | None, url: str | None, sa
 
     artifact = resolve_encoder(model, backend, url)
     if "://" not in artifact and Path(artifact).suffix.lower() in CHECKPOINT_SUFFIXES:
-        from export.cache import export_dir
+        from export.cache import encoder_onnx
 
-        return str(export_dir(artifact, "encoder", progress=say) / "encoder.onnx")
+        return str(encoder_onnx(artifact, progress=say))
     return artifact
 
 

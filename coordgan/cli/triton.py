@@ -51,10 +51,11 @@ def build(
     """Write a Triton model repository: encoder, generator, corr_lookup, frame_labels ensemble, video."""
     from triton_models.repository import BuildOptions, build_repository
 
+    preferred = positive_ints(preferred_batch, "--preferred-batch") if preferred_batch else None
     options = BuildOptions(backend=backend, max_batch=max_batch, dynamic_batching=dynamic_batching,
-                           preferred_batch=positive_ints(preferred_batch, "--preferred-batch") if preferred_batch else None, queue_delay_us=queue_delay_us,
-                           instances=instances, kind=kind, video=video, video_idle_s=video_idle_s, memory=memory,
-                           tau=tau, topk=topk, overwrite=overwrite)
+                           preferred_batch=preferred, queue_delay_us=queue_delay_us, instances=instances, kind=kind,
+                           video=video, video_idle_s=video_idle_s, memory=memory, tau=tau, topk=topk,
+                           overwrite=overwrite)
     result = build_repository(models, out, options)
     out = console(soft_wrap=True)  # paths stay whole, to copy
     for note in result.notes:

@@ -37,12 +37,12 @@ from coordgan.evaluation.data import SYNTHETIC, LabelledImages, load_folder, spl
 from coordgan.evaluation.maps import checkpoint_corr_fn, correspondence_maps, identity_corr, match_error, to_tensor
 from coordgan.evaluation.picture import visualize
 from coordgan.evaluation.scoring import (
-                                         IoUAccumulator,
-                                         PropagationResult,
-                                         evaluate,
-                                         evaluate_maps,
-                                         ground_truth,
-                                         propagate,
+    IoUAccumulator,
+    PropagationResult,
+    evaluate,
+    evaluate_maps,
+    ground_truth,
+    propagate,
 )
 
 __all__ = [

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from coordgan.evaluation.scoring import LOOKUPS
 from runtime.errors import CoordGANError
 
-LOOKUP_CHOICES = ("auto", "reference", "dense", "sparse", "cuda")
 
 
 @dataclass(frozen=True)
@@ -32,13 +32,14 @@ class EvalOptions:
     json_out: Path | None = None
     vis: Path | None = None
     device: str | None = None  # cpu | cuda[:N]; None: cuda when available
-    lookup: str = "auto"  # auto: the exact torch reference on a GPU, the sparse numpy path on the CPU
+    lookup: str = "auto"  # a path of coordgan.correspondence.lookup; auto here: the exact reference on a GPU,
+    #                        the sparse numpy path on the CPU (the benchmark's numbers, not the fastest path)
 
     def validate(self) -> None:
         if not (isinstance(self.tau, (int, float)) and math.isfinite(self.tau) and self.tau > 0):
             raise CoordGANError(f"--tau must be a finite number > 0, got {self.tau}.")
-        if self.lookup not in LOOKUP_CHOICES:
-            raise CoordGANError(f"--lookup must be one of {', '.join(LOOKUP_CHOICES)}, not {self.lookup!r}.")
+        if self.lookup not in LOOKUPS:
+            raise CoordGANError(f"--lookup must be one of {', '.join(LOOKUPS)}, not {self.lookup!r}.")
         for out in (self.json_out, self.vis):
             if out is not None and not Path(out).parent.is_dir():
                 raise CoordGANError(f"The folder of {out} does not exist.")

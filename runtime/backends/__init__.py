@@ -22,10 +22,10 @@ BACKENDS = ("onnxruntime", "tensorrt", "triton")
 
 def backend_for(artifact: str) -> str:
     """The backend an artifact implies."""
-    from runtime.backends.triton_backend import SCHEMES
+    from runtime.backends.triton_backend import is_address
 
     text = str(artifact)
-    if "://" in text and text.split("://", 1)[0] in SCHEMES:
+    if is_address(text):
         return "triton"
     suffix = Path(text).suffix.lower()
     if suffix == ".onnx":

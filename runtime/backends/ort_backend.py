@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from runtime.backends.base import Backend, TensorSpec
-from runtime.errors import CoordGANError
+from runtime.devices import check_device
+from runtime.errors import CoordGANError, first_line
 
 _ORT_TYPES = {
     "tensor(float)": np.float32,
@@ -59,8 +60,7 @@ class OrtBackend(Backend):
         path = Path(path)
         if not path.is_file():
             raise CoordGANError(f"ONNX model {path} does not exist.")
-        if device not in ("auto", "cpu", "cuda"):
-            raise CoordGANError(f"device must be auto, cpu or cuda, got {device!r}.")
+        check_device(device, "device")
         opts = ort.SessionOptions()
         opts.log_severity_level = 3  # errors only: no provider-fallback noise
         levels = {"none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -87,7 +87,7 @@ class OrtBackend(Backend):
         try:
             self.session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
         except Exception as exc:  # ORT raises its own exception types for bad files
-            raise CoordGANError(f"ONNX Runtime cannot load {path}: {str(exc).splitlines()[0][:200]}.") from None
+            raise CoordGANError(f"ONNX Runtime cannot load {path}: {first_line(exc)}.") from None
         finally:
             ort.set_default_logger_severity(3)
         got_cuda = self.session.get_providers()[0] == "CUDAExecutionProvider"

@@ -13,7 +13,7 @@ from urllib.parse import urlparse
 import numpy as np
 
 from runtime.backends.base import Backend, TensorSpec
-from runtime.errors import CoordGANError
+from runtime.errors import CoordGANError, first_line
 
 _TRITON_TYPES = {"FP32": np.float32, "FP16": np.float16, "FP64": np.float64, "UINT8": np.uint8,
                  "INT8": np.int8, "INT32": np.int32, "INT64": np.int64, "BOOL": np.bool_}
@@ -47,6 +47,11 @@ def parse_address(url: str, protocol: str | None = None) -> tuple[str, str, str,
     return protocol or implied or "grpc", parts.netloc, model, version
 
 
+def is_address(text: str) -> bool:
+    """True for an address with a Triton scheme (triton://, triton+http://, grpc://, http://...)."""
+    return "://" in str(text) and str(text).split("://", 1)[0] in SCHEMES
+
+
 def client_module(protocol: str):
     """tritonclient.grpc or tritonclient.http, or one sentence saying how to install it."""
     try:
@@ -58,11 +63,6 @@ def client_module(protocol: str):
         raise CoordGANError(f"Talking to Triton needs tritonclient[{protocol}]; install it with: "
                             "pip install 'coordgan-deploy[runtime]'.") from None
     return module
-
-
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:240].rstrip(".")
 
 
 class TritonBackend(Backend):
@@ -83,7 +83,7 @@ class TritonBackend(Backend):
             ready = self.client.is_model_ready(self.model, self.version)
         except Exception as exc:
             raise CoordGANError(f"Cannot reach a Triton server at {self.host} ({protocol}): "
-                                f"{str(exc).splitlines()[0][:160]}.") from None
+                                f"{first_line(exc)}.") from None
         if not ready:
             raise CoordGANError(f"Triton at {self.host} has no ready model {self.model!r}.")
         meta = self.client.get_model_metadata(self.model, self.version)
@@ -112,7 +112,7 @@ class TritonBackend(Backend):
         try:
             result = self.client.infer(self.model, inputs, model_version=self.version, outputs=outputs)
         except Exception as exc:
-            raise CoordGANError(f"Triton model {self.model!r} failed: {str(exc).splitlines()[0][:200]}.") from None
+            raise CoordGANError(f"Triton model {self.model!r} failed: {first_line(exc)}.") from None
         return {spec.name: result.as_numpy(spec.name) for spec in self.outputs}
 
     def close(self):

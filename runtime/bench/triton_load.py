@@ -20,11 +20,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from runtime.backends.triton_backend import first_line
 from runtime.bench.report import fmt
 from runtime.bench.stats import summarize
 from runtime.bench.triton_target import TritonTarget, random_inputs
-from runtime.errors import CoordGANError
+from runtime.errors import CoordGANError, first_line
 
 
 @dataclass

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from runtime.backends.triton_backend import client_module, first_line, parse_address
-from runtime.errors import CoordGANError
+from runtime.backends.triton_backend import client_module, parse_address
+from runtime.errors import CoordGANError, first_line
 
 _DTYPES = {"TYPE_BOOL": np.bool_, "TYPE_UINT8": np.uint8, "TYPE_UINT16": np.uint16, "TYPE_UINT32": np.uint32,
            "TYPE_UINT64": np.uint64, "TYPE_INT8": np.int8, "TYPE_INT16": np.int16, "TYPE_INT32": np.int32,

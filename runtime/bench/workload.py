@@ -59,6 +59,9 @@ class Workload:
             raise CoordGANError(f"--lookup-method must be dense, sparse or auto, not {self.lookup_method!r}.")
         if self.refs < 1 or self.classes < 1 or self.tau <= 0:
             raise CoordGANError("--refs and --classes must be positive and --tau greater than 0.")
+        if self.target == "pipeline" and self.classes > 256:
+            raise CoordGANError(f"The pipeline writes 8-bit label PNGs: --classes must be at most 256, got "
+                                f"{self.classes}.")
 
     @property
     def cpu_lookup_impl(self) -> str:
@@ -102,14 +105,6 @@ class Workload:
         from runtime.io.video import open_frames
 
         return list(open_frames(video).frames())
-
-    @staticmethod
-    def write_masks(names, masks: np.ndarray, folder) -> None:
-        """One palette PNG per mask, as propagate writes them."""
-        from runtime.io.masks import DAVIS_PALETTE, write_mask
-
-        for name, mask in zip(names, masks):
-            write_mask(Path(folder) / f"{name}.png", mask, DAVIS_PALETTE)
 
     def reference_memory(self) -> tuple[np.ndarray, np.ndarray]:
         """K (1, R, 2, S, S) and V (1, R, C, S, S): the annotated / recent frames a query looks up."""

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from runtime.errors import CoordGANError
+from runtime.errors import CoordGANError, first_line
 
 
 @lru_cache(maxsize=1)
@@ -36,14 +36,10 @@ def open_image(path, *, what: str = "Image") -> Image.Image:
         with Image.open(path) as img:
             return upright(img).convert("RGB")
     except (OSError, ValueError, SyntaxError) as exc:
-        raise CoordGANError(f"{what} {Path(path)} cannot be read as an image ({_first_line(exc)}).") from None
+        raise CoordGANError(f"{what} {Path(path)} cannot be read as an image ({first_line(exc)}).") from None
 
 
 def read_image(path, *, what: str = "Image") -> np.ndarray:
     """The image file as (H, W, 3) uint8 RGB, upright."""
     return np.asarray(open_image(path, what=what))
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:200] if text else type(exc).__name__

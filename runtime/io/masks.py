@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from runtime.errors import CoordGANError
+from runtime.errors import CoordGANError, first_line
 from runtime.fileio import atomic_write
 
 
@@ -69,7 +69,7 @@ def read_mask(path, *, what: str = "Mask") -> tuple[np.ndarray, bytes | None]:
     except CoordGANError:
         raise
     except (OSError, ValueError, SyntaxError) as exc:
-        raise CoordGANError(f"{what} {path} cannot be read as an image ({_first_line(exc)}).") from None
+        raise CoordGANError(f"{what} {path} cannot be read as an image ({first_line(exc)}).") from None
     if mode == "1":
         return labels.astype(np.uint8), None
     if labels.size and int(labels.max()) > 255:
@@ -124,7 +124,3 @@ def overlay(frame: np.ndarray, labels: np.ndarray, palette: bytes, alpha: float 
     tinted[fg] = (1 - alpha) * tinted[fg] + alpha * colorize(labels, palette)[fg]
     return tinted.round().astype(np.uint8)
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:200] if text else type(exc).__name__

@@ -23,7 +23,7 @@ from typing import Iterator
 
 import numpy as np
 
-from runtime.errors import CoordGANError
+from runtime.errors import CoordGANError, first_line
 from runtime.io.images import read_image
 
 FRAME_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -40,12 +40,6 @@ def _import_av():
                             "pip install 'coordgan-deploy[runtime]'.") from None
     return av
 
-
-def _first_line(exc: BaseException) -> str:
-    if isinstance(getattr(exc, "strerror", None), str):  # FFmpeg errors: the reason without errno and path
-        return exc.strerror
-    text = str(exc).strip().splitlines()
-    return text[0][:200] if text else type(exc).__name__
 
 
 def natural_key(name: str):
@@ -150,7 +144,7 @@ class VideoFrames(FrameSource):
         try:
             return av.open(str(self.path), mode="r")
         except (av.FFmpegError, OSError, ValueError) as exc:
-            raise CoordGANError(f"Video {self.path} cannot be read ({_first_line(exc)}); "
+            raise CoordGANError(f"Video {self.path} cannot be read ({first_line(exc)}); "
                                 "it is damaged or not a video file.") from None
 
     def _stream(self, container):
@@ -184,7 +178,7 @@ class VideoFrames(FrameSource):
                             yield index, self.name(index), image
             except (av.FFmpegError, ValueError) as exc:
                 raise CoordGANError(f"Video {self.path} is damaged after frame {max(index, 0)} "
-                                    f"({_first_line(exc)}).") from None
+                                    f"({first_line(exc)}).") from None
         if index < 0:
             raise CoordGANError(f"Video {self.path} holds no decodable frames; it is empty or damaged.")
         # A file cut off after its index (-movflags faststart) demuxes fewer packets than the index
@@ -295,7 +289,7 @@ class VideoWriter:
         except (av.FFmpegError, OSError, ValueError) as exc:
             with contextlib.suppress(OSError):
                 self.tmp.unlink(missing_ok=True)
-            raise CoordGANError(f"Cannot write the video {self.path} ({_first_line(exc)}); use a "
+            raise CoordGANError(f"Cannot write the video {self.path} ({first_line(exc)}); use a "
                                 f"{', '.join(self.WRITABLE)} name in a writable folder.") from None
         self.stream = None
         self.frames_written = 0

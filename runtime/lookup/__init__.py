@@ -15,6 +15,9 @@ this package never imports torch); its ``impl=`` hands torch tensors to the path
 
 from __future__ import annotations
 
+import numpy as np
+
+from runtime.devices import check_device
 from runtime.errors import CoordGANError
 from runtime.lookup import spec
 from runtime.lookup.dense import lookup_dense
@@ -24,7 +27,7 @@ from runtime.lookup.spec import IMPLS, MODES
 __all__ = ["IMPLS", "MODES", "lookup", "lookup_dense", "lookup_sparse", "choose_impl", "impl_for_device",
            "cuda_available", "default_threads"]
 
-# What the `device` options of the CLI and the Triton models mean for the lookup.
+# What the `device` options of the CLI and the Triton models (runtime.devices) mean for the lookup.
 _DEVICE_IMPL = {"auto": "auto", "cpu": "sparse", "cuda": "cuda"}
 
 
@@ -37,9 +40,7 @@ def cuda_available() -> bool:
 
 def impl_for_device(device: str) -> str:
     """auto -> auto, cpu -> sparse (which runs dense itself where that is faster), cuda -> cuda."""
-    if device not in _DEVICE_IMPL:
-        raise CoordGANError(f"device must be one of 'auto', 'cpu' or 'cuda', got {device!r}.")
-    return _DEVICE_IMPL[device]
+    return _DEVICE_IMPL[check_device(device, "device")]
 
 
 def choose_impl(impl: str, *, classes: int, mode: str = "soft", k: int | None = None,
@@ -100,8 +101,8 @@ def lookup(
     Returns:
         P (N, C, Hq, Wq) float32 and labels (N, Hq, Wq) int32, numpy.
     """
-    classes = getattr(ref_probs, "shape", (0, 0, 0))[2] if getattr(ref_probs, "ndim", 0) == 5 else 0
-    chosen = choose_impl(impl, classes=classes, mode=mode, k=spec.as_int(k))
+    shape = np.shape(ref_probs)
+    chosen = choose_impl(impl, classes=shape[2] if len(shape) == 5 else 0, mode=mode, k=spec.as_int(k))
     if info is not None:
         info["impl"] = chosen
     if chosen == "cuda":

@@ -10,6 +10,7 @@ anyway, the dense path runs instead (same result).
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import threading
@@ -24,25 +25,22 @@ from runtime.lookup import spec
 from runtime.lookup.dense import dense_into
 from runtime.lookup.inputs import Prepared, finish, prepare
 
-_kernels_module = None
 _NO_NUMBA = (
     "numba is not installed ({}), so runtime.lookup's sparse path runs the dense numpy one instead "
     "(same result, ~50x slower at 128 px); install coordgan-deploy[runtime] for the fast path."
 )
 
 
-def _sparse_kernels():
-    """The compiled kernels module, or None when numba cannot be imported (warned once)."""
-    global _kernels_module
-    if _kernels_module is None:
-        try:
-            from runtime.lookup import kernels
-        except ImportError as exc:
-            _kernels_module = _NO_NUMBA.format(exc)
-            warnings.warn(_kernels_module, RuntimeWarning, stacklevel=3)
-        else:
-            _kernels_module = kernels
-    return None if isinstance(_kernels_module, str) else _kernels_module
+@functools.lru_cache(maxsize=1)
+def _kernels():
+    """(the compiled kernels module, None), or (None, why not) where numba cannot be imported (warned once)."""
+    try:
+        from runtime.lookup import kernels
+    except ImportError as exc:
+        why = _NO_NUMBA.format(exc)
+        warnings.warn(why, RuntimeWarning, stacklevel=3)
+        return None, why
+    return kernels, None
 
 
 def default_threads() -> int:
@@ -241,8 +239,8 @@ def lookup_sparse(
         raise CoordGANError(f"threads must be a positive integer, got {threads!r}.")
     n, m, nq = x.n, x.m, x.hq * x.wq
     stats = {"path": "sparse", "pairs": 0, "dense_pairs": n * nq * m, "threads": int(threads), "reason": None}
-    kern = _sparse_kernels()
-    reason = _kernels_module if kern is None else _dense_reason(x, float(tol), float(dense_above))
+    kern, why = _kernels()
+    reason = why if kern is None else _dense_reason(x, float(tol), float(dense_above))
     out = np.empty((n, x.c, nq), np.float32)
     if reason is None:
         labels = np.empty((n, nq), np.int32)  # the kernels write the argmax too

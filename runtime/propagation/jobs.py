@@ -8,13 +8,15 @@ split a dataset without talking to each other, and the same shard always gets th
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import contextlib
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Callable, Iterator
 
 from runtime.davis import layout as davis
 from runtime.errors import CoordGANError
 from runtime.io.video import FrameSource, open_frames
-from runtime.propagation.sequence import Reference
+from runtime.propagation.sequence import PropagateOptions, Reference, propagate_sequence
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,20 @@ class SequenceJob:
         """The frame source and the references, read (the masks are checked here)."""
         source = open_frames(self.frames)
         return source, [Reference.from_png(path, frame) for frame, path in self.refs]
+
+
+def run_jobs(model, jobs: list[SequenceJob], options: PropagateOptions, *,
+             frames_bar: Callable[[str], contextlib.AbstractContextManager] | None = None
+             ) -> Iterator[tuple[SequenceJob, dict]]:
+    """Propagate the jobs in order, yielding (job, summary) as each completes. Every input and reference
+    mask is opened and checked before the first output is written. frames_bar(name) is a context that
+    gives on_frame(done, total) for one sequence (a progress bar)."""
+    opened = [job.open() for job in jobs]
+    for job, (source, refs) in zip(jobs, opened):
+        with (frames_bar(job.name) if frames_bar else contextlib.nullcontext()) as on_frame:
+            summary = propagate_sequence(model, source, refs, job.out_dir, replace(options, overlay=job.overlay),
+                                         name=job.name, on_frame=on_frame)
+        yield job, summary
 
 
 def parse_ref(text: str) -> tuple[str | int, Path]:

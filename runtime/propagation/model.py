@@ -16,6 +16,8 @@ import numpy as np
 
 from runtime import lookup as lookup_ops
 from runtime.backends import Backend, backend_for, open_backend
+from runtime.backends.triton_backend import is_address
+from runtime.devices import check_device
 from runtime.errors import CoordGANError
 from runtime.propagation.preprocess import check_frames, resize_frames, to_unit_range
 
@@ -77,7 +79,6 @@ class CorrespondenceModel:
 
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth")
-DEVICES = ("auto", "cpu", "cuda")
 
 
 def resolve_encoder(model: str | None, backend: str | None = None, url: str | None = None) -> str:
@@ -91,7 +92,7 @@ def resolve_encoder(model: str | None, backend: str | None = None, url: str | No
     if model is None:
         raise CoordGANError("Give the encoder with --model (encoder.onnx, an export directory, a .plan, or "
                             "triton://host:port/model), or --backend triton --url triton://host:port/model.")
-    if "://" in model:
+    if backend == "triton" or is_address(model):
         return model
     path = Path(model)
     if not path.exists():
@@ -103,12 +104,6 @@ def resolve_encoder(model: str | None, backend: str | None = None, url: str | No
                 return str(path / name)
         raise CoordGANError(f"{path} holds no {' or '.join(names)}; export one with `coordgan export onnx`.")
     return str(path)
-
-
-def check_device(device: str) -> str:
-    if device not in DEVICES:
-        raise CoordGANError(f"--device must be auto, cpu or cuda, not {device!r}.")
-    return device
 
 
 def open_model(artifact: str, *, backend: str | None = None, device: str = "auto", batch: int = 8

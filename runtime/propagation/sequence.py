@@ -117,7 +117,7 @@ class MaskWriter:
     save_probs: bool = False
     video: VideoWriter | None = None
 
-    def write(self, name: str, mask: np.ndarray, probs: np.ndarray, frame: np.ndarray) -> None:
+    def write(self, name: str, mask: np.ndarray, probs: np.ndarray | None, frame: np.ndarray) -> None:
         if self.save_probs:
             with atomic_write(self.out_dir / PROBS_DIR / f"{name}.npz") as f:
                 np.savez(f, probs=probs.astype(np.float16), labels=self.labels)

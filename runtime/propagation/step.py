@@ -7,7 +7,7 @@
 `runtime.propagation.sequence.propagate_sequence` (files, batches, resume) and the Triton sequence model
 `coordgan_video` (one frame per request) both drive this class, so both give the same masks.
 
-Per frame (DESIGN.md, "Data flow of mask propagation"), given its correspondence map (2, G, G):
+Per frame (docs/DESIGN.md, "One frame of mask propagation"), given its correspondence map (2, G, G):
 - annotated: its mask (label values at frame size) becomes area-averaged label probabilities at the
   grid G, kept in the memory as a reference for the whole sequence;
 - any other: its pixels are looked up in the memory (soft lookup, temperature tau, optionally only
