@@ -53,7 +53,8 @@ def write_inputs(out: Path, options: DemoOptions) -> tuple[Path, object]:
 
 
 def run_demo(model, out, options: DemoOptions = DemoOptions(), *, checkpoint: str = "",
-             on_frame: Callable[[int, int | None], None] | None = None) -> dict:
+             on_frame: Callable[[int, int | None], None] | None = None,
+             on_note: Callable[[str], None] | None = None) -> dict:
     """Write the inputs, propagate, score; returns (and writes as demo.json) the result."""
     from runtime.davis.evaluate import evaluate_sequence
     from runtime.io.video import open_frames
@@ -67,7 +68,7 @@ def run_demo(model, out, options: DemoOptions = DemoOptions(), *, checkpoint: st
     video, first_mask = write_inputs(out, options)
     propagate = PropagateOptions(memory=options.memory, overlay=out / "overlay.mp4", overwrite=True)
     summary = propagate_sequence(model, open_frames(video), [Reference(first_mask)], out / "masks", propagate,
-                                 on_frame=on_frame)
+                                 on_frame=on_frame, on_note=on_note)
     scores = {name: evaluate_sequence(out / folder, out / "gt")
               for name, folder in (("propagated", "masks"), ("identity baseline", "identity"))}
     result = {"checkpoint": checkpoint, "frames": options.frames, "size": options.size, "seed": options.seed,

@@ -293,6 +293,23 @@ def test_kernel_cache_falls_back_to_a_temp_dir_when_read_only():
     assert result.returncode == 0, result.stderr
 
 
+@pytest.mark.parametrize("c,threads", [(3, 1), (8, 2), (40, 2)])
+def test_every_pair_path_on_collapsed_maps_matches_the_reference(rng, c, threads):
+    """Reference maps collapsed into a region far smaller than tau's reach (an untrained encoder's): no
+    pixel can be skipped, so the soft lookup runs every pair compiled (the per-channel kernel; BLAS
+    sums above 31 classes), over query counts that are no multiple of its blocks, and agrees with
+    the reference."""
+    q, kmap, v = case(rng, n=2, r=2, c=c, hq=7, wq=9, hk=13, wk=11)
+    kmap = np.float32(0.3) + np.float32(0.002) * kmap
+    q = np.float32(0.3) + np.float32(0.003) * q
+    info: dict = {}
+    p, labels = lookup_sparse(q, kmap, v, tau=0.01, info=info, threads=threads)
+    assert info["path"] == "dense" and info["pairs"] == info["dense_pairs"]
+    p_ref, l_ref = ref(q, kmap, v, tau=0.01)
+    assert np.abs(p - p_ref).max() <= 1e-5, rng.seed_value
+    assert_labels(labels, l_ref, p_ref, rng.seed_value)
+
+
 def test_sparse_falls_back_to_dense_for_large_tau(rng):
     q, kmap, v = case(rng, n=1, r=1, c=4, hq=32, wq=32, hk=32, wk=32)
     info: dict = {}

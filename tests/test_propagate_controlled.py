@@ -23,11 +23,12 @@ from runtime.propagation.sequence import PropagateOptions, Reference, propagate_
 G = 32  # the fake model's grid
 
 
-def shift_encoder(path, direction=(1, 0)):
-    """image (N, 3, G, G) in [-1, 1] -> corr_map = clip(grid - shift * direction), shift = red / 16 grid px."""
-    g = np.linspace(-1, 1, G, dtype=np.float32)
+def shift_encoder(path, direction=(1, 0), extent=1.0):
+    """image (N, 3, G, G) in [-1, 1] -> corr_map = clip(grid - shift * direction), shift = red / 16 grid px;
+    the grid spans [-extent, extent] (a small extent: collapsed maps)."""
+    g = np.linspace(-extent, extent, G, dtype=np.float32)
     grid = np.stack(np.meshgrid(g, g, indexing="xy"))[None]  # channel 0 = x along width
-    step = (np.array(direction, np.float32) * 2 / (G - 1)).reshape(1, 2, 1, 1)
+    step = (np.array(direction, np.float32) * 2 * extent / (G - 1)).reshape(1, 2, 1, 1)
     consts = {"grid": grid, "step": step, "s0": np.array([0]), "s1": np.array([1]), "ax": np.array([1]),
               "scale": np.array(127.5 / 16, np.float32), "one": np.array(1.0, np.float32),
               "lo": np.array(-1.0, np.float32), "hi": np.array(1.0, np.float32)}
@@ -281,3 +282,30 @@ def test_bilinear_upsampling_matches_torch_interpolate():
         ref = torch.nn.functional.interpolate(torch.from_numpy(p)[None], size=size, mode="bilinear",
                                               align_corners=False)[0].numpy()
         assert np.allclose(upsample(p, size), ref, atol=1e-6)
+
+
+def test_collapsed_maps_are_said_once_and_still_propagated(tmp_path, monkeypatch, capsys):
+    """Maps spread over a fraction of tau (an untrained encoder's): one warning naming the spread, in the
+    summary and as one line of `coordgan propagate`; every mask is still written (the lookup compares all)."""
+    from cli_helpers import run_main
+    from runtime.io.masks import DAVIS_PALETTE, write_mask
+
+    encoder = shift_encoder(tmp_path / "collapsed.onnx", extent=0.002)
+    notes = []
+    with CorrespondenceModel(encoder, lookup_impl="sparse") as model:
+        summary = propagate_sequence(model, frames_with_red([0, 16, 32, 48], G), [Reference(objects(G))],
+                                     tmp_path / "out", PropagateOptions(batch=2), on_note=notes.append)
+    assert len(notes) == 1 and summary["warnings"] == notes
+    assert notes[0].startswith("collapsed maps: frame 00000's correspondence map spreads 0.00")
+    assert "less than 5 x tau = 0.05" in notes[0] and "untrained or broken encoder" in notes[0]
+    assert len(list((tmp_path / "out").glob("*.png"))) == 4
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for t, f in enumerate(frames_with_red([0, 16, 32], G)):
+        Image.fromarray(f).save(frames / f"{t:05d}.png")
+    write_mask(tmp_path / "ref.png", objects(G), DAVIS_PALETTE)
+    code, _, err = run_main(monkeypatch, capsys, "propagate", frames, "--model", encoder, "--ref", tmp_path / "ref.png",
+                            "--out", tmp_path / "cli", "--device", "cpu")
+    assert code in (0, None), err
+    warned = [line for line in err.splitlines() if "collapsed maps" in line]
+    assert len(warned) == 1 and warned[0].startswith("warning frames: collapsed maps") and "untrained" in warned[0]

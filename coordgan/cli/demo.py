@@ -36,7 +36,8 @@ def demo(
     out_console.print(f"{frames} synthetic-faces frames at {size}x{size} (seed {seed}), propagated with {encoder}")
     with open_model(str(encoder), backend="onnxruntime", device="cpu") as model, \
             frames_bar(out_console, "propagating") as on_frame:
-        result = run_demo(model, out, options, checkpoint=str(ckpt), on_frame=on_frame)
+        result = run_demo(model, out, options, checkpoint=str(ckpt), on_frame=on_frame,
+                          on_note=lambda text: out_console.print(f"[yellow]warning[/yellow]: {text}", soft_wrap=True))
     _report(out_console, result, PART_NAMES)
     outputs = result["outputs"]
     out_console.print(f"video {outputs['video']}, ground truth {outputs['ground_truth']}, masks {outputs['masks']}, "

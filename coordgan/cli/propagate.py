@@ -85,7 +85,9 @@ def propagate(
     check_device(device)  # before an on-the-fly export
     artifact = encoder_artifact(model, backend, url, err.print)
     with open_model(artifact, backend=backend, device=device, batch=batch) as corr_model:
-        for job, summary in run_jobs(corr_model, jobs, options, frames_bar=lambda name: frames_bar(err, name)):
+        for job, summary in run_jobs(corr_model, jobs, options, frames_bar=lambda name: frames_bar(err, name),
+                                     on_note=lambda name, text: err.print(f"[yellow]warning[/yellow] {name}: {text}",
+                                                                          soft_wrap=True)):
             if summary.get("skipped"):
                 err.print(f"{job.name}: already complete, skipped")
                 continue

@@ -34,16 +34,18 @@ class SequenceJob:
 
 
 def run_jobs(model, jobs: list[SequenceJob], options: PropagateOptions, *,
-             frames_bar: Callable[[str], contextlib.AbstractContextManager] | None = None
-             ) -> Iterator[tuple[SequenceJob, dict]]:
+             frames_bar: Callable[[str], contextlib.AbstractContextManager] | None = None,
+             on_note: Callable[[str, str], None] | None = None) -> Iterator[tuple[SequenceJob, dict]]:
     """Propagate the jobs in order, yielding (job, summary) as each completes. Every input and reference
     mask is opened and checked before the first output is written. frames_bar(name) is a context that
-    gives on_frame(done, total) for one sequence (a progress bar)."""
+    gives on_frame(done, total) for one sequence (a progress bar); on_note(name, text) hears a
+    sequence's warnings as they come."""
     opened = [job.open() for job in jobs]
     for job, (source, refs) in zip(jobs, opened):
         with (frames_bar(job.name) if frames_bar else contextlib.nullcontext()) as on_frame:
             summary = propagate_sequence(model, source, refs, job.out_dir, replace(options, overlay=job.overlay),
-                                         name=job.name, on_frame=on_frame)
+                                         name=job.name, on_frame=on_frame,
+                                         on_note=(lambda text, name=job.name: on_note(name, text)) if on_note else None)
         yield job, summary
 
 

@@ -155,7 +155,8 @@ def propagate_batch(model, step: Propagator, batch, size: tuple[int, int], out: 
 
 def propagate_sequence(model, frames, refs: Sequence[Reference], out_dir,
                        options: PropagateOptions = PropagateOptions(), *, name: str | None = None,
-                       on_frame: Callable[[int, int | None], None] | None = None) -> dict:
+                       on_frame: Callable[[int, int | None], None] | None = None,
+                       on_note: Callable[[str], None] | None = None) -> dict:
     """Write a mask for every frame into `out_dir`; returns the summary (also written as summary.json).
 
     model: a CorrespondenceModel (anything with `.correspondence(frames)` and `.lookup(q, k, v, ...)`).
@@ -163,6 +164,7 @@ def propagate_sequence(model, frames, refs: Sequence[Reference], out_dir,
         iterable of (H, W, 3) uint8 frames or (name, frame) pairs (read once, as they come).
     refs: the annotated frames; one of them must be frame 0.
     on_frame(done, total): called after each frame is written (total None when unknown).
+    on_note(text): called once for what a user should hear (collapsed maps); also in summary["warnings"].
     """
     options.validate()
     source = as_frame_source(frames)
@@ -176,7 +178,7 @@ def propagate_sequence(model, frames, refs: Sequence[Reference], out_dir,
         return meta  # --resume of a complete sequence: its summary
     if options.save_probs:
         (out_dir / PROBS_DIR).mkdir(exist_ok=True)
-    run = _SequenceRun(model, source, refs_at, labels, out_dir, options, memory, start, on_frame)
+    run = _SequenceRun(model, source, refs_at, labels, out_dir, options, memory, start, on_frame, on_note)
     run.state_meta = {"fingerprint": fingerprint, "frame_size": meta.get("frame_size")}
     summary = run.execute()
     summary.update(sequence=name, input=str(source.path), fingerprint=fingerprint)
@@ -297,12 +299,13 @@ def _differences(old: dict, new: dict) -> str:
 class _SequenceRun:
     """One pass over a sequence's frames, from `start` on."""
 
-    def __init__(self, model, source, refs_at, labels, out_dir, options, memory, start, on_frame):
+    def __init__(self, model, source, refs_at, labels, out_dir, options, memory, start, on_frame, on_note):
         self.model, self.source, self.refs_at, self.labels = model, source, refs_at, labels
         self.out_dir, self.options, self.start = out_dir, options, start
         self.step = Propagator(model.lookup, memory=memory, tau=options.tau, topk=options.topk, labels=labels.values)
         self.palette = mask_io.full_palette(refs_at[0].palette)
         self.on_frame = on_frame or (lambda done, total: None)
+        self.on_note = on_note or (lambda note: None)
         self.timer = StageTimer()
         self.size = None  # (H, W) of the frames
         self.full_refs: dict[int, np.ndarray] = {}  # annotated labels at frame size
@@ -370,8 +373,11 @@ class _SequenceRun:
             self.processed += 1
             self.on_frame(index + 1, self.source.count)
 
+        said = len(self.step.notes)
         propagate_batch(self.model, self.step, batch, self.size, out, annotated=self.full_refs, timer=self.timer,
                         on_frame=done)
+        for note in self.step.notes[said:]:
+            self.on_note(note)
         # Saved after the batch: a resumed run restarts at a batch boundary, as this one did.
         tick = time.perf_counter()
         self.step.memory.save(self.out_dir / STATE_FILE, next_frame=batch[-1][0] + 1, meta=self.state_meta)
@@ -407,5 +413,6 @@ class _SequenceRun:
             "model": backend.describe() if hasattr(backend, "describe") else type(self.model).__name__,
             "outputs": {"masks": str(self.out_dir), "probs": str(self.out_dir / PROBS_DIR) if o.save_probs else None,
                         "overlay": str(o.overlay) if o.overlay else None},
+            "warnings": list(self.step.notes),
             "completed": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }

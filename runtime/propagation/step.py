@@ -31,6 +31,11 @@ from runtime.propagation.label_resize import labels_to_grid, upsample_argmax
 from runtime.propagation.memory import Memory
 
 
+# A trained encoder's maps spread over most of [-1, 1] (standard deviation ~0.5 per coordinate);
+# an untrained one's collapse to ~0.002. Below this many tau, no lookup pixel can be skipped.
+COLLAPSED_SPREAD = 5
+
+
 class LabelChannels:
     """Label values (uint8) <-> compact channels 0..C-1, in increasing value order."""
 
@@ -67,15 +72,27 @@ class Propagator:
         self.memory = memory if isinstance(memory, Memory) else Memory(memory)
         self.tau, self.topk = tau, topk
         self.labels = LabelChannels(labels)
+        self.notes: list[str] = []  # what a user should hear about this sequence (said once)
 
     def annotate(self, name: str, corr: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """An annotated frame: mask (H, W) uint8 label values at frame size; returns its grid probabilities."""
+        self._check_spread(name, corr)
         widened = self.labels.add(mask)
         if widened is not None:
             self.memory.widen(widened, len(self.labels))
         probs = labels_to_grid(self.labels.channel_of[mask], len(self.labels), corr.shape[-1])
         self.memory.add_reference(name, corr, probs)
         return probs
+
+    def _check_spread(self, name: str, corr: np.ndarray) -> None:
+        """A reference map whose coordinates spread over less than a few tau is collapsed: an untrained or
+        broken encoder. Said once, because the run will be slow and its masks cannot follow the frames."""
+        spread = float(np.mean([corr[0].std(), corr[1].std()]))
+        if spread < COLLAPSED_SPREAD * self.tau and not any(n.startswith("collapsed") for n in self.notes):
+            self.notes.append(f"collapsed maps: frame {name}'s correspondence map spreads {spread:.4f}, less than "
+                              f"{COLLAPSED_SPREAD} x tau = {COLLAPSED_SPREAD * self.tau:g}, so every reference pixel "
+                              "carries weight (the lookup compares them all, slowly) and the masks cannot follow "
+                              "the frames; an untrained or broken encoder gives such maps.")
 
     def propagate(self, name: str, corr: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
         """Any other frame: (mask (H, W) uint8 label values at size = (H, W), grid probabilities (C, G, G))."""

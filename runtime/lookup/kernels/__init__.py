@@ -5,13 +5,15 @@
     grid.py     the reference pixels bucketed into cells; a query's disk and its tail bound
     soft.py     soft mode
     nearest.py  hard and top-k modes
+    dense.py    soft mode over every reference pixel (where the cut cannot pay)
 
 Everything works on ONE batch item; kernels release the GIL and take a query range, so the
 caller's threads split the queries.
 """
 
+from runtime.lookup.kernels.dense import TILE, nearest_rows, soft_dense, weight_rows
 from runtime.lookup.kernels.grid import build_grid
 from runtime.lookup.kernels.nearest import nearest_k
 from runtime.lookup.kernels.soft import soft
 
-__all__ = ["build_grid", "nearest_k", "soft"]
+__all__ = ["TILE", "build_grid", "nearest_k", "nearest_rows", "soft", "soft_dense", "weight_rows"]

@@ -102,6 +102,19 @@ def v8_sub(typingctx, a, b):
 
 
 @intrinsic
+def v8_norm2(typingctx, dx, dy):
+    """dx * dx + dy * dy lane by lane (the second product fused): the squared distance."""
+    if not (dx == f32x8 and dy == f32x8):
+        return None
+
+    def codegen(context, builder, sig, args):
+        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_VEC, [_VEC] * 3), "llvm.fma.v8f32")
+        return builder.call(fma, [args[1], args[1], builder.fmul(args[0], args[0])])
+
+    return f32x8(dx, dy), codegen
+
+
+@intrinsic
 def v8_norm(typingctx, dx, dy):
     """sqrt(dx * dx + dy * dy) lane by lane (the second product fused)."""
     if not (dx == f32x8 and dy == f32x8):
