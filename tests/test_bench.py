@@ -5,6 +5,7 @@ import csv
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -185,3 +186,25 @@ def test_bench_help_starts_without_torch():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "--backends" in result.stdout
+
+
+def test_whole_command_benchmark_table_parses(tmp_path):
+    """benchmarks/bench_propagate.py on the tiny preset: the real `coordgan propagate` per case, one table
+    with frames/s and a column per stage that sum to about the wall time per frame."""
+    import os
+
+    env = {**os.environ, "COORDGAN_CACHE": str(tmp_path / "cache")}
+    result = subprocess.run([sys.executable, "benchmarks/bench_propagate.py", "--preset", "tiny", "--frames", "6",
+                             "--size", "64", "--labels", "parts,20"], cwd=Path(__file__).resolve().parents[1],
+                            capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.split()[:2] == ["maps", "labels"])
+    header = lines[start].split()
+    rows = [line.split() for line in lines[start + 2:start + 6]]
+    assert header[2:] == ["frames/s", "ms/frame", "decode", "ms", "preprocess", "ms", "encoder", "ms", "lookup", "ms",
+                          "upsample_argmax", "ms", "write", "ms"]
+    assert {(r[0], r[1]) for r in rows} == {(m, lab) for m in ("spread", "collapsed") for lab in ("parts", "20")}
+    for r in rows:
+        fps, per_frame, stages = float(r[2]), float(r[3]), [float(x) for x in r[4:]]
+        assert fps > 0 and len(stages) == 6 and 0.5 * per_frame <= sum(stages) <= 1.05 * per_frame, r

@@ -100,7 +100,7 @@ def test_identity_maps_copy_the_reference_exactly(models, tmp_path, scale):
     assert all(np.array_equal(m, ref) for m in masks)
     assert palette[:768] == PALETTE and summary["labels"] == [0, 3, 7, 200]
     assert summary["frames"] == 5 and summary["frame_size"] == [G * scale, G * scale]
-    assert set(summary["seconds"]) == {"decode", "encode", "lookup", "upsample_write", "total"}
+    assert set(summary["seconds"]) == {"decode", "preprocess", "encoder", "lookup", "upsample_argmax", "write", "total"}
     assert json.loads((tmp_path / "summary.json").read_text())["frames"] == 5
     assert not (tmp_path / STATE_FILE).exists()
 

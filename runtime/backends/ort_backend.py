@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from runtime.backends.base import Backend, TensorSpec
-from runtime.devices import check_device
+from runtime.devices import check_device, cpu_threads
 from runtime.errors import CoordGANError, first_line
 
 _ORT_TYPES = {
@@ -71,9 +71,12 @@ class OrtBackend(Backend):
             raise CoordGANError(f"optimization must be one of {', '.join(levels)}, got {optimization!r}.")
         opts.graph_optimization_level = levels[optimization]
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        if threads:
-            opts.intra_op_num_threads = threads
-            opts.inter_op_num_threads = 1
+        # As many threads as this process may use (ORT's own default counts physical cores), and no
+        # spinning between runs: the encoder runs interleaved with the lookup, decoding and PNG writing,
+        # and spinning threads would hold the cores those need.
+        opts.intra_op_num_threads = threads or cpu_threads()
+        opts.inter_op_num_threads = 1
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         opts.enable_profiling = profile
         if device == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
             raise CoordGANError("The CUDA execution provider is not in this ONNX Runtime build; "

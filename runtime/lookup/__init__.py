@@ -21,11 +21,11 @@ from runtime.devices import check_device
 from runtime.errors import CoordGANError
 from runtime.lookup import spec
 from runtime.lookup.dense import lookup_dense
-from runtime.lookup.sparse import default_threads, lookup_sparse
+from runtime.lookup.sparse import lookup_sparse
 from runtime.lookup.spec import IMPLS, MODES
 
 __all__ = ["IMPLS", "MODES", "lookup", "lookup_dense", "lookup_sparse", "choose_impl", "impl_for_device",
-           "cuda_available", "default_threads"]
+           "cuda_available"]
 
 # What the `device` options of the CLI and the Triton models (runtime.devices) mean for the lookup.
 _DEVICE_IMPL = {"auto": "auto", "cpu": "sparse", "cuda": "cuda"}

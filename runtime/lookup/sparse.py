@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -20,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from runtime.devices import cpu_threads
 from runtime.errors import CoordGANError
 from runtime.lookup import spec
 from runtime.lookup.dense import dense_into
@@ -43,17 +43,6 @@ def _kernels():
     return kernels, None
 
 
-def default_threads() -> int:
-    """CPU threads the sparse path uses unless told: the CPUs this process may run on, capped by
-    OMP_NUM_THREADS when that is set (the variable that also caps BLAS and ONNX Runtime threads)."""
-    try:
-        n = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        n = os.cpu_count() or 1
-    omp = os.environ.get("OMP_NUM_THREADS", "")
-    if omp.isdigit() and int(omp) > 0:
-        n = min(n, int(omp))
-    return max(1, n)
 
 
 @dataclass
@@ -261,7 +250,7 @@ def lookup_sparse(
     Args:
         tau, mode, k: as in runtime.lookup.spec.
         tol: bound on the neglected softmax mass per query (soft mode), 0 < tol < 1.
-        threads: CPU threads (default: :func:`default_threads`, the CPUs available to the process
+        threads: CPU threads (default: runtime.devices.cpu_threads, the CPUs available to the process
             capped by OMP_NUM_THREADS).
         dense_above: share of the pairs above which the dense path is used, see above.
         info: optional dict, filled with ``path`` ("sparse" or "dense"), ``pairs`` (pairs
@@ -277,7 +266,7 @@ def lookup_sparse(
     if isinstance(dense_above, bool) or not isinstance(dense_above, (int, float)) or not 0 <= dense_above <= 1:
         raise CoordGANError(f"dense_above must be a number between 0 and 1, got {dense_above!r}.")
     if threads is None:
-        threads = default_threads()
+        threads = cpu_threads()
     elif spec.as_int(threads) is None or threads < 1:
         raise CoordGANError(f"threads must be a positive integer, got {threads!r}.")
     n, m, nq = x.n, x.m, x.hq * x.wq

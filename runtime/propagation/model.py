@@ -10,6 +10,7 @@ The encoder graph takes either float images (`image`, NCHW in [-1, 1]) or uint8 
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from runtime.backends.triton_backend import is_address
 from runtime.devices import check_device
 from runtime.errors import CoordGANError
 from runtime.propagation.preprocess import check_frames, resize_frames, to_unit_range
+from runtime.propagation.timing import StageTimer
 
 
 class CorrespondenceModel:
@@ -46,19 +48,24 @@ class CorrespondenceModel:
         self.batch = max(1, int(batch))
         self.lookup_impl = lookup_ops.spec.check_impl(lookup_impl)
 
-    def encode(self, frames: np.ndarray) -> dict[str, np.ndarray]:
-        """uint8 frames (N, H, W, 3), any size -> corr_map, w_struct, w_texture, in batches."""
+    def encode(self, frames: np.ndarray, timer: StageTimer | None = None) -> dict[str, np.ndarray]:
+        """uint8 frames (N, H, W, 3), any size -> corr_map, w_struct, w_texture, in batches; `timer`
+        books the preprocessing and the encoder apart."""
+        timer = timer or StageTimer()
+        tick = time.perf_counter()
         frames = resize_frames(check_frames(frames), self.size)
         parts: dict[str, list] = {}
         for start in range(0, len(frames), self.batch):
             chunk = frames[start:start + self.batch]
             feed = chunk if self.uint8_input else to_unit_range(chunk)
+            tick = timer.add("preprocess", tick)
             for name, value in self.backend.run({self.input_name: feed}).items():
                 parts.setdefault(name, []).append(value)
+            tick = timer.add("encoder", tick)
         return {name: np.concatenate(values) for name, values in parts.items()}
 
-    def correspondence(self, frames: np.ndarray) -> np.ndarray:
-        corr = self.encode(frames)["corr_map"]
+    def correspondence(self, frames: np.ndarray, timer: StageTimer | None = None) -> np.ndarray:
+        corr = self.encode(frames, timer)["corr_map"]
         if corr.ndim != 4 or corr.shape[1] != 2:
             raise CoordGANError(f"{self.name} gave corr_map of shape {list(corr.shape)}, not (N, 2, H, W) "
                                 "correspondence maps; it is not a CoordGAN encoder.")

@@ -28,7 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Sequence
@@ -41,6 +41,7 @@ from runtime.io import masks as mask_io
 from runtime.io.video import FrameSource, VideoWriter, as_frame_source
 from runtime.propagation.memory import STATE_FILE, Memory
 from runtime.propagation.step import LabelChannels, Propagator
+from runtime.propagation.timing import StageTimer
 
 SUMMARY_FILE = "summary.json"
 PROBS_DIR = "probs"
@@ -95,18 +96,6 @@ class Reference:
 
 
 @dataclass
-class StageTimer:
-    """Seconds spent per stage; add(stage, since) books the time since `since` and returns now."""
-
-    seconds: dict = field(default_factory=lambda: dict(decode=0.0, encode=0.0, lookup=0.0, upsample_write=0.0))
-
-    def add(self, stage: str, since: float) -> float:
-        now = time.perf_counter()
-        self.seconds[stage] += now - since
-        return now
-
-
-@dataclass
 class MaskWriter:
     """Where a sequence's masks go: palette PNGs in out_dir (NAME.png), probs/NAME.npz with save_probs,
     and the frames with the masks blended in to an overlay video when there is one."""
@@ -137,18 +126,18 @@ def propagate_batch(model, step: Propagator, batch, size: tuple[int, int], out: 
     """
     timer = timer or StageTimer()
     annotated = annotated or {}
-    tick = time.perf_counter()
-    corr = model.correspondence(np.stack([f for _, _, f in batch]))
-    tick = timer.add("encode", tick)
+    corr = model.correspondence(np.stack([f for _, _, f in batch]), timer)
     for (index, name, frame), c in zip(batch, corr):
+        tick = time.perf_counter()
         if index in annotated:
             mask = annotated[index]
             probs = step.annotate(name, c, mask)
+            tick = timer.add("preprocess", tick)  # the reference mask taken to the grid
         else:
-            mask, probs = step.propagate(name, c, size)
-            tick = timer.add("lookup", tick)  # lookup, upsample and argmax
+            mask, probs = step.propagate(name, c, size, timer)
+            tick = time.perf_counter()
         out.write(name, mask, probs, frame)
-        tick = timer.add("upsample_write", tick)
+        timer.add("write", tick)
         if on_frame:
             on_frame(index)
 
@@ -348,7 +337,7 @@ class _SequenceRun:
             if index < self.start:
                 done_mask, _ = mask_io.read_mask(self.out_dir / f"{name}.png", what="Earlier output")
                 writer.write(mask_io.overlay(frame, done_mask, self.palette))
-                tick = self.timer.add("upsample_write", tick)
+                tick = self.timer.add("write", tick)
                 continue
             batch.append((index, name, frame))
             if len(batch) == self.options.batch:
@@ -381,7 +370,7 @@ class _SequenceRun:
         # Saved after the batch: a resumed run restarts at a batch boundary, as this one did.
         tick = time.perf_counter()
         self.step.memory.save(self.out_dir / STATE_FILE, next_frame=batch[-1][0] + 1, meta=self.state_meta)
-        self.timer.add("upsample_write", tick)
+        self.timer.add("write", tick)
 
     def _check_all_references_seen(self):
         late = [i for i in self.refs_at if i >= self.seen]

@@ -22,6 +22,7 @@ the start (a lookup over references without a label gives that label probability
 
 from __future__ import annotations
 
+import time
 from typing import Callable
 
 import numpy as np
@@ -29,6 +30,7 @@ import numpy as np
 from runtime.errors import CoordGANError
 from runtime.propagation.label_resize import labels_to_grid, upsample_argmax
 from runtime.propagation.memory import Memory
+from runtime.propagation.timing import StageTimer
 
 
 # A trained encoder's maps spread over most of [-1, 1] (standard deviation ~0.5 per coordinate);
@@ -94,14 +96,20 @@ class Propagator:
                               "carries weight (the lookup compares them all, slowly) and the masks cannot follow "
                               "the frames; an untrained or broken encoder gives such maps.")
 
-    def propagate(self, name: str, corr: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-        """Any other frame: (mask (H, W) uint8 label values at size = (H, W), grid probabilities (C, G, G))."""
+    def propagate(self, name: str, corr: np.ndarray, size: tuple[int, int], timer: StageTimer | None = None
+                  ) -> tuple[np.ndarray, np.ndarray]:
+        """Any other frame: (mask (H, W) uint8 label values at size = (H, W), grid probabilities (C, G, G));
+        `timer` books the lookup and the upsampling apart."""
         if not self.memory.refs:
             raise CoordGANError("No annotated frame yet: the first frame of a sequence needs a reference mask.")
+        timer = timer or StageTimer()
+        tick = time.perf_counter()
         keys, values = self.memory.keys_values()
         k = None if self.topk is None else min(self.topk, keys.shape[1] * keys.shape[3] * keys.shape[4])
         probs, _ = self.lookup(corr[None], keys, values, tau=self.tau, mode="soft" if k is None else "topk", k=k)
         probs = probs[0]
+        tick = timer.add("lookup", tick)
         mask = self.labels.values[upsample_argmax(probs, size)]
         self.memory.push(name, corr, probs)
+        timer.add("upsample_argmax", tick)
         return mask, probs
