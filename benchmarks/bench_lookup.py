@@ -43,6 +43,7 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from runtime import cuda_driver  # noqa: E402
+from runtime.bench.report import text_table  # noqa: E402
 from runtime.bench.workload import warp_maps as warp  # noqa: E402
 from runtime.lookup import cuda as cl  # noqa: E402
 from runtime.lookup import lookup_dense, lookup_sparse  # noqa: E402
@@ -62,12 +63,6 @@ def best_of(fn, repeat: int) -> tuple[float, object]:
         out = fn()
         best = min(best, time.perf_counter() - t0)
     return best, out
-
-
-def table(rows: list[list[str]], header: list[str]) -> str:
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-    line = lambda cells: "  ".join(str(c).rjust(w) for c, w in zip(cells, widths))  # noqa: E731
-    return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -126,7 +121,7 @@ def cpu_part(args) -> None:
         notes.append(f"{threads} thread(s): sparse evaluated {r['sparse_pairs'] / r['pairs'] * 100:.2f}% of the pairs "
                      f"({r['sparse_pairs'] / (args.size * args.size):.0f} per query); first sparse call in the "
                      f"process {r['first_call_s']:.2f} s (numba compile, or its disk cache)")
-    print(table(rows, ["threads", "method", "ms", "Mpairs", "ns/pair", "speedup", "max|dP|", "labels agree"]))
+    print(text_table(rows, ["threads", "method", "ms", "Mpairs", "ns/pair", "speedup", "max|dP|", "labels agree"]))
     print(f"(best of {args.dense_repeat} dense and every-pair / {args.dense_repeat * args.repeat} sparse runs, interleaved; "
           "OPENBLAS_NUM_THREADS = OMP_NUM_THREADS = threads)")
     print("\n".join(notes))
@@ -232,7 +227,7 @@ def gpu_part(args) -> None:
                 f"kernel at {floor / t_kernel * 100:.0f}% of it")
     else:
         note = "floor: the driver did not report a clock rate"
-    print(table(rows, ["implementation", "ms", "Gpairs/s", "time / kernel"]))
+    print(text_table(rows, ["implementation", "ms", "Gpairs/s", "time / kernel"]))
     print(f"{note}\nkernel vs reference max|dP| = {err:.2e} (best of {args.repeat}, CUDA events)")
 
 

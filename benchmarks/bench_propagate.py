@@ -102,6 +102,8 @@ def main(argv=None) -> None:
     parser.add_argument("--labels", default="parts", help="first masks: parts and/or label counts, e.g. parts,255")
     parser.add_argument("--repeat", type=int, default=1, help="runs per case (the fastest is shown)")
     parser.add_argument("--extra", default="", help="more propagate options, e.g. '--batch 16'")
+    parser.add_argument("--warp-grid", type=int, default=None, help="export the encoder with --warp-grid N (the "
+                        "approximate, faster warping network) instead of exactly")
     args = parser.parse_args(argv)
 
     from coordgan.data.synthetic_faces import make_sequence
@@ -110,14 +112,21 @@ def main(argv=None) -> None:
     from runtime.io.video import VideoWriter
 
     work = Path(tempfile.mkdtemp(prefix="coordgan-bench-propagate-"))
-    export = ModelSource(preset=args.preset, seed=0, progress=lambda m: print(f"  {m}", flush=True)).onnx_dir("encoder")
+    source = ModelSource(preset=args.preset, seed=0, progress=lambda m: print(f"  {m}", flush=True))
+    export = source.onnx_dir("encoder")
+    if args.warp_grid:
+        from export.onnx_export import ExportOptions, export_onnx
+
+        options = ExportOptions(only="encoder", warp_grid=args.warp_grid, verify_batches=(1,))
+        export = export_onnx(source.checkpoint(), work / "export", options).directory
     encoders = {"collapsed": export / "encoder.onnx", "spread": spread_encoder(export, work)}
     frames, masks = make_sequence(args.frames, args.size, seed=7)
     video = work / "faces.mp4"
     with VideoWriter(video, fps=12) as writer:
         for frame in frames:
             writer.write(frame)
-    print(f"{args.frames} frames {args.size}x{args.size} ({video}), {args.preset} encoder, propagate defaults "
+    how = f"--warp-grid {args.warp_grid}" if args.warp_grid else "exact"
+    print(f"{args.frames} frames {args.size}x{args.size} ({video}), {args.preset} encoder ({how}), propagate defaults "
           f"{args.extra or ''}".rstrip())
     header = ["maps", "labels", "frames/s", "ms/frame"] + [f"{s} ms" for s in STAGES]
     rows = []
@@ -136,9 +145,9 @@ def main(argv=None) -> None:
                          *(f"{per[k]:.1f}" for k in STAGES)])
             for warning in best.get("warnings", []):
                 print(f"  ({maps}, {labels}) warning: {warning[:100]}...")
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-    for r in [header, ["-" * w for w in widths], *rows]:
-        print("  ".join(str(c).rjust(w) for c, w in zip(r, widths)))
+    from runtime.bench.report import text_table
+
+    print(text_table(rows, header))
     print("(ms/frame: the run's wall time per frame; the stage columns sum to about it; encoder = the exported "
           "encoder and warping network, one ONNX graph)")
 

@@ -36,6 +36,7 @@ class ExportOptions:
     overwrite: bool = False
     verify: bool = True
     verify_batches: tuple[int, ...] = (1, 8)
+    warp_grid: int | None = None  # encoder: run the warping network on this coarser grid, upsampled (approximate)
 
     def models(self) -> tuple[str, ...]:
         return (self.only,) if self.only else MODELS
@@ -47,6 +48,8 @@ class ExportOptions:
             raise CoordGANError(f"--generator-input must be w or z, not {self.generator_input!r}.")
         if self.opset < 18:
             raise CoordGANError(f"Opset {self.opset} is too old: the exporter needs opset 18 or newer.")
+        if self.warp_grid is not None and self.warp_grid < 2:
+            raise CoordGANError(f"--warp-grid must be at least 2 pixels, got {self.warp_grid}.")
 
 
 @dataclasses.dataclass
@@ -118,7 +121,11 @@ def _export_model(name, encoder, generator, cfg, options: ExportOptions):
 
     d, base = cfg.style_dim, cfg.base_size
     if name == "encoder":
-        module = EncoderWithWarp(encoder, generator, uint8_input=options.uint8_input)
+        if options.warp_grid is not None and options.warp_grid > base:
+            raise CoordGANError(f"--warp-grid {options.warp_grid} is finer than the model's {base}x{base} grid; "
+                                f"give {base} or less.")
+        warp_grid = options.warp_grid if options.warp_grid != base else None
+        module = EncoderWithWarp(encoder, generator, uint8_input=options.uint8_input, warp_grid=warp_grid)
         if options.uint8_input:
             example = (torch.randint(0, 256, (2, base, base, 3), dtype=torch.uint8),)
             input_names = ["frames"]
@@ -129,7 +136,11 @@ def _export_model(name, encoder, generator, cfg, options: ExportOptions):
         details = {"uint8_input": options.uint8_input,
                    "input_layout": "NHWC uint8 frames, already base x base (no resize in the graph)"
                    if options.uint8_input else "NCHW float32 image in [-1, 1]",
-                   "computes": "encoder, then the generator's coordinate warping network on w_struct"}
+                   "computes": "encoder, then the generator's coordinate warping network on w_struct"
+                   + (f" on a {warp_grid}x{warp_grid} grid, bilinearly upsampled to {base}x{base} (an approximation)"
+                      if warp_grid else "")}
+        if warp_grid:
+            details["warp_grid"] = warp_grid
     else:
         module = GeneratorForExport(generator, input_space=options.generator_input)
         if options.generator_input == "z":

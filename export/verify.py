@@ -218,7 +218,7 @@ def compare_backend(backend, name, entry, encoder, generator, bounds, batches) -
             feeds = make_inputs(entry["inputs"], batch, case)
             got = backend.run(feeds)
             want = reference_outputs(encoder, generator, name, feeds, uint8_input=entry.get("uint8_input", False),
-                                     input_space=entry.get("input_space", "w"))
+                                     input_space=entry.get("input_space", "w"), warp_grid=entry.get("warp_grid"))
             for out in output_names:
                 diff = float(np.max(np.abs(got[out].astype(np.float64) - want[out].numpy().astype(np.float64))))
                 checks.append(Check(name, out, case, batch, diff, bounds.get(out), backend.name))

@@ -208,3 +208,21 @@ def test_whole_command_benchmark_table_parses(tmp_path):
     for r in rows:
         fps, per_frame, stages = float(r[2]), float(r[3]), [float(x) for x in r[4:]]
         assert fps > 0 and len(stages) == 6 and 0.5 * per_frame <= sum(stages) <= 1.05 * per_frame, r
+
+
+def test_fast_options_benchmark_table_parses(tmp_path):
+    """benchmarks/bench_fast.py on the tiny preset: the exact export and two --warp-grid ones side by side,
+    each with its speed and its quality columns."""
+    import os
+
+    env = {**os.environ, "COORDGAN_CACHE": str(tmp_path / "cache")}
+    result = subprocess.run([sys.executable, "benchmarks/bench_fast.py", "--preset", "tiny", "--frames", "6"],
+                            cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=600,
+                            env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = [line.split() for line in result.stdout.splitlines() if line.split()[:1] == ["tiny"]]
+    assert [" ".join(r[1:-8]) for r in rows] == ["exact", "--warp-grid 16", "--warp-grid 8"]
+    exact = rows[0]
+    assert exact[-7] == "1.00x" and float(exact[-5]) == 0 and exact[-3] == "100.00%"
+    for r in rows:
+        assert float(r[-8]) > 0 and float(r[-6]) > 0 and 0 <= float(r[-2]) <= 1  # encoder ms, frames/s, J

@@ -222,6 +222,25 @@ def test_fp16_export_stays_within_its_printed_bounds(fp16_z_export, nets):
         assert 0 < report.max_diff(model_name, output_name) <= FP16_BOUNDS[output_name]
 
 
+def test_coarse_warp_grid_is_an_opt_in_approximation(tmp_path, tiny_ckpt, fp32_export, nets):
+    """--warp-grid N: the warping network on an N x N grid, its map upsampled; verified against that
+    approximation in PyTorch, recorded in the manifest, and close to the exact map."""
+    result = export_cli(tiny_ckpt, "--out", tmp_path / "fast", "--only", "encoder", "--warp-grid", 16,
+                        "--verify-batches", 2)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    entry = json.loads((tmp_path / "fast" / "manifest.json").read_text())["models"]["encoder"]
+    assert entry["warp_grid"] == 16 and "16x16 grid, bilinearly upsampled" in entry["computes"]
+    x = make_inputs(entry["inputs"], 2, "random")
+    fast = session(tmp_path / "fast" / "encoder.onnx").run(["corr_map"], x)[0]
+    exact = session(fp32_export[0] / "encoder.onnx").run(["corr_map"], x)[0]
+    assert fast.shape == exact.shape == (2, 2, TINY.base_size, TINY.base_size)
+    assert 0 < np.abs(fast - exact).max() < 0.05  # an approximation, a close one on these smooth maps
+    for grid, message in ((64, "finer than the model's 32x32 grid"), (1, "--warp-grid must be at least 2")):
+        result = export_cli(tiny_ckpt, "--out", tmp_path / f"bad{grid}", "--only", "encoder", "--warp-grid", grid)
+        assert isinstance(result.exception, CoordGANError) and message in str(result.exception)
+        assert not (tmp_path / f"bad{grid}").exists()
+
+
 def test_z_input_generator_runs_the_mapping_networks(fp16_z_export, nets):
     out, _ = fp16_z_export
     manifest = json.loads((out / "manifest.json").read_text())

@@ -36,6 +36,10 @@ def onnx_command(
     verify: bool = typer.Option(True, "--verify/--no-verify", help="Compare with PyTorch before publishing."),
     verify_batches: str = typer.Option("1,8", "--verify-batches", help="Batch sizes the verification runs at."),
     preset: Optional[str] = typer.Option(None, help="Preset to check a public checkpoint against."),
+    warp_grid: Optional[int] = typer.Option(None, "--warp-grid", help="Faster, approximate encoder: run the "
+                                            "coordinate warping network on an N x N grid and upsample its map "
+                                            "(default: the model's own grid, exact). Its cost in quality: "
+                                            "benchmarks/bench_fast.py."),
 ):
     """Export the encoder (+ warp network) and the generator to ONNX, verified against PyTorch."""
     from export.onnx_export import ExportOptions, export_onnx
@@ -44,7 +48,7 @@ def onnx_command(
     out_console = console()
     options = ExportOptions(uint8_input=uint8_input, generator_input=generator_input, fp16=fp16, only=only,
                             opset=opset, overwrite=overwrite, verify=verify,
-                            verify_batches=positive_ints(verify_batches, "--verify-batches"))
+                            verify_batches=positive_ints(verify_batches, "--verify-batches"), warp_grid=warp_grid)
     with status(out_console) as say:
         result = export_onnx(ckpt, out, options, preset=preset, on_report=lambda r: print_report(r, out_console),
                              progress=say)

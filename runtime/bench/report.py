@@ -47,6 +47,13 @@ def fmt(value, digits=1):
     return str(value)
 
 
+def text_table(rows, header) -> str:
+    """Plain text, right-aligned columns under a dashed rule: the benchmark scripts' tables (BENCHMARKS.md)."""
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    return "\n".join("  ".join(str(c).rjust(w) for c, w in zip(r, widths))
+                     for r in [header, ["-" * w for w in widths], *rows])
+
+
 def render_table(rows, title: str = "coordgan bench", console=None) -> None:
     from rich.console import Console
     from rich.table import Table
