@@ -78,7 +78,8 @@ def test_resume_is_bit_for_bit(tmp_path):
             for k, t in st.items():
                 assert torch.equal(t, sb["optimizers"][opt]["state"][pid][k])
     assert sa["loader"] == sb["loader"]
-    strip = lambda rows: [{k: v for k, v in r.items() if k != "time"} for r in rows]  # noqa: E731
+    clock = {"time", "data_time", "images_per_s"}
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in clock} for r in rows]  # noqa: E731
     assert strip(steps_of(straight)) == strip(steps_of(split))
     assert "r1" in steps_of(split)[2]  # step 3 regularized after the resume
 
@@ -112,6 +113,22 @@ def test_loss_flag_changes_weights_on_a_new_run_and_on_resume(tmp_path):
     with pytest.raises(CoordGANError, match="Encoder training takes --loss NAME=VALUE with NAME one of enc_rec, "):
         train_encoder(common(bad, losses=("chamfer=1",)), gen_ckpt=out / "checkpoints" / "step_000002.safetensors")
     assert not bad.exists()  # refused before anything is written
+
+
+def test_max_minutes_stops_with_a_checkpoint_and_a_sample_grid_and_resumes(tmp_path):
+    """A lent machine's budget: the run stops after the step that crossed it, keeps everything, resumes."""
+    out = tmp_path / "run"
+    summary = train_generator(common(out, steps=50, max_minutes=1e-4), preset="tiny")  # 6 ms: one step
+    assert summary["steps"] == 1 and summary["stopped"].startswith("time budget")
+    assert summary["images_per_s"] > 0
+    assert latest_step(out) == 1 and (out / "checkpoints" / "step_000001.safetensors").is_file()
+    assert (out / "samples" / "step_000001.png").is_file()
+    row = steps_of(out)[0]
+    assert row["images_per_s"] > 0 and 0 <= row["data_time"] <= row["time"]
+    assert "stopped at the time budget of 0.0001 min after step 1" in (out / "train.log").read_text()
+    assert train_generator(common(out, steps=2, resume=True))["steps"] == 2
+    with pytest.raises(CoordGANError, match="--max-minutes must be greater than 0, got 0"):
+        train_generator(common(tmp_path / "bad", max_minutes=0), preset="tiny")
 
 
 # -- faults ---------------------------------------------------------------------------------------
@@ -276,6 +293,7 @@ def test_cli_train_writes_checkpoints_logs_and_samples(tmp_path):
             "--lpips-random-backbone", "--workers", "0", "--device", "cpu"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
+    assert re.search(r"done: step 2; checkpoint .*median step [0-9.]+ s \([0-9.]+ images/s\)", result.output)
     assert sorted(p.name for p in (out / "samples").iterdir()) == ["step_000001.png", "step_000002.png"]
     assert Image.open(out / "samples" / "step_000002.png").size[0] > 64
     ck = load(out / "checkpoints" / "step_000002.safetensors")

@@ -34,9 +34,10 @@ def _finish(run_fn):
     if not summary.get("main", True):
         return  # under torchrun only rank 0 reports
     step_time = summary.get("step_time")
-    timing = f", median step {step_time:.3f} s" if step_time else ""
+    timing = f", median step {step_time:.3f} s ({summary['images_per_s']:.1f} images/s)" if step_time else ""
     skipped = f", {summary['skipped']} unreadable image file(s) skipped" if summary.get("skipped") else ""
-    print(f"done: step {summary['steps']}; checkpoint {summary['checkpoint']}{timing}{skipped}")
+    stopped = f" (stopped at the {summary['stopped']})" if summary.get("stopped") else ""
+    print(f"done: step {summary['steps']}{stopped}; checkpoint {summary['checkpoint']}{timing}{skipped}")
 
 
 _HELP = {
@@ -61,6 +62,8 @@ _HELP = {
     "gen_ckpt": "Trained generator checkpoint (ours or the authors' .pt); kept frozen.",
     "loss": "Change a loss weight, NAME=VALUE (repeatable; e.g. --loss chamfer=100 --loss r1=0.05): of the "
             "preset, or with --resume of the run; checkpoints keep it.",
+    "max_minutes": "Stop cleanly once training took this many minutes (checkpoint and sample grid at the end; "
+                   "a later --resume continues): for a machine lent for a fixed time.",
     "enc_loss": "Change an encoder loss weight, NAME=VALUE (repeatable; enc_rec, enc_con, enc_texture): of the "
                 "generator checkpoint's config, or with --resume of the run; checkpoints keep it.",
 }
@@ -93,6 +96,7 @@ def register(app: typer.Typer) -> None:
         workers: Optional[int] = _opt(None, "--workers"),
         device: Optional[str] = _opt(None, "--device"),
         loss: Optional[list[str]] = typer.Option(None, "--loss", metavar="NAME=VALUE", help=_HELP["loss"]),
+        max_minutes: Optional[float] = _opt(None, "--max-minutes"),
     ):
         """Train CoordGAN (generator, discriminator, patch discriminator) on images."""
         from coordgan.train.commands import train_generator
@@ -100,7 +104,7 @@ def register(app: typer.Typer) -> None:
         c = _common(data=data, out=out, steps=steps, batch=batch, ckpt_every=ckpt_every, sample_every=sample_every,
                     resume=resume, amp=amp, seed=seed, lpips_net=lpips_net, lpips_weights=lpips_weights,
                     lpips_random_backbone=lpips_random_backbone, workers=workers, device=device,
-                    losses=tuple(loss or ()))
+                    losses=tuple(loss or ()), max_minutes=max_minutes)
         _finish(lambda: train_generator(c, preset=preset, init_from=init_from, freeze_structure=freeze_structure,
                                         console=console(stderr=True)))
 
@@ -122,6 +126,7 @@ def register(app: typer.Typer) -> None:
         workers: Optional[int] = _opt(None, "--workers"),
         device: Optional[str] = _opt(None, "--device"),
         loss: Optional[list[str]] = typer.Option(None, "--loss", metavar="NAME=VALUE", help=_HELP["enc_loss"]),
+        max_minutes: Optional[float] = _opt(None, "--max-minutes"),
     ):
         """Train the encoder (W structure + W+ texture codes) against a frozen generator."""
         from coordgan.train.commands import train_encoder as run_encoder
@@ -129,5 +134,5 @@ def register(app: typer.Typer) -> None:
         c = _common(data=data, out=out, steps=steps, batch=batch, ckpt_every=ckpt_every, sample_every=sample_every,
                     resume=resume, amp=amp, seed=seed, lpips_net=lpips_net, lpips_weights=lpips_weights,
                     lpips_random_backbone=lpips_random_backbone, workers=workers, device=device,
-                    losses=tuple(loss or ()))
+                    losses=tuple(loss or ()), max_minutes=max_minutes)
         _finish(lambda: run_encoder(c, gen_ckpt=gen_ckpt, console=console(stderr=True)))

@@ -45,6 +45,7 @@ class Common:
     device: str | None = None
     progress: bool = True
     losses: tuple[str, ...] = ()  # 'NAME=VALUE' loss-weight changes (--loss), on the preset or the resumed run
+    max_minutes: float | None = None  # stop cleanly once the steps took this long (a lent machine's budget)
 
 
 def _rank_device(device: str, d: ddp.Dist) -> str:
@@ -82,6 +83,8 @@ def _check_common(c: Common, global_batch: int, d: ddp.Dist) -> int:
             raise CoordGANError(f"{name} must be at least 1, got {value}.")
     if c.ckpt_every < 0 or c.sample_every < 0:
         raise CoordGANError("--ckpt-every and --sample-every must be >= 0 (0 turns them off).")
+    if c.max_minutes is not None and not c.max_minutes > 0:
+        raise CoordGANError(f"--max-minutes must be greater than 0, got {c.max_minutes:g}.")
     if c.workers is not None and c.workers < 0:
         raise CoordGANError(f"--workers must be 0 (load in the training process) or more, got {c.workers}.")
     per_rank, rest = divmod(global_batch, d.world)
@@ -105,7 +108,7 @@ def _session(c: Common, cfg: ModelConfig, kind: str, build_task, info: dict, hoo
         opts = RunOptions(out=Path(c.out), steps=c.steps, batch=per_rank, ckpt_every=c.ckpt_every,
                           sample_every=c.sample_every, resume=c.resume, amp=c.amp, seed=c.seed, device=device,
                           workers=data_mod.default_workers() if c.workers is None else c.workers,
-                          progress=c.progress)
+                          progress=c.progress, max_minutes=c.max_minutes)
         record = prepare_out(opts, d)
         lpips, source = build_lpips(c.lpips_net, c.lpips_weights, c.lpips_random_backbone, device)
         notes.append(source.description)

@@ -84,13 +84,14 @@ def mean_across(d: Dist, values: torch.Tensor) -> torch.Tensor:
     return values
 
 
-def any_across(d: Dist, flag: bool, device) -> bool:
-    """True on every rank when it is true on one (e.g. a signal arrived at one process)."""
+def any_across(d: Dist, flags: tuple[bool, ...], device) -> tuple[bool, ...]:
+    """Each flag true on every rank when it is true on one (a signal arrived at one process, one ran
+    out of time), in one all-reduce."""
     if not d.enabled:
-        return flag
-    t = torch.tensor([1.0 if flag else 0.0], device=device)
+        return tuple(flags)
+    t = torch.tensor([1.0 if f else 0.0 for f in flags], device=device)
     dist.all_reduce(t)
-    return bool(t.item() > 0)
+    return tuple(bool(v > 0) for v in t.tolist())
 
 
 def barrier(d: Dist) -> None:

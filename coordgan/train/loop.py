@@ -71,6 +71,7 @@ class RunOptions:
     workers: int = 0
     keep: int = 2  # checkpoint pairs kept on disk
     progress: bool = True
+    max_minutes: float | None = None  # stop cleanly (checkpoint, sample grid) once the steps took this long
 
 
 class Task(Protocol):
@@ -371,8 +372,10 @@ def train_loop(task: Task, run: Run, loader, record: dict | None, run_info: dict
 
     last_ckpt = record["networks"] if record else None
     last_ckpt_step = start
-    summary = {"start": start, "steps": opts.steps}
+    summary = {"start": start, "steps": opts.steps, "stopped": None}
     step_times = []
+    images_per_step = opts.batch * d.world
+    deadline = time.monotonic() + 60 * opts.max_minutes if opts.max_minutes else None
     with _Signals() as signals, _progress(opts.progress and d.is_main) as bar:
         bar_task = bar.add_task(f"{task.kind}", total=opts.steps, completed=start, losses="")
         step = start
@@ -383,6 +386,7 @@ def train_loop(task: Task, run: Run, loader, record: dict | None, run_info: dict
                     run.hooks["before_step"](step, task)
                 t0 = time.perf_counter()
                 images, bad = loader.next()
+                t_data = time.perf_counter() - t0
                 for path in bad:
                     if path not in skipped:
                         skipped.add(path)
@@ -391,21 +395,29 @@ def train_loop(task: Task, run: Run, loader, record: dict | None, run_info: dict
                 dt = time.perf_counter() - t0
                 step_times.append(dt)
                 lrs = {f"lr_{k}": opt.param_groups[0]["lr"] for k, opt in task.optimizers().items()}
-                log.step({"step": step, **record_step, **lrs, "time": round(dt, 6), "skipped": len(skipped)})
+                # images/s of the step (all processes), and the share of it spent waiting for data
+                log.step({"step": step, **record_step, **lrs, "time": round(dt, 6), "data_time": round(t_data, 6),
+                          "images_per_s": round(images_per_step / dt, 2), "skipped": len(skipped)})
                 shown = " ".join(f"{k}={v:.3g}" for k, v in record_step.items() if k.endswith("total"))
                 bar.update(bar_task, completed=step, losses=shown)
 
-                stop = ddp.any_across(d, signals.received is not None, run.device)
+                stop, out_of_time = ddp.any_across(
+                    d, (signals.received is not None, deadline is not None and time.monotonic() >= deadline), run.device)
                 due = step % opts.ckpt_every == 0 if opts.ckpt_every > 0 else False
-                if due or stop or step == opts.steps:
+                if due or stop or out_of_time or step == opts.steps:
                     extra = {"skipped": sorted(skipped)}
                     path = save_checkpoint(task, run, step, loader.state(), extra)
                     last_ckpt, last_ckpt_step = path, step
                     log.event(f"checkpoint {path} (step {step})")
-                if opts.sample_every > 0 and step % opts.sample_every == 0 and d.is_main:
+                sample_due = opts.sample_every > 0 and step % opts.sample_every == 0
+                if (sample_due or out_of_time) and d.is_main:
                     write_png(out / "samples" / f"step_{step:06d}.png", task.sample_grid())
                     if stats := task.sample_stats():
                         log.event(f"step {step}: {stats}")
+                if out_of_time and not stop:
+                    summary["stopped"] = f"time budget ({opts.max_minutes:g} min)"
+                    log.event(f"stopped at the time budget of {opts.max_minutes:g} min after step {step}", console)
+                    break
                 if stop:
                     name, num = signals.received or ("a signal on another process", signal.SIGTERM)
                     log.event(f"stopped by {name} after step {step}", console)
@@ -421,8 +433,12 @@ def train_loop(task: Task, run: Run, loader, record: dict | None, run_info: dict
             raise CoordGANError(message) from None
     if skipped:
         log.event(f"{len(skipped)} unreadable image file(s) were skipped", console)
-    summary.update(main=d.is_main, checkpoint=last_ckpt, skipped=len(skipped),
-                   step_time=float(np.median(step_times)) if step_times else None)
+    step_time = float(np.median(step_times)) if step_times else None
+    summary.update(main=d.is_main, checkpoint=last_ckpt, skipped=len(skipped), steps=step, step_time=step_time,
+                   images_per_s=images_per_step / step_time if step_time else None)
+    if step_time:
+        log.event(f"{step - start} steps at a median {step_time:.3f} s: {summary['images_per_s']:.1f} images/s "
+                  f"over {d.world} process(es), batch {images_per_step}")
     return summary
 
 
