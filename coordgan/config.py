@@ -160,6 +160,24 @@ def get_preset(name: str) -> ModelConfig:
         ) from None
 
 
+def scaled_to_batch(cfg: ModelConfig, batch: int) -> tuple[ModelConfig, str | None]:
+    """cfg for a global batch other than its own, by StyleGAN2-ADA's rule, and a line saying so.
+
+    ADA keeps the learning rate whatever the batch, sets the R1 gamma to 0.0002 * res^2 / batch
+    (inversely proportional to the batch) and the EMA length to batch * 10/32 kimg (proportional:
+    the same number of steps). So r1 scales by cfg.batch / batch and the EMA half-life (in images)
+    by batch / cfg.batch; the patch discriminator's R1 and the learning rates stay.
+    """
+    if batch == cfg.batch:
+        return cfg, None
+    k = cfg.batch / batch
+    scaled = dataclasses.replace(cfg, batch=batch, ema_half_life_kimg=cfg.ema_half_life_kimg / k,
+                                 losses=dataclasses.replace(cfg.losses, r1=cfg.losses.r1 * k))
+    return scaled, (f"batch {batch} instead of the preset's {cfg.batch}, scaled as StyleGAN2-ADA does: r1 "
+                    f"{cfg.losses.r1:g} -> {scaled.losses.r1:g}, EMA half-life {cfg.ema_half_life_kimg:g} -> "
+                    f"{scaled.ema_half_life_kimg:g} kimg, learning rates kept")
+
+
 ENCODER_LOSSES = ("enc_rec", "enc_con", "enc_texture")  # what encoder training reads; the rest is the GAN's
 
 

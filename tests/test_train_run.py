@@ -104,6 +104,15 @@ def test_loss_flag_changes_weights_on_a_new_run_and_on_resume(tmp_path):
     losses = load(out / "checkpoints" / "step_000002.safetensors").config.losses
     assert (losses.chamfer, losses.r1, losses.texture_swap) == (50.0, 0.05, TINY.losses.texture_swap)
     assert "loss weights set by --loss: r1=0.05" in (out / "train.log").read_text()
+    # another batch than the preset's: StyleGAN2-ADA's rule (r1 ~ 1/batch, EMA images ~ batch), then --loss
+    scaled = tmp_path / "scaled"
+    train_generator(common(scaled, steps=1, batch=8, losses=("chamfer=50",)), preset="tiny")
+    cfg = load(scaled / "checkpoints" / "step_000001.safetensors").config
+    assert (cfg.batch, cfg.losses.r1, cfg.ema_half_life_kimg, cfg.lr) == (8, TINY.losses.r1 / 2, 2.0, TINY.lr)
+    assert "batch 8 instead of the preset's 4, scaled as StyleGAN2-ADA does: r1 10 -> 5" in (
+        scaled / "train.log").read_text()
+    train_generator(common(scaled, steps=2, batch=8, resume=True))  # not scaled twice
+    assert load(scaled / "checkpoints" / "step_000002.safetensors").config.losses.r1 == TINY.losses.r1 / 2
     bad = tmp_path / "bad"
     for wrong in ("chamfr=1", "__doc__=x", "enc_con=1"):  # a typo, not a field, an encoder weight
         with pytest.raises(CoordGANError, match="Generator training takes --loss NAME=VALUE with NAME one of gan, "):

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from coordgan.config import ModelConfig, get_preset, loss_names, with_losses
+from coordgan.config import ModelConfig, get_preset, loss_names, scaled_to_batch, with_losses
 from coordgan.devices import torch_device
 from coordgan.train import data as data_mod
 from coordgan.train import distributed as ddp
@@ -164,6 +164,9 @@ def train_generator(c: Common, preset: str | None = None, init_from: Path | None
                 raise CoordGANError("Give --preset NAME (e.g. celeba-128, or tiny for a quick CPU run).")
             cfg = get_preset(preset)
         freeze = bool(init_from) if freeze_structure is None else freeze_structure
+    # A new run at another batch than its config's is rescaled (then --loss applies); a resumed
+    # run's config already holds the batch it was scaled to.
+    cfg, scaled = scaled_to_batch(cfg, c.batch) if resumed is None and c.batch else (cfg, None)
     source = None
     if init_from is not None and resumed is None:
         from coordgan.checkpoint import load
@@ -174,6 +177,7 @@ def train_generator(c: Common, preset: str | None = None, init_from: Path | None
         task = GeneratorTraining(cfg, run, lpips, freeze_structure=freeze)
         notes = [f"--init-from {init_from} ignored: the run resumes from its own checkpoint"] if (
             resumed is not None and init_from is not None) else []
+        notes += [scaled] if scaled else []
         if resumed is not None:
             task.load_networks(resumed.networks)
         elif source is not None:
