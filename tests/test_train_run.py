@@ -248,6 +248,37 @@ def test_loader_resumes_mid_epoch():
         assert torch.equal(c.next()[0], expected)
 
 
+def test_held_data_gives_the_streamed_batches_bit_for_bit(tmp_path):
+    """--hold-data (the default on CUDA) decodes once and indexes; order, flips, skipped files and
+    resume positions are the streaming loader's."""
+    from coordgan.train.data import HeldData, SyntheticFacesData, hold
+
+    folder = _image_folder(tmp_path / "images")
+    for ds in (SyntheticFacesData(16, length=10), ImageFolder(folder, 16)):
+        held = HeldData(ds, "cpu", workers=0)
+        assert held.images.shape == (len(ds), 16, 16, 3) and held.images.dtype == torch.uint8 and held.rate > 0
+        streamed, fast = ResumableLoader(ds, batch=2, seed=3), ResumableLoader(ds, batch=2, seed=3, held=held)
+        for _ in range(7):  # across an epoch boundary
+            (a, bad_a), (b, bad_b) = streamed.next(), fast.next()
+            assert torch.equal(a, b) and a.is_contiguous() and b.is_contiguous() and bad_a == bad_b
+        resumed = ResumableLoader(ds, batch=2, seed=3, held=held)
+        resumed.load_state(streamed.state())
+        assert torch.equal(resumed.next()[0], streamed.next()[0])
+    assert hold(ds, 16, "cpu", 0, None) is None  # streamed by default off CUDA
+    with pytest.raises(CoordGANError, match="None of the 2 image files"):
+        (tmp_path / "broken").mkdir()
+        for name in ("a.png", "b.jpg"):
+            (tmp_path / "broken" / name).write_bytes(b"garbage")
+        HeldData(ImageFolder(tmp_path / "broken", 32), "cpu", workers=0)
+
+    straight, held_run = tmp_path / "straight", tmp_path / "held"
+    train_generator(common(straight, steps=2), preset="tiny")
+    train_generator(common(held_run, steps=2, hold_data=True), preset="tiny")
+    assert_same_networks(straight / "checkpoints" / "step_000002.safetensors",
+                         held_run / "checkpoints" / "step_000002.safetensors")
+    assert re.search(r"data: 10000 images held on cpu \(29 MiB\), decoded in", (held_run / "train.log").read_text())
+
+
 # -- LPIPS weights --------------------------------------------------------------------------------
 
 

@@ -16,7 +16,6 @@ from coordgan.evaluation.scoring import LOOKUPS
 from runtime.errors import CoordGANError
 
 
-
 @dataclass(frozen=True)
 class EvalOptions:
     data: str  # a folder with images/ and labels/, or "synthetic-faces"

@@ -46,6 +46,7 @@ class Common:
     progress: bool = True
     losses: tuple[str, ...] = ()  # 'NAME=VALUE' loss-weight changes (--loss), on the preset or the resumed run
     max_minutes: float | None = None  # stop cleanly once the steps took this long (a lent machine's budget)
+    hold_data: bool | None = None  # decode the data once onto the device (None: on CUDA when it fits)
 
 
 def _rank_device(device: str, d: ddp.Dist) -> str:
@@ -116,8 +117,10 @@ def _session(c: Common, cfg: ModelConfig, kind: str, build_task, info: dict, hoo
             weights = ", ".join(f"{n}={getattr(cfg.losses, n)}" for n in loss_names(kind))
             notes.append(f"loss weights set by --loss: {', '.join(c.losses)}; now {weights}")
         dataset = data_mod.make_dataset(c.data, cfg.size)
+        held = data_mod.hold(dataset, cfg.size, device, opts.workers, c.hold_data)
+        notes += [held.note] if held else []
         loader = data_mod.ResumableLoader(dataset, per_rank, seed=c.seed, rank=d.rank, world=d.world,
-                                          workers=opts.workers)
+                                          workers=opts.workers, held=held)
         run = Run(opts, d, hooks or {})
         _seed_all(c.seed)  # identical initial weights on every rank (then broadcast to be sure)
         task, more = build_task(cfg, run, lpips, dataset, record)
