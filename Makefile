@@ -20,8 +20,11 @@ $(PY): pyproject.toml
 
 venv: $(PY)
 
+# The main job once a trained checkpoint ships; until then the tiny preset's swap grid.
+SHIPPED := checkpoints/tiny-synthetic-faces.safetensors
 demo: $(PY)
-	$(VENV)/bin/coordgan sample --preset tiny --out demo-out/sample.png
+	@if [ -f $(SHIPPED) ]; then $(VENV)/bin/coordgan demo; \
+	else $(VENV)/bin/coordgan sample --preset tiny --out demo-out/sample.png; fi
 
 test: $(PY)
 	$(PY) -m pytest -q

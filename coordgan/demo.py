@@ -3,7 +3,8 @@ masks, the first frame's parts propagated through it, mean J and F beside the id
 
 :func:`run_demo` takes an opened correspondence model (the CLI opens the exported encoder of a
 checkpoint on ONNX Runtime, CPU). Outputs in `out`: faces.mp4, gt/, masks/ (+ summary.json),
-identity/ (the first-frame mask copied to every frame), overlay.mp4, and demo.json last.
+identity/ (the first-frame mask copied to every frame), overlay.mp4, strip.png (a few frames with
+the ground truth, the identity baseline and the propagated masks side by side), and demo.json last.
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ class DemoOptions:
                                 f"or more, got {self.frames} and {self.size}.")
 
 
-def write_inputs(out: Path, options: DemoOptions) -> tuple[Path, object]:
-    """faces.mp4 and its ground truth gt/ (and identity/, the first mask repeated); (video, first mask)."""
+def write_inputs(out: Path, options: DemoOptions):
+    """faces.mp4 and its ground truth gt/ (and identity/, the first mask repeated); (video, frames, masks)."""
     from coordgan.data.synthetic_faces import make_sequence
     from runtime.io.masks import DAVIS_PALETTE, write_mask
     from runtime.io.video import VideoWriter
@@ -49,7 +50,38 @@ def write_inputs(out: Path, options: DemoOptions) -> tuple[Path, object]:
             stale.unlink()
         for i, mask in enumerate(labels):
             write_mask(out / folder / f"{i:05d}.png", mask, DAVIS_PALETTE)
-    return video, masks[0]
+    return video, frames, masks
+
+
+STRIP_ROWS = ("frame", "ground truth", "identity baseline", "propagated")
+
+
+def write_strip(path: Path, frames, truth, propagated, columns: int = 5) -> None:
+    """A PNG to look at: a few frames, first to last, with the ground truth, the identity baseline (the
+    first mask everywhere) and the propagated masks laid over them, one row each, named on the left."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    from coordgan.visualize import tile
+    from runtime.fileio import atomic_write
+    from runtime.io.masks import DAVIS_PALETTE, overlay
+
+    picks = np.unique(np.linspace(0, len(frames) - 1, min(columns, len(frames))).round().astype(int))
+    cells = [[frames[i] for i in picks]]
+    for masks in (truth, [truth[0]] * len(truth), propagated):
+        cells.append([overlay(frames[i], masks[i], DAVIS_PALETTE) for i in picks])
+    cell = max(frames[0].shape[0], 96)
+    grid = tile(cells, cell)
+    margin = 120
+    picture = Image.new("RGB", (grid.shape[1] + margin, grid.shape[0]), "white")
+    picture.paste(Image.fromarray(grid), (margin, 0))
+    draw = ImageDraw.Draw(picture)
+    for row, name in enumerate(STRIP_ROWS):
+        draw.text((6, 2 + row * (cell + 2) + cell // 2 - 6), name, fill="black")
+    for col, i in enumerate(picks):
+        draw.text((margin + 6 + col * (cell + 2), 6), f"frame {i}", fill="white")
+    with atomic_write(path) as f:
+        picture.save(f, format="PNG")
 
 
 def run_demo(model, out, options: DemoOptions = DemoOptions(), *, checkpoint: str = "",
@@ -57,6 +89,7 @@ def run_demo(model, out, options: DemoOptions = DemoOptions(), *, checkpoint: st
              on_note: Callable[[str], None] | None = None) -> dict:
     """Write the inputs, propagate, score; returns (and writes as demo.json) the result."""
     from runtime.davis.evaluate import evaluate_sequence
+    from runtime.io.masks import read_mask
     from runtime.io.video import open_frames
     from runtime.propagation.sequence import PropagateOptions, Reference, propagate_sequence
 
@@ -65,18 +98,20 @@ def run_demo(model, out, options: DemoOptions = DemoOptions(), *, checkpoint: st
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "demo.json").unlink(missing_ok=True)  # written last: only a finished run's scores are there
-    video, first_mask = write_inputs(out, options)
+    video, frames, truth = write_inputs(out, options)
     propagate = PropagateOptions(memory=options.memory, overlay=out / "overlay.mp4", overwrite=True)
-    summary = propagate_sequence(model, open_frames(video), [Reference(first_mask)], out / "masks", propagate,
+    summary = propagate_sequence(model, open_frames(video), [Reference(truth[0])], out / "masks", propagate,
                                  on_frame=on_frame, on_note=on_note)
     scores = {name: evaluate_sequence(out / folder, out / "gt")
               for name, folder in (("propagated", "masks"), ("identity baseline", "identity"))}
+    propagated = [read_mask(path)[0] for path in sorted((out / "masks").glob("*.png"))]
+    write_strip(out / "strip.png", frames, truth, propagated)
     result = {"checkpoint": checkpoint, "frames": options.frames, "size": options.size, "seed": options.seed,
               "memory": options.memory, "frames_per_s": summary["frames_per_s"],
               "wall_s": round(time.perf_counter() - started, 1),
               **{name: {"J_mean": s["J_mean"], "F_mean": s["F_mean"]} for name, s in scores.items()},
               "outputs": {"video": str(video), "ground_truth": str(out / "gt"), "masks": str(out / "masks"),
-                          "overlay": str(propagate.overlay)}}
+                          "overlay": str(propagate.overlay), "picture": str(out / "strip.png")}}
     from runtime.fileio import atomic_write
 
     with atomic_write(out / "demo.json", "w") as f:

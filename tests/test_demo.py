@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from cli_helpers import run_main
 from coordgan.checkpoint import save
@@ -25,7 +27,14 @@ def test_demo_writes_every_output(tmp_path, monkeypatch, capsys):
     for folder in ("gt", "identity", "masks"):
         assert len(list((out / folder).glob("*.png"))) == 6, folder
     assert (out / "faces.mp4").stat().st_size > 0 and (out / "overlay.mp4").stat().st_size > 0
+    strip = np.asarray(Image.open(out / "strip.png").convert("RGB"))
+    cell = 96  # 64 px frames are shown at 96
+    assert strip.shape == (4 * (cell + 2) + 2, 120 + 5 * (cell + 2) + 2, 3)  # 4 rows named on the left, 5 frames
+    first_frame = strip[2:2 + cell, 122:122 + cell]
+    assert first_frame.std() > 10  # a face drawn there, not a blank cell
+    assert str(out / "strip.png") in stdout
     result = json.loads((out / "demo.json").read_text())
+    assert result["outputs"]["picture"] == str(out / "strip.png")
     assert set(result) >= {"propagated", "identity baseline", "frames_per_s", "wall_s"}
     assert 0.0 <= result["identity baseline"]["J_mean"] <= 1.0
     # a shorter demo into the same folder scores its own frames only (no earlier ones left over)

@@ -40,9 +40,9 @@ def demo(
                           on_note=lambda text: out_console.print(f"[yellow]warning[/yellow]: {text}", soft_wrap=True))
     _report(out_console, result, PART_NAMES)
     outputs = result["outputs"]
-    out_console.print(f"video {outputs['video']}, ground truth {outputs['ground_truth']}, masks {outputs['masks']}, "
-                      f"overlay {outputs['overlay']}, scores {out / 'demo.json'} "
-                      f"({time.perf_counter() - started:.1f} s in all)")
+    out_console.print(f"picture {outputs['picture']}, video {outputs['video']}, ground truth "
+                      f"{outputs['ground_truth']}, masks {outputs['masks']}, overlay {outputs['overlay']}, scores "
+                      f"{out / 'demo.json'} ({time.perf_counter() - started:.1f} s in all)")
 
 
 def _report(out, result: dict, part_names) -> None:
