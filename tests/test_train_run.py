@@ -78,6 +78,10 @@ def test_resume_is_bit_for_bit(tmp_path):
             for k, t in st.items():
                 assert torch.equal(t, sb["optimizers"][opt]["state"][pid][k])
     assert sa["loader"] == sb["loader"]
+    trained = load(split / f"{final}.safetensors").metadata["trained"]  # the tally goes on across the resume
+    assert (trained["steps"], trained["images_seen"], trained["global_batch"]) == (4, 8, 2)
+    assert trained["device"].startswith("cpu") and trained["data"] == "synthetic-faces"
+    assert trained["lpips"] == "alex, random backbone" and 0 < trained["minutes"] < 5
     clock = {"time", "data_time", "images_per_s"}
     strip = lambda rows: [{k: v for k, v in r.items() if k not in clock} for r in rows]  # noqa: E731
     assert strip(steps_of(straight)) == strip(steps_of(split))
@@ -272,11 +276,13 @@ def test_held_data_gives_the_streamed_batches_bit_for_bit(tmp_path):
         HeldData(ImageFolder(tmp_path / "broken", 32), "cpu", workers=0)
 
     straight, held_run = tmp_path / "straight", tmp_path / "held"
-    train_generator(common(straight, steps=2), preset="tiny")
-    train_generator(common(held_run, steps=2, hold_data=True), preset="tiny")
+    train_generator(common(straight, data=str(folder), steps=2), preset="tiny")
+    train_generator(common(held_run, data=str(folder), steps=2, hold_data=True), preset="tiny")
     assert_same_networks(straight / "checkpoints" / "step_000002.safetensors",
                          held_run / "checkpoints" / "step_000002.safetensors")
-    assert re.search(r"data: 10000 images held on cpu \(29 MiB\), decoded in", (held_run / "train.log").read_text())
+    log = (held_run / "train.log").read_text()
+    assert re.search(r"data: 6 images held on cpu \(0 MiB\), decoded in [0-9.]+ s \([0-9]+ images/s", log)
+    assert "skipped unreadable image file" in log and "broken.jpg" in log
 
 
 # -- LPIPS weights --------------------------------------------------------------------------------
@@ -367,7 +373,10 @@ def test_cli_help_does_not_import_torch():
 def test_train_encoder_freezes_the_generator_and_resumes_exactly(tmp_path):
     torch.manual_seed(0)
     g = build(TINY, which=("g",))["g"]
-    gen_ckpt = save(tmp_path / "gen.safetensors", TINY, {"g": g, "g_ema": copy.deepcopy(g)})
+    made = {"kind": "generator", "steps": 7, "images_seen": 28, "minutes": 0.5, "device": "cpu (2 cores)",
+            "processes": 1, "global_batch": 4, "data": "synthetic-faces", "lpips": "vgg, random backbone"}
+    gen_ckpt = save(tmp_path / "gen.safetensors", TINY, {"g": g, "g_ema": copy.deepcopy(g)},
+                    metadata={"trained": made})
     straight, split = tmp_path / "enc", tmp_path / "enc-split"
     train_encoder(common(straight, steps=2, sample_every=2), gen_ckpt=gen_ckpt)
     ck = load(straight / "checkpoints" / "step_000002.safetensors")
@@ -380,6 +389,17 @@ def test_train_encoder_freezes_the_generator_and_resumes_exactly(tmp_path):
     train_encoder(common(split, steps=2, resume=True))
     assert_same_networks(straight / "checkpoints" / "step_000002.safetensors",
                          split / "checkpoints" / "step_000002.safetensors")
+    # where it came from, the frozen generator's training included, kept across the resume
+    meta = load(split / "checkpoints" / "step_000002.safetensors").metadata
+    assert meta["generator"] == made
+    assert {k: meta["trained"][k] for k in ("kind", "steps", "images_seen", "global_batch")} == {
+        "kind": "encoder", "steps": 2, "images_seen": 4, "global_batch": 2}
+    result = CliRunner().invoke(app, ["info", str(split / "checkpoints" / "step_000002.safetensors")],
+                                env={"COLUMNS": "240"})  # one table row per line
+    assert result.exit_code == 0, result.output
+    assert "trained (generator)" in result.output and "7 steps, 28 images (batch 4, 1 process(es)) in 0.5 min" in (
+        result.output)
+    assert "trained (encoder)" in result.output and "2 steps, 4 images (batch 2" in result.output
 
 
 def test_init_from_a_base_resolution_run_freezes_the_structure_branch(tmp_path):

@@ -38,11 +38,20 @@ def info(
     table.add_row("preset", ck.config.name)
     table.add_row("sha256", ck.sha256)
     for key, n in counts.items():
-        table.add_row(f"parameters [{key}]", f"{n:,}")
+        table.add_row(f"parameters ({key})", f"{n:,}")
     cfg = ck.config
     table.add_row("image size", f"{cfg.size} (canonical grid {cfg.base_size}x{cfg.base_size})")
     table.add_row("style dim / W+ codes", f"{cfg.style_dim} / {cfg.n_latent}")
+    for name, trained in (("generator", ck.metadata.get("generator")), (None, ck.metadata.get("trained"))):
+        if trained:
+            table.add_row(f"trained ({name or trained['kind']})", trained_line(trained))
     console().print(table)
+
+
+def trained_line(t: dict) -> str:
+    """One line of where a checkpoint came from: its `trained` record (coordgan.train.loop.save_checkpoint)."""
+    return (f"{t['steps']:,} steps, {t['images_seen']:,} images (batch {t['global_batch']}, {t['processes']} "
+            f"process(es)) in {t['minutes']:g} min on {t['device']}; data {t['data']}, LPIPS {t['lpips']}")
 
 
 def sample(

@@ -8,6 +8,7 @@ checked before step 0 and before anything is written.
 from __future__ import annotations
 
 import dataclasses
+import os
 import platform
 import random
 from dataclasses import dataclass
@@ -105,6 +106,9 @@ def _session(c: Common, cfg: ModelConfig, kind: str, build_task, info: dict, hoo
     try:
         device = _rank_device(requested, d)
         notes = _check_amp(c.amp, device)
+        if device.startswith("cuda"):  # fixed shapes: let cuDNN pick its fastest kernels; TF32 for float32 work
+            torch.backends.cudnn.benchmark = True
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
         per_rank = _check_common(c, cfg.batch if c.batch is None else c.batch, d)
         opts = RunOptions(out=Path(c.out), steps=c.steps, batch=per_rank, ckpt_every=c.ckpt_every,
                           sample_every=c.sample_every, resume=c.resume, amp=c.amp, seed=c.seed, device=device,
@@ -117,7 +121,8 @@ def _session(c: Common, cfg: ModelConfig, kind: str, build_task, info: dict, hoo
             weights = ", ".join(f"{n}={getattr(cfg.losses, n)}" for n in loss_names(kind))
             notes.append(f"loss weights set by --loss: {', '.join(c.losses)}; now {weights}")
         dataset = data_mod.make_dataset(c.data, cfg.size)
-        held = data_mod.hold(dataset, cfg.size, device, opts.workers, c.hold_data)
+        # decoded once, by every core but one (the training workers are for streaming)
+        held = data_mod.hold(dataset, cfg.size, device, max(opts.workers, (os.cpu_count() or 1) - 1), c.hold_data)
         notes += [held.note] if held else []
         loader = data_mod.ResumableLoader(dataset, per_rank, seed=c.seed, rank=d.rank, world=d.world,
                                           workers=opts.workers, held=held)
@@ -200,15 +205,17 @@ def train_encoder(c: Common, gen_ckpt: Path | None = None, hooks: dict | None = 
     resumed = _resume_checkpoint(c.out) if c.resume else None
     if resumed is not None:
         generator, cfg = resumed.require("g_ema"), resumed.config
+        made_by = resumed.metadata.get("generator")
     else:
         if gen_ckpt is None:
             raise CoordGANError("Give --gen-ckpt CKPT, the trained generator the encoder learns to invert.")
         ck = load(gen_ckpt)
         generator, cfg = ck.generator, ck.config
+        made_by = ck.metadata.get("trained")  # how the frozen generator was trained, kept with the encoder
 
     def build_task(cfg, run, lpips, dataset, record):
         samples = torch.stack([dataset[(i % len(dataset), False)][0] for i in range(4)])
-        task = EncoderTraining(cfg, run, lpips, generator, samples)
+        task = EncoderTraining(cfg, run, lpips, generator, samples, generator_trained=made_by)
         if resumed is not None:
             task.load_networks(resumed.networks)
         notes = []

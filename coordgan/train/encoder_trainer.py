@@ -26,9 +26,12 @@ from coordgan.train.trainer import adam, check_batch
 class EncoderTraining:
     kind = "encoder"
 
-    def __init__(self, cfg: ModelConfig, run: Run, lpips, generator: torch.nn.Module, sample_images: torch.Tensor):
+    def __init__(self, cfg: ModelConfig, run: Run, lpips, generator: torch.nn.Module, sample_images: torch.Tensor,
+                 generator_trained: dict | None = None):
         check_batch(run.opts.batch)
         self.cfg, self.run, self.lpips = cfg, run, lpips
+        # stored with each checkpoint: how the frozen generator was trained (its own checkpoint's record)
+        self.metadata = {"generator": generator_trained} if generator_trained else {}
         self.g = generator.to(run.device).eval().requires_grad_(False)  # frozen; gradients pass through
         self.e = Encoder(cfg).to(run.device).train()
         self.opt_e = adam(self.e.parameters(), cfg, cfg.g_reg_every)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import time
 from dataclasses import asdict, dataclass, field
@@ -177,8 +178,18 @@ def _check_parameters_finite(task: Task, step: int) -> None:
                 raise NonFiniteLoss(step, [f"parameter {key}.{name}"], [float("nan")])
 
 
-def save_checkpoint(task: Task, run: Run, step: int, loader_state: dict, extra: dict) -> Path | None:
-    """Collective (all ranks call it); rank 0 writes the pair, then points latest.json at it."""
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{device.type} ({os.cpu_count()} cores)"
+
+
+def save_checkpoint(task: Task, run: Run, step: int, loader_state: dict, extra: dict,
+                    trained: dict | None = None) -> Path | None:
+    """Collective (all ranks call it); rank 0 writes the pair, then points latest.json at it.
+
+    `trained` (how many images, how long, on what) goes into the networks file's metadata, beside
+    the task's own, so that `coordgan info` says where a checkpoint came from."""
     from coordgan.checkpoint import save
 
     _check_parameters_finite(task, step)
@@ -192,7 +203,7 @@ def save_checkpoint(task: Task, run: Run, step: int, loader_state: dict, extra: 
     name = f"step_{step:06d}"
     net_path = ck_dir / f"{name}.safetensors"
     state_path = ck_dir / f"{name}.state.safetensors"
-    meta = {"step": step, "kind": task.kind, **getattr(task, "metadata", {})}
+    meta = {"step": step, "kind": task.kind, **getattr(task, "metadata", {}), **({"trained": trained} if trained else {})}
     save(net_path, task.cfg, task.checkpoint_networks(), metadata=meta)
     save_tree(state_path, {
         "step": step, "kind": task.kind, "world": run.dist.world, "seed": run.opts.seed,
@@ -351,12 +362,14 @@ def train_loop(task: Task, run: Run, loader, record: dict | None, run_info: dict
         out.mkdir(parents=True, exist_ok=True)
     ddp.barrier(d)
     log = RunLog(out, d.is_main)
-    start, skipped = 0, set()
+    start, skipped, seen, seconds = 0, set(), 0, 0.0
     if record is not None:
         state = load_training_state(task, run, record)
         loader.load_state(state["loader"])
         start = state["step"]
         skipped = set(state["extra"].get("skipped", []))
+        seen = state["extra"].get("images_seen", start * opts.batch * d.world)  # runs older than the tally
+        seconds = state["extra"].get("train_seconds", 0.0)
         log.truncate_steps(start)
         log.event(f"resumed from {record['networks']} at step {start}", console)
         if len(state["rng"]) != d.world:
@@ -375,6 +388,8 @@ def train_loop(task: Task, run: Run, loader, record: dict | None, run_info: dict
     summary = {"start": start, "steps": opts.steps, "stopped": None}
     step_times = []
     images_per_step = opts.batch * d.world
+    lpips = run_info.get("lpips") or {}
+    lpips_note = f"{lpips.get('net')}, {'random backbone' if lpips.get('backbone') == 'random' else 'ImageNet backbone'}"
     deadline = time.monotonic() + 60 * opts.max_minutes if opts.max_minutes else None
     with _Signals() as signals, _progress(opts.progress and d.is_main) as bar:
         bar_task = bar.add_task(f"{task.kind}", total=opts.steps, completed=start, losses="")
@@ -394,6 +409,7 @@ def train_loop(task: Task, run: Run, loader, record: dict | None, run_info: dict
                 record_step = task.train_step(it, images.to(run.device, non_blocking=True))
                 dt = time.perf_counter() - t0
                 step_times.append(dt)
+                seen, seconds = seen + images_per_step, seconds + dt
                 lrs = {f"lr_{k}": opt.param_groups[0]["lr"] for k, opt in task.optimizers().items()}
                 # images/s of the step (all processes), and the share of it spent waiting for data
                 log.step({"step": step, **record_step, **lrs, "time": round(dt, 6), "data_time": round(t_data, 6),
@@ -405,8 +421,12 @@ def train_loop(task: Task, run: Run, loader, record: dict | None, run_info: dict
                     d, (signals.received is not None, deadline is not None and time.monotonic() >= deadline), run.device)
                 due = step % opts.ckpt_every == 0 if opts.ckpt_every > 0 else False
                 if due or stop or out_of_time or step == opts.steps:
-                    extra = {"skipped": sorted(skipped)}
-                    path = save_checkpoint(task, run, step, loader.state(), extra)
+                    extra = {"skipped": sorted(skipped), "images_seen": seen, "train_seconds": round(seconds, 3)}
+                    trained = {"kind": task.kind, "steps": step, "images_seen": seen,
+                               "minutes": round(seconds / 60, 2), "device": device_name(run.device),
+                               "processes": d.world, "global_batch": images_per_step,
+                               "data": run_info.get("data"), "lpips": lpips_note}
+                    path = save_checkpoint(task, run, step, loader.state(), extra, trained)
                     last_ckpt, last_ckpt_step = path, step
                     log.event(f"checkpoint {path} (step {step})")
                 sample_due = opts.sample_every > 0 and step % opts.sample_every == 0
