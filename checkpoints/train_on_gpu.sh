@@ -90,23 +90,27 @@ common=(--data synthetic-faces --batch "$BATCH" --steps 100000000 --ckpt-every "
         --sample-every "$SAMPLE_EVERY" --lpips-net "$LPIPS" --lpips-random-backbone --device "$DEVICE" "${amp[@]}")
 
 say "generator: until ${GEN_SHARE} of the budget, r1 $r1"
+# A stage that fails (a NaN stop keeps the last good checkpoint) does not end the call: what
+# follows goes on with the newest checkpoint there is, and summary.json says what was reached.
 coordgan train --preset "$PRESET" --out "$GEN" --loss "r1=$r1" --max-minutes "$(minutes_until "$GEN_SHARE" "$LEAD_S")" \
-    "${common[@]}"
+    "${common[@]}" || say "the generator run ended with exit $?; going on with its newest checkpoint"
 snapshot
 gen_ckpt=$(newest "$GEN")
+[[ -n $gen_ckpt ]] || { say "no generator checkpoint was written: stopping"; exit 1; }
 enc_until=$("$PY" -c "print($GEN_SHARE + $ENC_SHARE)")
 say "encoder against $gen_ckpt: until $enc_until of the budget"
 coordgan train-encoder --gen-ckpt "$gen_ckpt" --out "$ENC" --max-minutes "$(minutes_until "$enc_until" "$LEAD_S")" \
-    "${common[@]}"
+    "${common[@]}" || say "the encoder run ended with exit $?; going on with its newest checkpoint"
 snapshot
 enc_ckpt=$(newest "$ENC")
+[[ -n $enc_ckpt ]] || { say "no encoder checkpoint was written: stopping"; exit 1; }
 
 say "eval-propagation"
 coordgan eval-propagation "$enc_ckpt" --data synthetic-faces --device "$DEVICE" --json "$WORK/eval.json" \
-    --vis "$WORK/eval.png" "${EVAL_ARGS[@]}"
+    --vis "$WORK/eval.png" "${EVAL_ARGS[@]}" || say "eval-propagation failed (exit $?)"
 if (cd "$ROOT" && "$PY" -c "import av, onnxruntime, onnxscript" 2>/dev/null); then
     say "demo (ONNX Runtime, CPU)"
-    coordgan demo --ckpt "$enc_ckpt" --out "$WORK/demo" "${DEMO_ARGS[@]}"
+    coordgan demo --ckpt "$enc_ckpt" --out "$WORK/demo" "${DEMO_ARGS[@]}" || say "the demo failed (exit $?)"
 else
     say "demo skipped: PyAV, onnxruntime or onnxscript is missing here (carry their wheels)"
 fi

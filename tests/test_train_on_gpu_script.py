@@ -51,6 +51,7 @@ def test_cpu_mode_trains_scores_and_returns_the_files(tmp_path):
     assert 0 <= summary["demo"]["identity_J_mean"] <= 1
     log = (out / "run.log").read_text()
     assert "stopped at the time budget" in log and "r1 0.0512" in log  # ADA's 0.0002 * 32^2 / 4
+    assert "failed" not in log and "ended with exit" not in log  # every stage ran through
 
 
 def test_a_call_cut_off_midway_still_returns_a_checkpoint(tmp_path):
