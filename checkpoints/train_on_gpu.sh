@@ -59,31 +59,88 @@ newest() {  # the newest networks checkpoint of a run folder ('' before its firs
     [[ -f $1/latest.json ]] || return 0
     "$PY" -c "import json, sys; print(sys.argv[1] + '/' + json.load(open(sys.argv[1] + '/latest.json'))['networks'])" "$1"
 }
+summarize() {  # $WORK/summary.json from what the stages left (written whole)
+    "$PY" - "$WORK" "$WORK/summary.json" "$START" "$mode" "$BATCH" <<'EOF'
+"""summary.json: where, how long, how much was seen and how fast, and the scores beside the baseline."""
+import json, statistics, subprocess, sys, time
+from pathlib import Path
+
+work, dest, start, mode, batch = Path(sys.argv[1]), Path(sys.argv[2]), float(sys.argv[3]), sys.argv[4], int(sys.argv[5])
+
+
+def run_stats(folder):
+    rows = []
+    for line in (folder / "log.jsonl").read_text().splitlines() if (folder / "log.jsonl").is_file() else []:
+        try:
+            rows.append(json.loads(line))
+        except ValueError:  # the line being written while a snapshot reads
+            pass
+    if not rows:
+        return None
+    return {"steps": rows[-1]["step"], "images_seen": rows[-1]["step"] * batch,
+            "images_per_s": statistics.median(r["images_per_s"] for r in rows),
+            "data_wait_share": round(sum(r["data_time"] for r in rows) / sum(r["time"] for r in rows), 4)}
+
+
+def read(path):
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+device = "cpu"
+if mode == "gpu":
+    try:
+        device = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                                text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        device = "cuda (nvidia-smi unavailable)"
+ev, demo = read(work / "eval.json"), read(work / "demo" / "demo.json")
+summary = {
+    "device": device, "minutes": round((time.time() - start) / 60, 2), "batch": batch,
+    "generator": run_stats(work / "generator"), "encoder": run_stats(work / "encoder"),
+    "eval_propagation": ev and {"miou": ev["miou"], "identity_miou": ev["identity_miou"],
+                                "margin_points": round(100 * (ev["miou"] - ev["identity_miou"]), 2),
+                                "match_error_px": ev["match_error_px"],
+                                "identity_match_error_px": ev["identity_match_error_px"]},
+    "demo": demo and {"J_mean": demo["propagated"]["J_mean"], "identity_J_mean": demo["identity baseline"]["J_mean"],
+                      "margin": round(demo["propagated"]["J_mean"] - demo["identity baseline"]["J_mean"], 4)},
+}
+tmp = dest.with_suffix(".tmp")
+tmp.write_text(json.dumps(summary, indent=2) + "\n")
+tmp.replace(dest)
+EOF
+}
 put() {  # copy $1 to $OUT/$2, replacing it whole (a copy cut off midway stays a .partial)
     [[ -n $1 && -f $1 ]] || return 0
     cp "$1" "$OUT/$2.partial" && mv -f "$OUT/$2.partial" "$OUT/$2"
 }
-snapshot() {
-    local g e
+copy_out() {  # the newest checkpoints, the logs and summary.json into $OUT; never fails the script
+    local g e last
     g=$(newest "$GEN") e=$(newest "$ENC")
-    put "$e" encoder.safetensors
-    put "$g" generator.safetensors
-    put "${g%.safetensors}.state.safetensors" generator.state.safetensors
+    put "$e" encoder.safetensors || true
+    put "$g" generator.safetensors || true
+    put "${g%.safetensors}.state.safetensors" generator.state.safetensors || true
     (cd "$WORK" && find . -maxdepth 2 \( -name train.log -o -name log.jsonl -o -name run.json -o -name 'eval.*' \
         -o -name demo.json -o -name strip.png \) -print0 >files.list
      last=$(ls generator/samples/*.png 2>/dev/null | tail -n 1 || true)
-     [[ -n $last ]] && printf '%s\0' "$last" >>files.list
+     if [[ -n $last ]]; then printf '%s\0' "$last" >>files.list; fi
      tar -czf logs.tar.gz --null -T files.list 2>/dev/null) || true
-    put "$WORK/logs.tar.gz" logs.tar.gz
+    put "$WORK/logs.tar.gz" logs.tar.gz || true
+    summarize >/dev/null 2>&1 && put "$WORK/summary.json" summary.json || true
+}
+snapshot() {  # one at a time: the minute loop and the stages' ends share the files
+    (flock 9 && copy_out) 9>"$WORK/snapshot.lock" || true
 }
 (while sleep "$SNAPSHOT_S"; do snapshot; done) </dev/null >/dev/null 2>&1 &
 SNAPSHOTS=$!
-trap 'pkill -P $SNAPSHOTS 2>/dev/null; kill $SNAPSHOTS 2>/dev/null; snapshot' EXIT
+# On exit (also a failed stage): stop the loop (its sleep first, so it cannot start another copy),
+# then one last snapshot. `set +e`: a loop already gone must not end the trap early.
+trap 'set +e; pkill -P $SNAPSHOTS 2>/dev/null; kill $SNAPSHOTS 2>/dev/null; wait $SNAPSHOTS 2>/dev/null; snapshot' EXIT
 
 say "mode $mode, budget ${BUDGET_S} s, preset $PRESET, batch $BATCH, bf16 $AMP, LPIPS $LPIPS (random backbone), work $WORK"
 [[ $mode == gpu ]] && (nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true)
 amp=(); [[ $AMP == 1 ]] && amp=(--amp)
-# StyleGAN2-ADA's R1 heuristic for the resolution and batch: 0.0002 res^2 / batch
+# StyleGAN2-ADA's R1 heuristic for the resolution and batch, 0.0002 res^2 / batch: what the CPU runs
+# used at batch 4 (r1 0.05, checkpoints/README.md), scaled to this batch as `coordgan train` scales
 r1=$("$PY" -c "import sys; sys.path.insert(0, sys.argv[1]); from coordgan.config import get_preset;
 print(f'{0.0002 * get_preset(sys.argv[2]).size ** 2 / int(sys.argv[3]):.6g}')" "$ROOT" "$PRESET" "$BATCH")
 common=(--data synthetic-faces --batch "$BATCH" --steps 100000000 --ckpt-every "$CKPT_EVERY"
@@ -115,47 +172,6 @@ else
     say "demo skipped: PyAV, onnxruntime or onnxscript is missing here (carry their wheels)"
 fi
 
-"$PY" - "$WORK" "$OUT/summary.json" "$START" "$mode" "$BATCH" <<'EOF'
-"""summary.json: where, how long, how much was seen and how fast, and the scores beside the baseline."""
-import json, statistics, subprocess, sys, time
-from pathlib import Path
-
-work, dest, start, mode, batch = Path(sys.argv[1]), Path(sys.argv[2]), float(sys.argv[3]), sys.argv[4], int(sys.argv[5])
-
-
-def run_stats(folder):
-    rows = [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()] if (
-        folder / "log.jsonl").is_file() else []
-    if not rows:
-        return None
-    return {"steps": rows[-1]["step"], "images_seen": rows[-1]["step"] * batch,
-            "images_per_s": statistics.median(r["images_per_s"] for r in rows),
-            "data_wait_share": round(sum(r["data_time"] for r in rows) / sum(r["time"] for r in rows), 4)}
-
-
-def read(path):
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
-device = "cpu"
-if mode == "gpu":
-    try:
-        device = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
-                                text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        device = "cuda (nvidia-smi unavailable)"
-ev, demo = read(work / "eval.json"), read(work / "demo" / "demo.json")
-summary = {
-    "device": device, "minutes": round((time.time() - start) / 60, 2), "batch": batch,
-    "generator": run_stats(work / "generator"), "encoder": run_stats(work / "encoder"),
-    "eval_propagation": ev and {"miou": ev["miou"], "identity_miou": ev["identity_miou"],
-                                "margin_points": round(100 * (ev["miou"] - ev["identity_miou"]), 2),
-                                "match_error_px": ev["match_error_px"],
-                                "identity_match_error_px": ev["identity_match_error_px"]},
-    "demo": demo and {"J_mean": demo["propagated"]["J_mean"], "identity_J_mean": demo["identity baseline"]["J_mean"],
-                      "margin": round(demo["propagated"]["J_mean"] - demo["identity baseline"]["J_mean"], 4)},
-}
-dest.write_text(json.dumps(summary, indent=2) + "\n")
-print(json.dumps(summary, indent=2))
-EOF
+snapshot
+cat "$OUT/summary.json"
 say "done: $OUT"

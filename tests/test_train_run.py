@@ -113,8 +113,9 @@ def test_loss_flag_changes_weights_on_a_new_run_and_on_resume(tmp_path):
     train_generator(common(scaled, steps=1, batch=8, losses=("chamfer=50",)), preset="tiny")
     cfg = load(scaled / "checkpoints" / "step_000001.safetensors").config
     assert (cfg.batch, cfg.losses.r1, cfg.ema_half_life_kimg, cfg.lr) == (8, TINY.losses.r1 / 2, 2.0, TINY.lr)
-    assert "batch 8 instead of the preset's 4, scaled as StyleGAN2-ADA does: r1 10 -> 5" in (
-        scaled / "train.log").read_text()
+    log = (scaled / "train.log").read_text()
+    assert "batch 8 instead of the preset's 4, scaled as StyleGAN2-ADA does: r1 10 -> 5" in log
+    assert log.index("scaled as StyleGAN2-ADA") < log.index("loss weights set by --loss")  # the order they apply
     train_generator(common(scaled, steps=2, batch=8, resume=True))  # not scaled twice
     assert load(scaled / "checkpoints" / "step_000002.safetensors").config.losses.r1 == TINY.losses.r1 / 2
     bad = tmp_path / "bad"

@@ -97,18 +97,28 @@ def _check_common(c: Common, global_batch: int, d: ddp.Dist) -> int:
     return per_rank
 
 
-def _session(c: Common, cfg: ModelConfig, kind: str, build_task, info: dict, hooks: dict | None, console):
-    """Set up everything, build the task with `build_task(cfg, run, lpips, dataset, record)`, run the loop."""
+def _decode_workers(train_workers: int) -> int:
+    """Processes that decode held data once: this process's share of the CPUs it may run on, less one
+    (torchrun's processes on one machine split them), and never fewer than the training workers."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    share = cpus // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(train_workers, share - 1)
+
+
+def _session(c: Common, cfg: ModelConfig, kind: str, build_task, info: dict, hooks: dict | None, console,
+             rescale: bool = False):
+    """Set up everything, build the task with `build_task(cfg, run, lpips, dataset, record)`, run the loop.
+
+    `rescale`: a new generator run at another --batch than its config's is scaled to it first
+    (StyleGAN2-ADA's rule); a resumed run's config already holds the batch it was scaled to."""
+    cfg, scaled = scaled_to_batch(cfg, c.batch) if rescale and c.batch else (cfg, None)
     cfg = with_losses(cfg, c.losses, kind)  # checkpoints keep the changed weights; a later --resume goes on with them
     requested = torch_device(c.device)  # checked before joining a process group
     d = ddp.init("cuda" if requested.startswith("cuda") else "cpu")
     loader = None
     try:
         device = _rank_device(requested, d)
-        notes = _check_amp(c.amp, device)
-        if device.startswith("cuda"):  # fixed shapes: let cuDNN pick its fastest kernels; TF32 for float32 work
-            torch.backends.cudnn.benchmark = True
-            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        notes = _check_amp(c.amp, device) + ([scaled] if scaled else [])  # (before --loss's note: it applies after)
         per_rank = _check_common(c, cfg.batch if c.batch is None else c.batch, d)
         opts = RunOptions(out=Path(c.out), steps=c.steps, batch=per_rank, ckpt_every=c.ckpt_every,
                           sample_every=c.sample_every, resume=c.resume, amp=c.amp, seed=c.seed, device=device,
@@ -122,7 +132,7 @@ def _session(c: Common, cfg: ModelConfig, kind: str, build_task, info: dict, hoo
             notes.append(f"loss weights set by --loss: {', '.join(c.losses)}; now {weights}")
         dataset = data_mod.make_dataset(c.data, cfg.size)
         # decoded once, by every core but one (the training workers are for streaming)
-        held = data_mod.hold(dataset, cfg.size, device, max(opts.workers, (os.cpu_count() or 1) - 1), c.hold_data)
+        held = data_mod.hold(dataset, cfg.size, device, _decode_workers(opts.workers), c.hold_data)
         notes += [held.note] if held else []
         loader = data_mod.ResumableLoader(dataset, per_rank, seed=c.seed, rank=d.rank, world=d.world,
                                           workers=opts.workers, held=held)
@@ -172,9 +182,6 @@ def train_generator(c: Common, preset: str | None = None, init_from: Path | None
                 raise CoordGANError("Give --preset NAME (e.g. celeba-128, or tiny for a quick CPU run).")
             cfg = get_preset(preset)
         freeze = bool(init_from) if freeze_structure is None else freeze_structure
-    # A new run at another batch than its config's is rescaled (then --loss applies); a resumed
-    # run's config already holds the batch it was scaled to.
-    cfg, scaled = scaled_to_batch(cfg, c.batch) if resumed is None and c.batch else (cfg, None)
     source = None
     if init_from is not None and resumed is None:
         from coordgan.checkpoint import load
@@ -185,7 +192,6 @@ def train_generator(c: Common, preset: str | None = None, init_from: Path | None
         task = GeneratorTraining(cfg, run, lpips, freeze_structure=freeze)
         notes = [f"--init-from {init_from} ignored: the run resumes from its own checkpoint"] if (
             resumed is not None and init_from is not None) else []
-        notes += [scaled] if scaled else []
         if resumed is not None:
             task.load_networks(resumed.networks)
         elif source is not None:
@@ -194,7 +200,7 @@ def train_generator(c: Common, preset: str | None = None, init_from: Path | None
 
     return _session(c, cfg, "generator", build_task,
                     {"init_from": str(init_from) if init_from else None, "freeze_structure": freeze},
-                    hooks, console)
+                    hooks, console, rescale=resumed is None)
 
 
 def train_encoder(c: Common, gen_ckpt: Path | None = None, hooks: dict | None = None, console=None) -> dict:
