@@ -165,9 +165,13 @@ def _on_cpu_path(q, kmap, v, tau: float, mode: str, k: int | None, impl: str):
     return torch.from_numpy(p), torch.from_numpy(labels)
 
 
-def _on_cuda_kernel(q, kmap, v, tau: float, mode: str, k: int | None):
-    """The fused kernel on the tensors' memory, launched on torch's current stream (nothing copied)."""
-    from runtime.lookup import cuda as fused  # cuda-python, imported only here
+def _on_cuda_kernel(q, kmap, v, tau: float, mode: str, k: int | None, sparse: bool = False):
+    """The fused (or the sparse) kernel on the tensors' memory, launched on torch's current stream
+    (nothing copied; the sparse one neglects at most 1e-4 of each query's softmax mass)."""
+    if sparse:
+        from runtime.lookup import cuda_sparse as fused  # cuda-python, imported only here
+    else:
+        from runtime.lookup import cuda as fused
 
     n, r, c, hk, wk = v.shape
     q, kmap, v = (t.contiguous() for t in (q, kmap, v))
@@ -175,9 +179,10 @@ def _on_cuda_kernel(q, kmap, v, tau: float, mode: str, k: int | None):
     p = torch.empty(n, c, hq, wq, dtype=torch.float32, device=q.device)
     labels = torch.empty(n, hq, wq, dtype=torch.int32, device=q.device)
     with torch.cuda.device(q.device):
+        dtype = {} if sparse else {"dtype": "float32"}  # (the sparse kernel takes float32 only)
         fused.lookup_device(q.data_ptr(), kmap.data_ptr(), v.data_ptr(), p.data_ptr(), labels.data_ptr(), n=n,
-                            hq=hq, wq=wq, r=r, hk=hk, wk=wk, c=c, dtype="float32", tau=tau, mode=mode, k=k,
-                            stream=torch.cuda.current_stream().cuda_stream)
+                            hq=hq, wq=wq, r=r, hk=hk, wk=wk, c=c, tau=tau, mode=mode, k=k,
+                            stream=torch.cuda.current_stream().cuda_stream, **dtype)
     return p, labels
 
 
@@ -206,7 +211,8 @@ def lookup(
             takes max(1, chunk_size // N) pixels of every item), ~chunk_size x R*Hk*Wk floats at once.
         impl: "reference" (this module, torch, any device); or a path of ``runtime.lookup``: "dense"
             or "sparse" (numpy, CPU tensors), "cuda" (the fused kernel on CUDA tensors: P within 1e-4
-            of the reference, topk keeps at most 64 neighbours; needs cuda-python), "auto" (cuda on
+            of the reference, topk keeps at most 64 neighbours; needs cuda-python), "cuda-sparse" (the
+            sparse GPU kernel on CUDA tensors: sparse's bound, 1e-4 of the softmax mass), "auto" (cuda on
             CUDA tensors where the kernel runs them, else the reference; sparse on CPU ones).
 
     Returns:
@@ -231,8 +237,8 @@ def lookup(
     if impl == "reference":
         return _reference(q, kmap, v, tau, mode, k, chunk_size)
     chosen = choose_impl(impl, classes=c, mode=mode, k=k, on_gpu=q.is_cuda)
-    if chosen == "cuda":
-        return _on_cuda_kernel(q, kmap, v, tau, mode, k)
+    if chosen in ("cuda", "cuda-sparse"):
+        return _on_cuda_kernel(q, kmap, v, tau, mode, k, sparse=chosen == "cuda-sparse")
     return _on_cpu_path(q, kmap, v, tau, mode, k, chosen)
 
 

@@ -41,6 +41,22 @@ def test_nvcc_ptx(tmp_path, arch):
     assert "warning" not in result.stderr.lower(), result.stderr
 
 
+def test_nvrtc_ptx_of_the_sparse_kernels():
+    """The sparse GPU lookup's source compiles under NVRTC too (the path lookup_device loads)."""
+    pytest.importorskip("cuda.bindings.nvrtc", reason="cuda-python is not installed")
+    from runtime.lookup import cuda_sparse
+
+    try:
+        ptx = cl.compile_ptx(75, source=cuda_sparse.SOURCE, cache=False)
+    except CoordGANError as exc:
+        if "NVRTC could not be loaded" in str(exc):
+            pytest.skip(str(exc))
+        raise
+    assert {m.decode() for m in re.findall(rb"^\.visible \.entry (\w+)\(", ptx, re.M)} == set(
+        cuda_sparse.kernel_names())
+    assert not re.search(r"^\s*#\s*include", cuda_sparse.SOURCE.read_text(), re.M)  # no headers, as corr_lookup.cu
+
+
 def test_nvrtc_ptx():
     """The runtime path: cuda-python's NVRTC compiles the source to PTX (no GPU needed)."""
     pytest.importorskip("cuda.bindings.nvrtc", reason="cuda-python is not installed")

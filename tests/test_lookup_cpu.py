@@ -20,70 +20,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runtime.bench.workload import warp_maps as warp
 from runtime.errors import CoordGANError
 from runtime.lookup import lookup, lookup_dense, lookup_sparse
 
 torch = pytest.importorskip("torch")
-from coordgan.correspondence import canonical_grid  # noqa: E402
-from coordgan.correspondence import lookup as reference  # noqa: E402
+from lookup_helpers import assert_labels, case, degenerate_maps, grid, ref, tiny_model_case  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-class SeededRng:
-    """numpy Generator that remembers its seed, for failure messages."""
-
-    def __init__(self, seed: int) -> None:
-        self.seed_value = seed
-        self._gen = np.random.default_rng(seed)
-
-    def __getattr__(self, name):
-        return getattr(self._gen, name)
-
-
-@pytest.fixture
-def rng():
-    return SeededRng(int(os.environ.get("LOOKUP_TEST_SEED", np.random.SeedSequence().entropy % 2**32)))
-
-
-def grid(h: int, w: int) -> np.ndarray:
-    return canonical_grid(h, w).numpy()
-
-
-def probs(rng, n: int, r: int, c: int, h: int, w: int, one_hot: bool = False) -> np.ndarray:
-    """(n, r, c, h, w) label probabilities: blobby one-hot masks or softened ones."""
-    g = grid(h, w)
-    lab = np.zeros((n, r, h, w), np.int64)
-    for i in range(n):
-        for j in range(r):
-            centers = rng.uniform(-1, 1, (c, 2))
-            d = (g[0][None] - centers[:, 0, None, None]) ** 2 + (g[1][None] - centers[:, 1, None, None]) ** 2
-            lab[i, j] = d.argmin(axis=0)
-    v = np.eye(c, dtype=np.float32)[lab].transpose(0, 1, 4, 2, 3)
-    if not one_hot:
-        v = v + rng.uniform(0, 0.3, v.shape).astype(np.float32)
-        v /= v.sum(axis=2, keepdims=True)
-    return np.ascontiguousarray(v)
-
-
-def case(rng, n=1, r=1, c=4, hq=24, wq=20, hk=20, wk=22, one_hot=False):
-    q = warp(rng, n, hq, wq)
-    k = warp(rng, n * r, hk, wk).reshape(n, r, 2, hk, wk)
-    v = probs(rng, n, r, c, hk, wk, one_hot)
-    return q, k, v
-
-
-def ref(q, kmap, v, **kw):
-    p, labels = reference(torch.from_numpy(q), torch.from_numpy(kmap), torch.from_numpy(v), **kw)
-    return p.numpy(), labels.numpy()
-
-
-def assert_labels(labels, labels_ref, p_ref, seed, margin=1e-5):
-    """Labels equal wherever the reference's top two classes are more than `margin` apart."""
-    top2 = np.sort(p_ref, axis=1)[:, -2:] if p_ref.shape[1] > 1 else None
-    clear = np.ones(labels.shape, bool) if top2 is None else (top2[:, 1] - top2[:, 0]) > margin
-    assert np.array_equal(labels[clear], labels_ref[clear]), f"seed {seed}"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -204,24 +147,9 @@ def test_sparse_n_and_threads(rng):
         assert (l_s == l_d).mean() >= 0.999, (threads, rng.seed_value)
 
 
-def tiny_model_maps(seed: int, n: int) -> np.ndarray:
-    """(n, 2, 32, 32) correspondence maps from the tiny preset's warping network (random weights),
-    for random structure codes."""
-    from coordgan.config import PRESETS
-    from coordgan.models import build
-
-    torch.manual_seed(seed)
-    g = build(PRESETS["tiny"], which=("g",))["g"].eval()
-    with torch.no_grad():
-        return g.warp(g.map_structure(torch.randn(n, PRESETS["tiny"].style_dim))).numpy()
-
-
 @pytest.mark.parametrize("mode,k", [("soft", None), ("hard", None), ("topk", 4)])
 def test_sparse_on_tiny_model_maps(rng, mode, k):
-    maps = tiny_model_maps(rng.seed_value, 3)
-    assert maps.std() > 1e-2  # the maps vary
-    v = probs(rng, 2, 1, 5, 32, 32)
-    q, kmap = maps[:2], maps[2][None, None].repeat(2, axis=0)  # two queries against one reference
+    q, kmap, v = tiny_model_case(rng)
     p_s, l_s = lookup_sparse(q, kmap, v, mode=mode, k=k)
     p_d, l_d = lookup_dense(q, kmap, v, mode=mode, k=k)
     assert np.abs(p_s - p_d).max() <= (1e-4 * v.max() + 1e-6 if mode == "soft" else 1e-6), f"seed {rng.seed_value}"
@@ -234,12 +162,7 @@ def test_sparse_degenerate_maps(rng, mode, k):
     queries far from all of them. Correct either way (the dense fallback or the kernel)."""
     q, kmap, v = case(rng, n=1, r=1, c=3, hq=32, wq=32, hk=40, wk=40)
     tol = 1e-4 * v.max() + 1e-6 if mode == "soft" else 1e-6
-    maps = {
-        "corner": (kmap * 0.3 - 0.6).astype(np.float32),  # queries far from every reference
-        "tiny area": (kmap * 0.01 + 0.5).astype(np.float32),
-        "one point": np.full_like(kmap, 0.25),
-        "scattered": rng.uniform(-1, 1, kmap.shape).astype(np.float32),
-    }
+    maps = degenerate_maps(rng, kmap)
     for name, k_map in maps.items():
         p_s, l_s = lookup_sparse(q, k_map, v, mode=mode, k=k)
         p_d, l_d = lookup_dense(q, k_map, v, mode=mode, k=k)

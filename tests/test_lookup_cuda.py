@@ -183,3 +183,41 @@ def test_cuda_impl_on_torch_tensors(seed, mode):
     assert p.is_cuda and p.dtype == torch.float32 and labels.dtype == torch.int32
     compare(p.cpu().numpy(), labels.cpu().numpy(), p_ref.cpu().numpy(), l_ref.cpu().numpy(), mode, tv.shape[2],
             f"seed {seed}, mode {mode}, k {k}")
+
+
+@pytest.mark.parametrize("mode", ["soft", "hard", "topk"])
+def test_sparse_kernels_match_the_reference_and_their_host_build(seed, mode):
+    """runtime.lookup.cuda_sparse on the GPU: within the bound of the reference (soft), the dense
+    result (hard, topk), and what the same kernels built for the CPU give (tests/test_lookup_cuda_sparse.py)."""
+    from runtime.lookup import cuda_sparse
+
+    rng = np.random.default_rng([seed, 11, ["soft", "hard", "topk"].index(mode)])
+    for trial in range(3):
+        inputs, k = draw_case(rng, mode, np.float32)
+        c = inputs[2].shape[2]
+        msg = f"seed {seed}, trial {trial}, mode {mode}, Q {inputs[0].shape}, K {inputs[1].shape}, C {c}, k {k}"
+        info: dict = {}
+        p, labels = cuda_sparse.lookup_numpy(*inputs, mode=mode, k=k, info=info)
+        compare(p, labels, *run_reference(inputs, mode, k), mode, c, msg)
+        assert 0 < info["pairs"] < info["dense_pairs"], msg
+        p_host, _ = cuda_sparse.lookup_numpy(*inputs, mode=mode, k=k, kernels="host")
+        assert np.abs(p - p_host).max() <= 1e-4, msg
+
+
+@pytest.mark.parametrize("mode", ["soft", "hard", "topk"])
+def test_cuda_sparse_impl_on_torch_tensors(seed, mode):
+    """coordgan.correspondence.lookup(impl="cuda-sparse") on torch's memory and stream."""
+    if not torch.cuda.is_available():
+        pytest.skip("torch has no CUDA here")
+    rng = np.random.default_rng([seed, 13, ["soft", "hard", "topk"].index(mode)])
+    inputs, k = draw_case(rng, mode, np.float16 if mode == "soft" else np.float32)
+    tq, tk, tv = (torch.from_numpy(a).cuda() for a in inputs)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        p, labels = reference(tq, tk, tv, mode=mode, k=k, impl="cuda-sparse")
+    torch.cuda.current_stream().wait_stream(stream)
+    p_ref, l_ref = reference(tq, tk, tv, mode=mode, k=k)
+    assert p.is_cuda and p.dtype == torch.float32 and labels.dtype == torch.int32
+    compare(p.cpu().numpy(), labels.cpu().numpy(), p_ref.cpu().numpy(), l_ref.cpu().numpy(), mode, tv.shape[2],
+            f"seed {seed}, mode {mode}, k {k}")

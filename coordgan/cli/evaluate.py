@@ -28,7 +28,8 @@ _HELP = {
     "vis": "Write a PNG: queries and ground truth on top, then each reference with its labels propagated.",
     "device": "cpu or cuda (default: cuda when available).",
     "lookup": "Lookup path: reference (torch, exact), sparse (numpy, neglected mass <= 1e-4, much faster on CPU), "
-              "dense (numpy, exact), cuda (the fused kernel), or auto (reference on a GPU, sparse on the CPU).",
+              "dense (numpy, exact), cuda (the fused kernel), cuda-sparse (the sparse GPU kernel, neglected mass "
+              "<= 1e-4), or auto (reference on a GPU, sparse on the CPU).",
 }
 
 

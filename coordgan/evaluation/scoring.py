@@ -54,7 +54,7 @@ class IoUAccumulator:
         return float(np.mean(iou[scored])) if scored else float("nan")
 
 
-LOOKUPS = IMPLS  # reference, auto, dense, sparse, cuda
+LOOKUPS = IMPLS  # reference, auto, dense, sparse, cuda, cuda-sparse
 
 
 def propagate(query_maps: torch.Tensor, ref_map: torch.Tensor, ref_labels: torch.Tensor, num_classes: int,

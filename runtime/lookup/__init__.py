@@ -8,6 +8,7 @@
     dense.py         every pair, numpy, exact
     sparse.py        only the pairs that can carry weight (numba kernels in kernels/), bounded error
     cuda.py          the fused kernel corr_lookup.cu through cuda-python (also the TensorRT plugin's)
+    cuda_sparse.py   the sparse GPU kernel corr_lookup_sparse.cu (also built for the CPU, for tests)
 
 The torch reference that defines the semantics is ``coordgan.correspondence.lookup`` (a layer up:
 this package never imports torch); its ``impl=`` hands torch tensors to the paths here.
@@ -49,23 +50,25 @@ def choose_impl(impl: str, *, classes: int, mode: str = "soft", k: int | None = 
 
     "auto" is the fused kernel when the data is on a GPU (on_gpu True), or when it is on the host
     (on_gpu None) and cuda-python finds a GPU, as long as the op fits the kernel (C <= 64, k <= 64);
-    otherwise sparse. "cuda" for an op the kernel cannot run is an error, as is "dense" or
+    otherwise sparse. "cuda" or "cuda-sparse" (the sparse GPU kernel, not chosen by "auto" until
+    it has been measured on a GPU) for an op the kernels cannot run is an error, as is "dense" or
     "sparse" for data on a GPU.
     """
     spec.check_impl(impl)
     limit = spec.kernel_limit(classes, mode, k)
+    on_cuda = impl in ("cuda", "cuda-sparse")
     if impl == "auto":
         if on_gpu:
             if limit:
                 raise CoordGANError(f"No lookup path takes these GPU tensors: {limit}.")
             return "cuda"
         return "cuda" if limit is None and on_gpu is None and cuda_available() else "sparse"
-    if impl == "cuda" and limit:
-        raise CoordGANError(f"impl='cuda' cannot run this lookup: {limit}.")
-    if impl == "cuda" and on_gpu is False:
-        raise CoordGANError("impl='cuda' runs the CUDA kernel and needs CUDA tensors; use impl='reference', 'dense' "
-                            "or 'sparse' on the CPU.")
-    if on_gpu and impl != "cuda":
+    if on_cuda and limit:
+        raise CoordGANError(f"impl={impl!r} cannot run this lookup: {limit}.")
+    if on_cuda and on_gpu is False:
+        raise CoordGANError(f"impl={impl!r} runs a CUDA kernel and needs CUDA tensors; use impl='reference', "
+                            "'dense' or 'sparse' on the CPU.")
+    if on_gpu and not on_cuda:
         raise CoordGANError(f"impl={impl!r} runs on the CPU; these tensors are on a GPU (use impl='cuda' or 'auto').")
     return impl
 
@@ -91,8 +94,9 @@ def lookup(
         impl: "dense" (exact), "sparse" (skips the pixels whose total weight is provably below
             ``tol``; exact for hard/topk; runs dense itself where that is faster or numba is
             missing), "cuda" (the fused kernel: needs cuda-python and a GPU; arrays are copied in
-            and out), or "auto" (cuda where it runs and the op fits it, else sparse).
-        tol: neglected softmax mass per query allowed to the sparse path.
+            and out), "cuda-sparse" (the sparse GPU kernel: sparse's bound, on a GPU), or "auto"
+            (cuda where it runs and the op fits it, else sparse).
+        tol: neglected softmax mass per query allowed to the sparse paths.
         threads: CPU threads of the sparse path (default: the CPUs available, capped by
             OMP_NUM_THREADS); the dense path's BLAS follows its own settings.
         info: a dict the sparse path fills with what it did (see ``lookup_sparse``), and every path
@@ -109,6 +113,10 @@ def lookup(
         from runtime.lookup import cuda
 
         return cuda.lookup_numpy(query, ref_maps, ref_probs, tau=tau, mode=mode, k=k)
+    if chosen == "cuda-sparse":
+        from runtime.lookup import cuda_sparse
+
+        return cuda_sparse.lookup_numpy(query, ref_maps, ref_probs, tau=tau, mode=mode, k=k, tol=tol, info=info)
     if chosen == "dense":
         return lookup_dense(query, ref_maps, ref_probs, tau=tau, mode=mode, k=k)
     return lookup_sparse(query, ref_maps, ref_probs, tau=tau, mode=mode, k=k, tol=tol, threads=threads, info=info)

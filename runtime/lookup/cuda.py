@@ -58,7 +58,7 @@ CMAX_VALUES = (1, 2, 4, 8, 16, 32, 64)  # the instantiations; the last is spec.M
 KERNEL_SOURCE = Path(__file__).with_name("corr_lookup.cu")
 
 _lock = threading.Lock()
-_modules: dict = {}  # (context handle, arch) -> (module, {name: function})
+_modules: dict = {}  # (context handle, source file name) -> (module, {name: function})
 
 
 # --------------------------------------------------------------------------------------------------
@@ -142,10 +142,11 @@ def compile_ptx(arch: int | None = None, *, source: Path | None = None, cache: b
     arch = max(usable)
     options = [f"--gpu-architecture=compute_{arch}".encode(), b"--std=c++14"]
     key = hashlib.sha256(src + b"\0".join(options) + repr(version).encode()).hexdigest()[:16]
-    path = cache_dir("kernels") / f"corr_lookup-{key}-compute_{arch}.ptx"
+    path = cache_dir("kernels") / f"{(source or KERNEL_SOURCE).stem}-{key}-compute_{arch}.ptx"
     if cache and path.is_file():
         return path.read_bytes()
-    prog = cuda_driver.check(nvrtc.nvrtcCreateProgram(src, b"corr_lookup.cu", 0, [], []), "nvrtcCreateProgram")
+    prog = cuda_driver.check(nvrtc.nvrtcCreateProgram(src, (source or KERNEL_SOURCE).name.encode(), 0, [], []),
+                             "nvrtcCreateProgram")
     try:
         status = nvrtc.nvrtcCompileProgram(prog, len(options), options)
         if int(status[0]) != 0:
@@ -153,7 +154,8 @@ def compile_ptx(arch: int | None = None, *, source: Path | None = None, cache: b
             log = b" " * size
             nvrtc.nvrtcGetProgramLog(prog, log)
             raise CoordGANError(
-                f"NVRTC could not compile {KERNEL_SOURCE.name}: {log.decode(errors='replace').strip()[:2000]}"
+                f"NVRTC could not compile {(source or KERNEL_SOURCE).name}: "
+                f"{log.decode(errors='replace').strip()[:2000]}"
             )
         size = cuda_driver.check(nvrtc.nvrtcGetPTXSize(prog), "nvrtcGetPTXSize")
         ptx = b" " * size
@@ -170,13 +172,14 @@ def compile_ptx(arch: int | None = None, *, source: Path | None = None, cache: b
     return ptx
 
 
-def _function(name: str):
-    """The loaded CUfunction for an entry point, compiling/loading the module once per context."""
+def function(name: str, source: Path = KERNEL_SOURCE):
+    """The loaded CUfunction for an entry point of `source` (this kernel's, or another .cu beside it),
+    compiling and loading the module once per context; returns (driver, function)."""
     driver, ctx = cuda_driver.context()
     with _lock:
-        key = int(ctx)
+        key = (int(ctx), source.name)
         if key not in _modules:
-            env_ptx = os.environ.get("COORDGAN_CORR_LOOKUP_PTX")
+            env_ptx = os.environ.get("COORDGAN_CORR_LOOKUP_PTX") if source == KERNEL_SOURCE else None
             if env_ptx:
                 try:
                     ptx = Path(env_ptx).read_bytes()
@@ -184,7 +187,7 @@ def _function(name: str):
                     raise CoordGANError(f"COORDGAN_CORR_LOOKUP_PTX names {env_ptx}, which cannot be read ({exc}).")
                 ptx = ptx if ptx.endswith(b"\0") else ptx + b"\0"
             else:
-                ptx = compile_ptx()
+                ptx = compile_ptx(source=source)
             status, module = driver.cuModuleLoadData(ptx)
             if int(status) != 0:
                 raise CoordGANError(
@@ -248,7 +251,7 @@ def lookup_device(
             raise CoordGANError(f"{name} must be a device pointer (a positive int), got {ptr!r}.")
         pointers.append(p)
     name = kernel_name(mode, dtype, c)
-    driver, func = _function(name)
+    driver, func = function(name)
     grid, block = launch_config(n, hq, wq)
     # kernelParams as a void** built with ctypes: works with every cuda-python version. Order: inputs,
     # int32 scalars (tau as its float bits), outputs, as the .cu documents.

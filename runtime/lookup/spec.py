@@ -39,7 +39,7 @@ import numpy as np
 from runtime.errors import CoordGANError
 
 MODES = ("soft", "hard", "topk")
-IMPLS = ("auto", "dense", "sparse", "cuda")
+IMPLS = ("auto", "dense", "sparse", "cuda", "cuda-sparse")
 
 MAX_CLASSES = 64  # the CUDA kernel's (and so the TensorRT plugin's) largest class count C
 MAX_TOPK = 64  # ... and its largest k in topk mode

@@ -32,7 +32,6 @@ from runtime.propagation.label_resize import labels_to_grid, upsample_argmax
 from runtime.propagation.memory import Memory
 from runtime.propagation.timing import StageTimer
 
-
 # A trained encoder's maps spread over most of [-1, 1] (standard deviation ~0.5 per coordinate);
 # an untrained one's collapse to ~0.002. Below this many tau, no lookup pixel can be skipped.
 COLLAPSED_SPREAD = 5
