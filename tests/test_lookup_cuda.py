@@ -170,22 +170,6 @@ def test_torch_memory_and_stream(seed):
 
 
 @pytest.mark.parametrize("mode", ["soft", "hard", "topk"])
-def test_cuda_impl_on_torch_tensors(seed, mode):
-    """coordgan.correspondence.lookup(impl="cuda"): the kernel behind the torch API, against the reference."""
-    if not torch.cuda.is_available():
-        pytest.skip("torch has no CUDA here")
-
-    rng = np.random.default_rng([seed, 7, ["soft", "hard", "topk"].index(mode)])
-    inputs, k = draw_case(rng, mode, np.float16 if mode == "soft" else np.float32)
-    tq, tk, tv = (torch.from_numpy(a).cuda() for a in inputs)
-    p, labels = reference(tq, tk, tv, mode=mode, k=k, impl="cuda")
-    p_ref, l_ref = reference(tq, tk, tv, mode=mode, k=k)
-    assert p.is_cuda and p.dtype == torch.float32 and labels.dtype == torch.int32
-    compare(p.cpu().numpy(), labels.cpu().numpy(), p_ref.cpu().numpy(), l_ref.cpu().numpy(), mode, tv.shape[2],
-            f"seed {seed}, mode {mode}, k {k}")
-
-
-@pytest.mark.parametrize("mode", ["soft", "hard", "topk"])
 def test_sparse_kernels_match_the_reference_and_their_host_build(seed, mode):
     """runtime.lookup.cuda_sparse on the GPU: within the bound of the reference (soft), the dense
     result (hard, topk), and what the same kernels built for the CPU give (tests/test_lookup_cuda_sparse.py)."""
@@ -204,20 +188,22 @@ def test_sparse_kernels_match_the_reference_and_their_host_build(seed, mode):
         assert np.abs(p - p_host).max() <= 1e-4, msg
 
 
+@pytest.mark.parametrize("impl", ["cuda", "cuda-sparse"])
 @pytest.mark.parametrize("mode", ["soft", "hard", "topk"])
-def test_cuda_sparse_impl_on_torch_tensors(seed, mode):
-    """coordgan.correspondence.lookup(impl="cuda-sparse") on torch's memory and stream."""
+def test_impl_on_torch_tensors(seed, impl, mode):
+    """coordgan.correspondence.lookup(impl=...): the kernels behind the torch API, on torch's memory and
+    a side stream, against the reference."""
     if not torch.cuda.is_available():
         pytest.skip("torch has no CUDA here")
-    rng = np.random.default_rng([seed, 13, ["soft", "hard", "topk"].index(mode)])
+    rng = np.random.default_rng([seed, 7, ["soft", "hard", "topk"].index(mode), impl == "cuda-sparse"])
     inputs, k = draw_case(rng, mode, np.float16 if mode == "soft" else np.float32)
     tq, tk, tv = (torch.from_numpy(a).cuda() for a in inputs)
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
-        p, labels = reference(tq, tk, tv, mode=mode, k=k, impl="cuda-sparse")
+        p, labels = reference(tq, tk, tv, mode=mode, k=k, impl=impl)
     torch.cuda.current_stream().wait_stream(stream)
     p_ref, l_ref = reference(tq, tk, tv, mode=mode, k=k)
     assert p.is_cuda and p.dtype == torch.float32 and labels.dtype == torch.int32
     compare(p.cpu().numpy(), labels.cpu().numpy(), p_ref.cpu().numpy(), l_ref.cpu().numpy(), mode, tv.shape[2],
-            f"seed {seed}, mode {mode}, k {k}")
+            f"seed {seed}, {impl}, mode {mode}, k {k}")
