@@ -24,9 +24,15 @@ step tests 170 "$PY" -m pytest -q -p no:cacheprovider -m gpu -rs \
 step bench_lookup 120 "$PY" benchmarks/bench_lookup.py --skip-cpu
 # (torch-compile is left out of the pipeline: the lookup's input checks break its graph, compiling
 # for minutes; the encoder row below shows what compile does for the network part)
-step bench_pipeline 110 bash -c 'cg bench pipeline --preset celeba-128 --backends published,torch \
-    --batch 1,8 --iters 20 --max-time 10 --json "$OUT/bench_pipeline.json"'
-step bench_models 110 bash -c 'cg bench encoder --preset celeba-128 --backends torch,torch-compile --batch 1,8,32 \
+# the frame -> mask path: published vs torch with the fused and the sparse lookup, fp32 and bf16 (the
+# tables are in bench_pipeline.log; $OUT brings back 8 files at most)
+step bench_pipeline 150 bash -c 'cg bench pipeline --preset celeba-128 --backends published,torch \
+    --batch 1,8,64 --iters 20 --max-time 6 --json "$OUT/bench_pipeline.json" && \
+    cg bench pipeline --preset celeba-128 --backends torch --gpu-lookup cuda-sparse --batch 1,8,64 --iters 20 \
+    --max-time 6 && \
+    cg bench pipeline --preset celeba-128 --backends torch --gpu-lookup cuda-sparse --precision bf16 --batch 8,64 \
+    --iters 20 --max-time 6'
+step bench_models 80 bash -c 'cg bench encoder --preset celeba-128 --backends torch,torch-compile --batch 1,8,32 \
     --iters 20 --max-time 10 --json "$OUT/bench_encoder.json" && \
     cg bench generator --preset celeba-128 --backends torch --batch 1,8 --precision fp32 --iters 20 --max-time 10 \
     --json "$OUT/bench_generator.json"'

@@ -113,6 +113,32 @@ def test_bench_end_to_end_tiny(target, cache_dir, tmp_path):
         assert img.format == "PNG" and img.width > 400
 
 
+def test_gpu_lookup_and_bf16_rows_say_what_runs(cache_dir, tmp_path):
+    """--gpu-lookup picks the kernel beside GPU backends (the table says which); bf16 is a torch-on-CUDA
+    precision, skipped with its reason elsewhere."""
+    out = tmp_path / "r.json"
+    result = invoke("lookup", "--preset", "tiny", "--backends", "torch,ort-cpu,ort-cuda", "--gpu-lookup",
+                    "cuda-sparse", "--precision", "bf16", "--iters", "1", "--warmup", "0", "--json", out)
+    assert result.exit_code == 0, (result.output, result.exception)
+    rows = {r["backend"]: r for r in json.loads(out.read_text())["rows"]}
+    import torch
+
+    if not torch.cuda.is_available():
+        assert rows["torch"]["status"] == "skipped" and "bf16 with PyTorch needs a CUDA GPU" in rows["torch"]["reason"]
+    assert rows["ort-cpu"]["status"] == "skipped" and "bf16 is a PyTorch precision" in rows["ort-cpu"]["reason"]
+    result = invoke("lookup", "--preset", "tiny", "--backends", "ort-cpu", "--gpu-lookup", "cuda-sparse",
+                    "--iters", "1", "--warmup", "0", "--json", out)
+    assert result.exit_code == 0, (result.output, result.exception)
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["status"] == "ok" and "numpy auto" in row["detail"]  # a CPU backend keeps the CPU lookup
+    from runtime.bench.runners import BackendRunner
+    from runtime.bench.workload import Workload
+
+    wl = Workload("lookup", size=32, gpu_lookup="cuda-sparse")
+    assert BackendRunner("ort-cuda", wl, lookup_device="cuda").lookup_impl == "cuda-sparse"
+    assert BackendRunner("ort-cuda", wl, lookup_device="cuda").detail == "lookup: sparse CUDA kernels"
+
+
 def test_runtime_pipeline_runs_the_propagation_step(cache_dir, monkeypatch):
     """The runtime rows of `bench pipeline` time propagate's own step on frames decoded from a video,
     and write each frame's PNG."""
@@ -161,6 +187,8 @@ def test_user_errors_are_one_sentence(tmp_path):
     for args, words in ((("encoder",), "--ckpt"),
                         (("encoder", "--preset", "tiny", "--backends", "cuda-magic"), "Unknown backend"),
                         (("encoder", "--preset", "tiny", "--batch", "0,x"), "--batch"),
+                        (("lookup", "--preset", "tiny", "--gpu-lookup", "cuda-dense"), "--gpu-lookup must be"),
+                        (("encoder", "--preset", "tiny", "--precision", "fp8"), "--precision must be"),
                         (("compare", tmp_path / "missing.json", tmp_path / "b.json"), "does not exist")):
         result = invoke(*args)
         assert result.exit_code != 0

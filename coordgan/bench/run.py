@@ -15,10 +15,11 @@ from pathlib import Path
 from runtime.bench.report import add_published_ratios
 from runtime.bench.runners import RUNTIME_BACKENDS, Skip, open_runtime_runner
 from runtime.bench.timing import measure
-from runtime.bench.workload import Workload
+from runtime.bench.workload import GPU_LOOKUPS, Workload
 from runtime.errors import CoordGANError, first_line
 
 ALL_BACKENDS = ("published", "torch", "torch-compile", "ort-cpu", "ort-cuda", "trt", "triton")
+PRECISIONS = ("fp32", "fp16", "bf16")  # bf16: torch on CUDA only
 
 
 @dataclasses.dataclass
@@ -35,6 +36,7 @@ class BenchOptions:
     trt_dir: Path | None = None
     url: str | None = None
     lookup_method: str = "auto"
+    gpu_lookup: str = "cuda"
     refs: int = 1
     classes: int = 8
     tau: float = 0.01
@@ -50,8 +52,10 @@ class BenchOptions:
         return tuple(dict.fromkeys(self.backends))
 
     def validate(self):
-        if self.precision not in ("fp32", "fp16"):
-            raise CoordGANError(f"--precision must be fp32 or fp16, not {self.precision!r}.")
+        if self.precision not in PRECISIONS:
+            raise CoordGANError(f"--precision must be fp32, fp16 or bf16, not {self.precision!r}.")
+        if self.gpu_lookup not in GPU_LOOKUPS:
+            raise CoordGANError(f"--gpu-lookup must be {' or '.join(GPU_LOOKUPS)}, not {self.gpu_lookup!r}.")
         if not self.batches or min(self.batches) < 1:
             raise CoordGANError("--batch must be positive integers separated by commas.")
         if self.iters < 1 or self.warmup < 0:
@@ -96,7 +100,7 @@ def run_bench(options: BenchOptions, source, *, progress=None, on_row=None) -> t
     cfg = source.checkpoint().config if options.target != "lookup" or source.preset is None else source.config
     workload = Workload(options.target, size=cfg.base_size, style_dim=cfg.style_dim, n_latent=cfg.n_latent,
                         frame_hw=options.frame_size, refs=options.refs, classes=options.classes, tau=options.tau,
-                        lookup_method=options.lookup_method, seed=options.seed)
+                        lookup_method=options.lookup_method, gpu_lookup=options.gpu_lookup, seed=options.seed)
     fp16 = options.precision == "fp16"
     rows: list[dict] = []
 

@@ -54,12 +54,12 @@ class TorchRunner(Runner):
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = device
         self.uses_gpu = device == "cuda"
-        if precision == "fp16" and device != "cuda":
-            raise Skip("fp16 with PyTorch needs a CUDA GPU (CPU half-precision convolutions are not a "
+        if precision in ("fp16", "bf16") and device != "cuda":
+            raise Skip(f"{precision} with PyTorch needs a CUDA GPU (CPU half-precision convolutions are not a "
                        "deployment path)")
         if backend == "published" and workload.target != "pipeline":
             raise Skip("the published evaluation path is a pipeline (frame -> mask) baseline only")
-        self.dtype = torch.float16 if precision == "fp16" else torch.float32
+        self.dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32)
         self.encoder = self.generator = None
         if workload.target != "lookup":
             self.generator = checkpoint.generator.to(device=device, dtype=self.dtype).eval()
@@ -71,12 +71,14 @@ class TorchRunner(Runner):
                        "published": "encoder + full generator + norm/softmax/einsum lookup per frame"}[backend]
         # eager torch on a GPU looks up with the fused kernel (what a deployment would run; it takes
         # C <= 64); compile keeps the torch formulation, which is what it can trace
+        from runtime.bench.runners import gpu_lookup_name
         from runtime.lookup import cuda_available, spec
 
         self.fused_lookup = (self.uses_gpu and backend == "torch" and cuda_available()
                              and spec.kernel_limit(workload.classes, "soft", None) is None)
         if workload.target in ("lookup", "pipeline") and backend != "published":
-            self.detail += ", fused CUDA lookup kernel" if self.fused_lookup else ", chunked reference lookup"
+            self.detail += (f", {gpu_lookup_name(workload.gpu_lookup)}" if self.fused_lookup
+                            else ", chunked reference lookup")
         self._call = None
         self._scratch = None  # pipeline: the video and the masks, removed on close()
 
@@ -87,7 +89,7 @@ class TorchRunner(Runner):
 
         from coordgan.correspondence import lookup, lookup_published
 
-        impl = "cuda" if self.fused_lookup else "reference"
+        impl = wl.gpu_lookup if self.fused_lookup else "reference"
 
         if wl.target == "encoder":
             def fn(image):

@@ -74,8 +74,8 @@ def _target_command(target: str):
                                              "not depend on the values)."),
         backends: Optional[str] = typer.Option(None, "--backends", help=BACKENDS_HELP),
         batch: str = typer.Option("1", "--batch", help="Batch sizes to sweep, comma-separated (e.g. 1,2,4,8)."),
-        precision: str = typer.Option("fp32", "--precision", help="fp32 or fp16 (fp16: torch on CUDA, ONNX "
-                                      "exported with --fp16; TensorRT plans run as built)."),
+        precision: str = typer.Option("fp32", "--precision", help="fp32, fp16 or bf16 (fp16: torch on CUDA, ONNX "
+                                      "exported with --fp16; bf16: torch on CUDA; TensorRT plans run as built)."),
         warmup: int = typer.Option(3, "--warmup", help="Untimed calls per batch size."),
         iters: int = typer.Option(20, "--iters", help="Timed calls per batch size."),
         max_time: Optional[float] = typer.Option(None, "--max-time", help="Stop a batch size's timed loop after "
@@ -90,6 +90,8 @@ def _target_command(target: str):
                                           "triton://host:port (model named after the target) or "
                                           "triton://host:port/model."),
         lookup_method: str = typer.Option("auto", "--lookup-method", help="CPU lookup: dense, sparse or auto."),
+        gpu_lookup: str = typer.Option("cuda", "--gpu-lookup", help="Lookup beside GPU backends: cuda (the fused "
+                                       "kernel) or cuda-sparse (the sparse kernels, neglected mass <= 1e-4)."),
         refs: int = typer.Option(1, "--refs", help="Reference frames in the lookup's memory (R)."),
         classes: int = typer.Option(8, "--classes", help="Label classes (C)."),
         tau: float = typer.Option(0.01, "--tau", help="Softmax temperature of the lookup."),
@@ -112,8 +114,8 @@ def _target_command(target: str):
             target=target, backends=tuple(b.strip() for b in backends.split(",") if b.strip()) if backends else (),
             batches=positive_ints(batch, "--batch"), precision=precision, warmup=warmup, iters=iters,
             max_time_s=max_time, threads=threads, onnx_dir=onnx_dir, trt_dir=trt_dir, url=url,
-            lookup_method=lookup_method, refs=refs, classes=classes, tau=tau, frame_size=_frame_size(frame_size),
-            seed=seed)
+            lookup_method=lookup_method, gpu_lookup=gpu_lookup, refs=refs, classes=classes, tau=tau,
+            frame_size=_frame_size(frame_size), seed=seed)
         options.validate()
         out = _wide_console()
         with status(out) as say:

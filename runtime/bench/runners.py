@@ -21,6 +21,10 @@ from runtime.errors import CoordGANError
 RUNTIME_BACKENDS = ("ort-cpu", "ort-cuda", "trt", "triton")
 
 
+def gpu_lookup_name(impl: str) -> str:
+    return {"cuda": "fused CUDA kernel", "cuda-sparse": "sparse CUDA kernels"}[impl]
+
+
 class Skip(Exception):
     """A backend that cannot run on this machine / with these options; the message says why."""
 
@@ -32,12 +36,12 @@ class BackendRunner(Runner):
         self.backend = name
         self.workload = workload
         self.model = model
-        # the lookup beside a GPU backend is the kernel; beside a CPU one the --lookup-method path
-        self.lookup_impl = "cuda" if lookup_device == "cuda" else workload.cpu_lookup_impl
+        # the lookup beside a GPU backend is a kernel (--gpu-lookup); beside a CPU one the --lookup-method path
+        self.lookup_impl = workload.gpu_lookup if lookup_device == "cuda" else workload.cpu_lookup_impl
         self.device = model.device if model is not None else lookup_device
         self.uses_gpu = "cuda" in self.device or lookup_device == "cuda" or name == "trt"
         if workload.target == "lookup" or workload.target == "pipeline":
-            how = "CUDA kernel" if lookup_device == "cuda" else f"numpy {workload.lookup_method}"
+            how = gpu_lookup_name(workload.gpu_lookup) if lookup_device == "cuda" else f"numpy {workload.lookup_method}"
             self.detail = f"lookup: {how}"
         self._call = None
         self._scratch = None  # pipeline: the video and the masks, removed on close()
@@ -131,6 +135,8 @@ def open_runtime_runner(backend: str, workload: Workload, *, onnx_dir=None, trt_
     directory for a model name (exports lazily), or a path."""
     target = workload.target
     model_name = {"encoder": "encoder", "pipeline": "encoder", "generator": "generator"}.get(target)
+    if precision == "bf16":
+        raise Skip("bf16 is a PyTorch precision here: ONNX exports are fp32 or fp16")
     try:
         if backend in ("ort-cpu", "ort-cuda"):
             device = backend.split("-")[1]

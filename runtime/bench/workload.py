@@ -39,6 +39,9 @@ def warp_maps(rng, n: int, h: int, w: int, amp: float = 0.12) -> np.ndarray:
     return out
 
 
+GPU_LOOKUPS = ("cuda", "cuda-sparse")  # runtime.lookup impls that run beside GPU backends
+
+
 @dataclass(frozen=True)
 class Workload:
     target: str
@@ -50,6 +53,7 @@ class Workload:
     classes: int = 8
     tau: float = 0.01
     lookup_method: str = "auto"  # dense | sparse | auto (CPU lookup paths)
+    gpu_lookup: str = "cuda"  # cuda (the fused kernel) | cuda-sparse (the sparse kernels), beside GPU backends
     seed: int = 0
 
     def __post_init__(self):
@@ -57,6 +61,8 @@ class Workload:
             raise CoordGANError(f"Unknown target {self.target!r}; choose one of: {', '.join(TARGETS)}.")
         if self.lookup_method not in ("auto", "dense", "sparse"):
             raise CoordGANError(f"--lookup-method must be dense, sparse or auto, not {self.lookup_method!r}.")
+        if self.gpu_lookup not in GPU_LOOKUPS:
+            raise CoordGANError(f"--gpu-lookup must be {' or '.join(GPU_LOOKUPS)}, not {self.gpu_lookup!r}.")
         if self.refs < 1 or self.classes < 1 or self.tau <= 0:
             raise CoordGANError("--refs and --classes must be positive and --tau greater than 0.")
         if self.target == "pipeline" and self.classes > 256:
