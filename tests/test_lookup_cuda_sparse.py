@@ -13,6 +13,8 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,6 +24,8 @@ from runtime.lookup import choose_impl, cuda_sparse, lookup, lookup_dense
 
 torch = pytest.importorskip("torch")
 from lookup_helpers import assert_labels, case, degenerate_maps, grid, ref, tiny_model_case  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
 
 if not (shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")):
     pytest.skip("no C++ compiler for the host build of the sparse CUDA kernels", allow_module_level=True)
@@ -176,3 +180,35 @@ def test_dispatch_and_user_errors(rng):
         with pytest.raises(CoordGANError) as err:
             lookup(q, kmap, v, impl="cuda-sparse")
         assert "\n" not in str(err.value)
+
+
+def test_non_finite_inputs_and_a_tiny_tau_end_the_search(tmp_path):
+    """Device pointers are not value-checked: NaN or infinite maps must give NaN (or some pick), never
+    a kernel that searches forever; nor may a tau below the float32 ulp of the radius stall it.
+    Run in a child process, so a regression fails on its timeout instead of hanging the suite."""
+    code = """
+import numpy as np
+from runtime.lookup import cuda_sparse as cs
+rng = np.random.default_rng(0)
+for mode, k in (("soft", None), ("hard", None), ("topk", 2)):
+    for where, value in (("K", np.nan), ("Q", np.nan), ("Q", -np.inf), ("Q", np.inf)):
+        K = rng.uniform(-1, 1, (1, 1, 2, 8, 8)).astype(np.float32)
+        V = rng.uniform(0, 1, (1, 1, 2, 8, 8)).astype(np.float32)
+        Q = rng.uniform(-1, 1, (1, 2, 4, 4)).astype(np.float32)
+        (K if where == "K" else Q).flat[5] = value
+        p = cs._problem(1, 4, 4, 1, 8, 8, 2, 0.01, mode, k, 1e-4)
+        _, size = cs.workspace_layout(p)
+        work = np.zeros(size, np.uint8)
+        P, L = np.empty((1, 2, 4, 4), np.float32), np.empty((1, 4, 4), np.int32)
+        io = {"Q": Q.ctypes.data, "K": K.ctypes.data, "V": V.ctypes.data, "P": P.ctypes.data, "labels": L.ctypes.data}
+        cs._run("host", cs.plan(p), cs._pointers(p, work.ctypes.data, io))
+g = np.linspace(-1, 1, 8, dtype=np.float32)
+K = np.stack(np.meshgrid(g, g))[None, None].astype(np.float32)
+q = np.clip(K[0, :, :, :4, :4] + np.float32(0.1428), -1, 1)
+for tau in (1e-9, 5e-10):
+    p_out, _ = cs.lookup_numpy(q, K, np.ones((1, 1, 1, 8, 8), np.float32), tau=tau, kernels="host")
+    assert np.isfinite(p_out).all()
+print("ok")
+"""
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]

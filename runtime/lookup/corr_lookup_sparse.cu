@@ -37,7 +37,7 @@
 //   bounds[4 N]   ordered-int min x, min y, max x, max y      geo[4 N] float32 x0, y0, sx, sy
 //   dims[2 N]     gx, gy                                      cell[N M], cnt[N cells_max]
 //   sat[N sat_max], sat_max = (gy_max + 1) * (gx_max + 1) with gx * gy <= cells_max
-//   sx_[N M], sy_[N M] float32, sj[N M], sv[N M cp] float32 (cp = CMAX of the lookup kernel), pairs[N]
+//   sx_[N M], sy_[N M] float32, sj[N M], sv[N M cp] float32 (cp = CMAX of the lookup kernel), pairs[N] uint64
 //
 // Compiled three ways from this one text, with no #include: nvcc / NVRTC for the GPU (CLS_HOST
 // undefined), and any C++ compiler with -DCLS_HOST -x c++, where each kernel becomes an extern "C"
@@ -64,6 +64,7 @@ static inline float cls_exp(float x) { return __builtin_expf(x); }
 static inline float cls_log(float x) { return __builtin_logf(x); }
 static inline float cls_fma(float a, float b, float c) { return __builtin_fmaf(a, b, c); }
 static inline int cls_atomic_add(int* p, int v) { int old = *p; *p += v; return old; }
+static inline void cls_atomic_add64(unsigned long long* p, unsigned long long v) { *p += v; }
 static inline void cls_atomic_min(int* p, int v) { if (v < *p) *p = v; }
 static inline void cls_atomic_max(int* p, int v) { if (v > *p) *p = v; }
 static inline float cls_int_as_float(int i) { union { int i; float f; } u; u.i = i; return u.f; }
@@ -90,6 +91,7 @@ __device__ __forceinline__ float cls_exp(float x) { return expf(x); }
 __device__ __forceinline__ float cls_log(float x) { return logf(x); }
 __device__ __forceinline__ float cls_fma(float a, float b, float c) { return fmaf(a, b, c); }
 __device__ __forceinline__ int cls_atomic_add(int* p, int v) { return atomicAdd(p, v); }
+__device__ __forceinline__ void cls_atomic_add64(unsigned long long* p, unsigned long long v) { atomicAdd(p, v); }
 __device__ __forceinline__ void cls_atomic_min(int* p, int v) { atomicMin(p, v); }
 __device__ __forceinline__ void cls_atomic_max(int* p, int v) { atomicMax(p, v); }
 __device__ __forceinline__ float cls_int_as_float(int i) { return __int_as_float(i); }
@@ -133,22 +135,22 @@ CLS_HD int cls_cell(float v, float lo, float inv_s, int cells) {
 // ------------------------------------------------------------------------------------------------
 // Building the grid
 
-CLS_HD void cls_init_body(int idx, int n, int* cnt, int cells_max, int* bounds, int* pairs) {
+CLS_HD void cls_init_body(int idx, int n, int* cnt, int cells_max, int* bounds, unsigned long long* pairs) {
     cnt[(long long)n * cells_max + idx] = 0;
     if (idx < 2) bounds[4 * n + idx] = cls_ordered(CLS_INF);           // min x, min y
     else if (idx < 4) bounds[4 * n + idx] = cls_ordered(-CLS_INF);     // max x, max y
     else if (idx == 4) pairs[n] = 0;
 }
-CLS_KERNEL(cls_init, (int* cnt, int cells_max, int* bounds, int* pairs), (cnt, cells_max, bounds, pairs))
+CLS_KERNEL(cls_init, (int* cnt, int cells_max, int* bounds, unsigned long long* pairs), (cnt, cells_max, bounds, pairs))
 
 // K (N, R, 2, HWk): pixel j = r * HWk + p has x = K[n, r, 0, p], y = K[n, r, 1, p]
 CLS_HD float cls_kx(const float* K, int n, int R, int HWk, int j) {
     const int r = j / HWk, p = j - r * HWk;
-    return K[((long long)(n * R + r) * 2) * HWk + p];
+    return K[(((long long)n * R + r) * 2) * HWk + p];
 }
 CLS_HD float cls_ky(const float* K, int n, int R, int HWk, int j) {
     const int r = j / HWk, p = j - r * HWk;
-    return K[((long long)(n * R + r) * 2 + 1) * HWk + p];
+    return K[(((long long)n * R + r) * 2 + 1) * HWk + p];
 }
 
 CLS_HD void cls_bounds_body(int idx, int n, const float* K, int R, int HWk, int* bounds) {
@@ -264,7 +266,7 @@ CLS_HD void cls_scatter_body(int idx, int n, const float* K, const float* V, int
     sy_[pos] = cls_ky(K, n, R, HWk, idx);
     sj[pos] = idx;
     const int r = idx / HWk, p = idx - r * HWk;
-    const float* v = V + (long long)(n * R + r) * C * HWk + p;
+    const float* v = V + ((long long)n * R + r) * C * HWk + p;
     for (int u = 0; u < cp; ++u) sv[pos * cp + u] = u < C ? v[(long long)u * HWk] : 0.f;
 }
 CLS_KERNEL(cls_scatter,
@@ -313,6 +315,15 @@ struct ClsSquare {
 
 CLS_HD ClsSquare cls_square(const ClsGrid& g, float qx, float qy, float h) {
     ClsSquare s;
+    if (!(qx > -1e30f && qx < 1e30f && qy > -1e30f && qy < 1e30f && h < 1e30f)) {
+        // a non-finite query (device pointers are not checked) or an endless search: the whole grid,
+        // so every loop ends; NaN in, NaN out, as the dense kernel
+        s.c0 = 0;
+        s.c1 = g.gx - 1;
+        s.r0 = 0;
+        s.r1 = g.gy - 1;
+        return s;
+    }
     s.c0 = cls_cell(qx - h - CLS_EPS, g.x0, g.inv_sx, g.gx);
     s.c1 = cls_cell(qx + h + CLS_EPS, g.x0, g.inv_sx, g.gx);
     s.r0 = cls_cell(qy - h - CLS_EPS, g.y0, g.inv_sy, g.gy);
@@ -427,16 +438,21 @@ CLS_HD int cls_soft(const ClsGrid& g, float qx, float qy, float tau, float tol, 
     float h = cls_first_h(g);
     ClsSquare now = cls_square(g, qx, qy, h);
     int n_eval = cls_visit_ring(g, was, now, a);
-    for (;;) {
-        if (n_eval < g.m && !(a.dmin <= h - CLS_DIST_MARGIN)) {  // the nearest pixel is not certain yet
+    while (n_eval < g.m) {  // (every pixel evaluated: exact, done, whatever the bound says, even NaN)
+        if (!(a.dmin <= h - CLS_DIST_MARGIN)) {  // the nearest pixel is not certain yet
             h *= 2.f;
         } else {
             // weight evaluated, relative to the nearest pixel (m - dmin is in [0, 20 tau))
             const float z = a.s * cls_exp((a.dmin - a.m) / tau);
             const float bound = cls_tail_bound(g, qx, qy, h, n_eval, a.dmin, tau);
             if (bound <= tol * z) break;
-            const float grow = cls_log(bound / (tol * z));
-            h += tau * ((grow > 0.f ? grow : 0.f) + 0.3f);
+            if (!(z > 0.f && z < CLS_INF && bound < CLS_INF)) {  // NaN / inf from non-finite inputs:
+                h = CLS_INF;                                       // evaluate everything (NaN out)
+            } else {  // grow by the bound's shortfall; at least 0.1 %, so a tau below h's ulp cannot stall
+                const float grow = cls_log(bound / (tol * z));
+                const float step = tau * ((grow > 0.f ? grow : 0.f) + 0.3f);
+                h = h + step > h * 1.001f ? h + step : h * 1.001f;
+            }
         }
         was = now;
         now = cls_square(g, qx, qy, h);
@@ -518,12 +534,12 @@ CLS_HD int cls_topk(const ClsGrid& g, float qx, float qy, float tau, float k_as_
 }
 
 // Entry points cls_<mode>_c<CMAX>(count = HWq, items = N, Q, HWq, M, C, geo, dims, sat, sat_max, sx_, sy_, sj,
-// sv, tau, tol (topk: k), P, labels, pairs): pairs[n] += pixels evaluated (pairs may be null: then
+// sv, tau, tol (topk: k), P, labels, pairs): pairs[n] (64-bit) += pixels evaluated (pairs may be null: then
 // nothing is counted, and no thread waits on that atomic).
 #define CLS_LOOKUP_PARAMS                                                                              \
     const float *Q, int HWq, int M, int C, const float *geo, const int *dims, const int *sat, int sat_max, \
         const float *sx_, const float *sy_, const int *sj, const float *sv, float tau, float tol, float *P, \
-        int *labels, int *pairs
+        int *labels, unsigned long long *pairs
 #define CLS_LOOKUP_ARGS Q, HWq, M, C, geo, dims, sat, sat_max, sx_, sy_, sj, sv, tau, tol, P, labels, pairs
 
 // One thread: item n's grid and query idx, the mode's result written out (P, labels), pairs counted.
@@ -534,7 +550,7 @@ CLS_HD int cls_topk(const ClsGrid& g, float qx, float qy, float tau, float k_as_
         const int n_eval = cls_##MODE<CMAX>(g, Q[((long long)n * 2) * HWq + idx],                     \
                                             Q[((long long)n * 2 + 1) * HWq + idx], tau, tol, out);    \
         cls_write<CMAX>(out, P, labels, n, idx, HWq, C);                                              \
-        if (pairs) cls_atomic_add(&pairs[n], n_eval);                                                 \
+        if (pairs) cls_atomic_add64(&pairs[n], (unsigned long long)n_eval);                           \
     }                                                                                                 \
     CLS_KERNEL(cls_##MODE##_c##CMAX, (CLS_LOOKUP_PARAMS), (CLS_LOOKUP_ARGS))
 

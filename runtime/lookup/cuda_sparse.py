@@ -80,7 +80,7 @@ def workspace_layout(p: Problem) -> tuple[dict[str, tuple[int, np.dtype, int]], 
     """{name: (byte offset, dtype, count)} of the workspace buffers, and its size in bytes."""
     n, m = p.n, p.m
     i32, f32 = np.dtype(np.int32), np.dtype(np.float32)
-    sizes = {"bounds": (i32, 4 * n), "geo": (f32, 4 * n), "dims": (i32, 2 * n), "pairs": (i32, n),
+    sizes = {"bounds": (i32, 4 * n), "geo": (f32, 4 * n), "dims": (i32, 2 * n), "pairs": (np.dtype(np.uint64), n),
              "cell": (i32, n * m), "cnt": (i32, n * CELLS_MAX), "sat": (i32, n * SAT_MAX),
              "sx": (f32, n * m), "sy": (f32, n * m), "sj": (i32, n * m), "sv": (f32, n * m * p.cp)}
     layout, offset = {}, 0
@@ -222,7 +222,11 @@ def lookup_device(query_ptr: int, ref_maps_ptr: int, ref_probs_ptr: int, probs_o
                   *, n: int, hq: int, wq: int, r: int, hk: int, wk: int, c: int, tau: float = 0.01,
                   mode: str = "soft", k: int | None = None, tol: float = 1e-4, stream: int = 0) -> None:
     """Launch on device memory (float32 arrays laid out as runtime.lookup.cuda.lookup_device takes
-    them), asynchronously on ``stream``; the workspace comes from the stream-ordered allocator."""
+    them), asynchronously on ``stream``; the workspace comes from the stream-ordered allocator.
+
+    The values are not checked here: the bound and the exact hard / topk picks assume coordinates in
+    [-1, 1] as the spec requires (run its value checks where the data is). NaN or infinite inputs
+    end in NaN outputs, never in a hung kernel."""
     from runtime import cuda_driver
 
     p = _problem(n, hq, wq, r, hk, wk, c, tau, mode, k, tol)
@@ -258,14 +262,14 @@ def lookup_numpy(query, ref_maps, ref_probs, *, tau: float = 0.01, mode: str = "
     probs = np.empty((n, c, hq, wq), np.float32)
     labels = np.empty((n, hq, wq), np.int32)
     layout, size = workspace_layout(p)
-    pairs = np.empty(n, np.int32)
+    pairs = np.empty(n, np.uint64)
     if kernels == "host":
         work = np.empty(size, np.uint8)
         io = {"Q": q.ctypes.data, "K": kmap.ctypes.data, "V": v.ctypes.data, "P": probs.ctypes.data,
               "labels": labels.ctypes.data}
         _run("host", plan(p), _pointers(p, work.ctypes.data, io))
         offset, _, _ = layout["pairs"]
-        pairs[:] = work[offset:offset + 4 * n].view(np.int32)
+        pairs[:] = work[offset:offset + 8 * n].view(np.uint64)
     else:
         from runtime import cuda_driver
 
@@ -290,6 +294,6 @@ def lookup_numpy(query, ref_maps, ref_probs, *, tau: float = 0.01, mode: str = "
             for d in device.values():
                 driver.cuMemFree(d)
     if info is not None:
-        info.update(pairs=int(pairs.astype(np.int64).sum()), dense_pairs=n * hq * wq * p.m, kernels=kernels)
+        info.update(pairs=int(pairs.sum()), dense_pairs=n * hq * wq * p.m, kernels=kernels)
     return probs, labels
 
