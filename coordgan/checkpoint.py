@@ -159,7 +159,6 @@ def _read_public(path: Path) -> dict[str, dict]:
     return states
 
 
-
 def _match_preset(path: Path, states: dict, preset: str | None) -> ModelConfig:
     """The public files carry no config: find the preset whose generator/encoder shapes they match."""
     candidates = [get_preset(preset)] if preset else list(PRESETS.values())

@@ -41,7 +41,6 @@ def _import_av():
     return av
 
 
-
 def natural_key(name: str):
     """Sort key that orders frame_2 before frame_10 (and 00002 before 00010, as plain sorting does)."""
     return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", name)]

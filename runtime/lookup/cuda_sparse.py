@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import os
 import shutil
 import subprocess
 import threading
@@ -26,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from runtime.errors import CoordGANError
-from runtime.fileio import atomic_write, cache_dir
+from runtime.fileio import cache_dir
 from runtime.lookup import spec
 from runtime.lookup.inputs import checked
 
@@ -169,16 +170,15 @@ def host_library() -> ctypes.CDLL:
         flags = ["-O2", "-shared", "-fPIC", "-DCLS_HOST", "-x", "c++"]
         key = hashlib.sha256(src + " ".join(flags).encode()).hexdigest()[:16]
         path = cache_dir("kernels") / f"{SOURCE.stem}-host-{key}.so"
-        if not path.is_file():
+        if not path.is_file():  # built beside it, then renamed: a half-written library is never loaded
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".{threading.get_ident()}.tmp.so")
+            tmp = path.with_name(f".{path.stem}-{os.getpid()}.so")
             done = subprocess.run([compiler, *flags, str(SOURCE), "-o", str(tmp)], capture_output=True, text=True)
             if done.returncode != 0:
+                tmp.unlink(missing_ok=True)
                 raise CoordGANError(f"{compiler} could not build {SOURCE.name} for the host: "
                                     f"{done.stderr.strip()[:2000]}")
-            with atomic_write(path) as f:
-                f.write(tmp.read_bytes())
-            tmp.unlink()
+            os.replace(tmp, path)
         _host_lib = ctypes.CDLL(str(path))
         return _host_lib
 
@@ -188,6 +188,9 @@ _CTYPES = {"ptr": ctypes.c_void_p, "i32": ctypes.c_int32, "f32": ctypes.c_float}
 
 def _run(kernels: str, launches: list[Launch], pointers: dict[str, int], stream: int = 0) -> None:
     """Run the launches, their ("ptr", name) arguments resolved through `pointers`."""
+    if kernels == "device":
+        from runtime import cuda_driver
+        from runtime.lookup import cuda
     for launch in launches:
         values = [pointers[v] if kind == "ptr" else v for kind, v in launch.args]
         if kernels == "host":
@@ -196,14 +199,11 @@ def _run(kernels: str, launches: list[Launch], pointers: dict[str, int], stream:
             fn.restype = None
             fn(launch.count, launch.items, *values)
             continue
-        from runtime.lookup import cuda
-
         driver, func = cuda.function(launch.name, SOURCE)
+        # kernelParams as a void** (as runtime.lookup.cuda.lookup_device): pointers 8 bytes, scalars 4
         args = [ctypes.c_int32(launch.count), ctypes.c_int32(launch.items)] + [
             _CTYPES[kind](v) if kind != "ptr" else ctypes.c_uint64(v) for (kind, _), v in zip(launch.args, values)]
         params = (ctypes.c_void_p * len(args))(*[ctypes.addressof(a) for a in args])
-        from runtime import cuda_driver
-
         grid = (-(-launch.count // BLOCK), launch.items, 1)
         cuda_driver.check(driver.cuLaunchKernel(func, *grid, BLOCK, 1, 1, 0, driver.CUstream(int(stream)),
                                                 ctypes.addressof(params), 0), f"cuLaunchKernel({launch.name})")

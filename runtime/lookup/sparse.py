@@ -43,8 +43,6 @@ def _kernels():
     return kernels, None
 
 
-
-
 @dataclass
 class _Grid:
     """One batch item's reference pixels bucketed into gx x gy cells over their bounding box, stored
