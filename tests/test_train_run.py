@@ -286,6 +286,22 @@ def test_held_data_gives_the_streamed_batches_bit_for_bit(tmp_path):
     assert "skipped unreadable image file" in log and "broken.jpg" in log
 
 
+def test_plain_cuda_device_is_given_an_index(monkeypatch):
+    """`--device cuda` on one GPU: torch.cuda.set_device rejects a device without an index (the first
+    lent GPU run stopped there), so the run names the current one. Checked with torch's own validator."""
+    from torch.cuda._utils import _get_device_index
+
+    from coordgan.train import commands, distributed
+
+    chosen = []
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)  # restored after (the run turns it on)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: chosen.append(_get_device_index(device)))
+    assert commands._rank_device("cuda", distributed.Dist()) == "cuda:0"
+    assert commands._rank_device("cuda:0", distributed.Dist()) == "cuda:0"
+    assert chosen == [0, 0]
+
+
 # -- LPIPS weights --------------------------------------------------------------------------------
 
 

@@ -58,6 +58,8 @@ def _rank_device(device: str, d: ddp.Dist) -> str:
                 raise CoordGANError(f"torchrun started local rank {d.local_rank}, but PyTorch sees "
                                     f"{torch.cuda.device_count()} GPU(s) here; start at most that many per machine.")
             device = f"cuda:{d.local_rank}"
+        elif device == "cuda":
+            device = f"cuda:{torch.cuda.current_device()}"  # set_device wants an index
         torch.cuda.set_device(torch.device(device))
         torch.backends.cudnn.benchmark = True  # fixed shapes every step
     return device
