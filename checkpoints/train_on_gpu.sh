@@ -7,7 +7,7 @@
 #   OUT=DIR checkpoints/train_on_gpu.sh --cpu 45    CPU mode, a budget of seconds (the test suite runs it)
 #
 # Overrides (environment): PRESET (tiny), BATCH (GPU 256), AMP (GPU 1: bf16 autocast), LPIPS (GPU vgg),
-# BUDGET_S, GEN_SHARE / ENC_SHARE (of the budget; 0.62 / 0.18), SNAPSHOT_S (60), WORK (scratch
+# BUDGET_S, GEN_SHARE / ENC_SHARE (of the budget; 0.66 / 0.18), SNAPSHOT_S (60), WORK (scratch
 # folder), PY (python3). Run from anywhere; it works in the repository it lives in.
 #
 # What comes back in $OUT (at most 8 files, each replaced whole):
@@ -33,7 +33,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PY=${PY:-python3}
 PRESET=${PRESET:-tiny}
 SNAPSHOT_S=${SNAPSHOT_S:-60}
-GEN_SHARE=${GEN_SHARE:-0.62}
+GEN_SHARE=${GEN_SHARE:-0.66}
 ENC_SHARE=${ENC_SHARE:-0.18}
 if [[ $mode == gpu ]]; then
     BUDGET_S=${BUDGET_S:-500}; BATCH=${BATCH:-256}; AMP=${AMP:-1}; LPIPS=${LPIPS:-vgg}

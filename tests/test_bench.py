@@ -254,3 +254,19 @@ def test_fast_options_benchmark_table_parses(tmp_path):
     assert exact[-7] == "1.00x" and float(exact[-5]) == 0 and exact[-3] == "100.00%"
     for r in rows:
         assert float(r[-8]) > 0 and float(r[-6]) > 0 and 0 <= float(r[-2]) <= 1  # encoder ms, frames/s, J
+
+
+def test_training_step_profile_runs_on_cpu():
+    """benchmarks/profile_train_step.py, the tool that found the GPU step's bottleneck: one row per
+    chunk size (D, G, step, images/s, ratio to the first) and the profiler's table, on a CPU."""
+    result = subprocess.run([sys.executable, "benchmarks/profile_train_step.py", "--batch", "4", "--steps", "1",
+                             "--profile-steps", "1", "--chunks", "4096,65536", "--lpips-net", "alex"],
+                            cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = [line.split() for line in result.stdout.splitlines() if line.startswith("chunk ")]
+    assert [r[1] for r in rows] == ["4096:", "65536:"]
+    for r in rows:
+        d_ms, g_ms, step_ms = float(r[3]), float(r[6]), float(r[9])
+        assert d_ms > 0 and g_ms > 0 and step_ms == pytest.approx(d_ms + g_ms, abs=0.15)
+    assert rows[0][13] == "(1.00x" and "profile of 1 steps at chunk" in result.stdout
+    assert "aten::" in result.stdout  # the profiler's table

@@ -391,6 +391,20 @@ def test_chamfer_symmetric_chunked_and_matches_dense():
     assert chamfer_distance(a.half(), b.half()).dtype == torch.float32
 
 
+def test_chamfer_nearest_is_the_first_minimum_in_any_dimension():
+    """The nearest-point search against brute force in float64, with exact ties (integer points):
+    the lowest index wins, so the gradient goes to one well-defined point whatever the chunking."""
+    from coordgan.train.warp_ops import _nearest
+
+    gen = torch.Generator().manual_seed(15)
+    for d in (1, 2, 3):
+        a = torch.randint(-3, 4, (2, 41, d), generator=gen).float()
+        b = torch.randint(-3, 4, (2, 29, d), generator=gen).float()
+        truth = ((a[:, :, None].double() - b[:, None].double()) ** 2).sum(-1).argmin(-1)
+        for chunk in (1, 5, 4096):
+            assert torch.equal(_nearest(a, b, chunk), truth)
+
+
 def test_chamfer_gradient_flows():
     gen = torch.Generator().manual_seed(14)
     a = (torch.rand(2, 20, 2, generator=gen) * 2 - 1).requires_grad_()
