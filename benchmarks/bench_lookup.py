@@ -249,6 +249,32 @@ def gpu_part(args) -> None:
     print(f"sparse kernels: {t_kernel / t_sparse:.1f}x the fused kernel's speed, evaluating "
           f"{sparse_info['pairs'] / sparse_info['dense_pairs']:.2%} of the pairs; vs reference max|dP| = "
           f"{sparse_err:.2e} (bound {args.tol:g} x max V); Gpairs/s counts every pair it accounts for")
+    print(sparse_stages(run_sparse, args.repeat))
+
+
+def sparse_stages(run_sparse, repeat: int) -> str:
+    """Where one sparse lookup's time goes: each kernel's device time (CUPTI sees the cuda-python
+    launches too) and the host time of launching them all from Python, the best of `repeat` calls."""
+    import torch
+
+    host = math.inf
+    for _ in range(repeat):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        run_sparse()
+        host = min(host, (time.perf_counter() - t0) * 1e3)
+    torch.cuda.synchronize()
+    try:
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+            run_sparse()
+            torch.cuda.synchronize()
+        stages = [(e.key, getattr(e, "device_time_total", None) or e.cuda_time_total) for e in prof.key_averages()
+                  if e.key.startswith("cls_")]
+    except Exception as exc:  # a profiler that cannot run here: keep the rest of the report
+        return f"sparse stages: not measured ({type(exc).__name__}: {exc}); host launches {host:.3f} ms"
+    parts = ", ".join(f"{name} {us / 1e3:.3f}" for name, us in stages)
+    return (f"sparse stages (device ms, one call): {parts}; sum {sum(us for _, us in stages) / 1e3:.3f} ms; "
+            f"launched from Python in {host:.3f} ms (host)")
 
 
 def main(argv=None) -> None:
