@@ -141,21 +141,28 @@ def test_gpu_lookup_and_bf16_rows_say_what_runs(cache_dir, tmp_path):
 
 def test_runtime_pipeline_runs_the_propagation_step(cache_dir, monkeypatch):
     """The runtime rows of `bench pipeline` time propagate's own step on frames decoded from a video,
-    and write each frame's PNG."""
+    and wait, as propagate does, until each frame's PNG is written (the writer thread's flush)."""
     import runtime.propagation.sequence as sequence
 
-    real, seen = sequence.propagate_batch, []
+    real, real_flush, seen, names = sequence.propagate_batch, sequence.MaskWriter.flush, [], []
 
     def counting(model, step, batch, size, out, **kwargs):
         real(model, step, batch, size, out, **kwargs)
         seen.append(len(batch))
-        assert all((out.out_dir / f"{name}.png").is_file() for _, name, _ in batch)
+        names.append([name for _, name, _ in batch])
+
+    def flush(out):
+        real_flush(out)
+        if names:
+            assert all((out.out_dir / f"{name}.png").is_file() for name in names.pop())
 
     monkeypatch.setattr(sequence, "propagate_batch", counting)
+    monkeypatch.setattr(sequence.MaskWriter, "flush", flush)
     result = invoke("pipeline", "--preset", "tiny", "--backends", "ort-cpu", "--batch", "3", "--warmup", "1",
                     "--iters", "2", "--threads", "1", "--cache-dir", cache_dir)
     assert result.exit_code == 0, (result.output, result.exception)
     assert seen == [3, 3, 3]  # the warm-up call and two timed ones, each a batch of 3 decoded frames
+    assert names == []  # each batch's files were waited for
 
 
 def test_compare_ratios(tmp_path, cache_dir):

@@ -309,3 +309,56 @@ def test_collapsed_maps_are_said_once_and_still_propagated(tmp_path, monkeypatch
     assert code in (0, None), err
     warned = [line for line in err.splitlines() if "collapsed maps" in line]
     assert len(warned) == 1 and warned[0].startswith("warning frames: collapsed maps") and "untrained" in warned[0]
+
+
+def test_overlapped_and_sequential_runs_write_the_same_bytes(models, tmp_path):
+    """--overlap (frames decoded ahead, files written on a thread) against each stage in turn, on a real
+    video file: every mask PNG and probability file byte for byte, and the overlay's frames."""
+    from runtime.io.video import VideoWriter
+
+    video = tmp_path / "clip.mp4"
+    with VideoWriter(video, fps=10) as w:
+        for frame in frames_with_red([8 * t for t in range(11)], G):
+            w.write(frame)
+    refs = [Reference(objects(G), PALETTE)]
+    runs = {}
+    for overlap in (False, True):
+        out = tmp_path / f"overlap-{overlap}"
+        opts = PropagateOptions(batch=4, memory=2, save_probs=True, overlay=tmp_path / f"{out.name}.mp4",
+                                overlap=overlap)
+        runs[overlap] = propagate_sequence(models["right"], open_frames(video), refs, out, opts)
+    assert runs[True]["frames_processed"] == runs[False]["frames_processed"] == 11
+    seq, ovl = tmp_path / "overlap-False", tmp_path / "overlap-True"
+    names = sorted(p.name for p in seq.rglob("*") if p.is_file() and p.suffix in (".png", ".npz"))
+    assert len(names) == 22 and names == sorted(p.name for p in ovl.rglob("*") if p.suffix in (".png", ".npz"))
+    for path in seq.rglob("*"):
+        if path.suffix in (".png", ".npz"):
+            assert path.read_bytes() == (ovl / path.relative_to(seq)).read_bytes(), path.name
+    a = [f for _, _, f in open_frames(tmp_path / "overlap-False.mp4").frames()]
+    b = [f for _, _, f in open_frames(tmp_path / "overlap-True.mp4").frames()]
+    assert len(a) == len(b) == 11 and all(np.array_equal(x, y) for x, y in zip(a, b))
+
+
+def test_a_failed_mask_write_stops_the_run_before_its_state_passes_the_frame(models, tmp_path, monkeypatch):
+    """A write on the writer thread that fails is raised by the run, at the end of that frame's batch at
+    the latest: the resume state never moves past a mask that is not on disk, and nothing looks complete."""
+    from runtime.io import masks as mask_io
+    from runtime.propagation.memory import Memory
+
+    real = mask_io.write_mask
+
+    def failing(path, labels, palette):
+        if path.name == "00005.png":
+            raise OSError(28, "No space left on device")
+        real(path, labels, palette)
+
+    monkeypatch.setattr(mask_io, "write_mask", failing)
+    out = tmp_path / "out"
+    with pytest.raises(OSError, match="No space left"):
+        propagate_sequence(models["right"], frames_with_red([8 * t for t in range(11)], G),
+                           [Reference(objects(G), PALETTE)], out, PropagateOptions(batch=4, memory=2))
+    assert not (out / "summary.json").exists()
+    _, next_frame, _ = Memory.load(out / STATE_FILE, 2)
+    assert next_frame == 4  # frames 4..7 are redone on --resume; 00005.png was never written
+    assert not (out / "00005.png").exists() and (out / "00004.png").exists()
+    assert not list(out.glob(".*tmp*"))

@@ -21,6 +21,7 @@ import numpy as np
 from runtime.bench.runners import Skip
 from runtime.bench.timing import Runner
 from runtime.bench.workload import Workload
+from runtime.devices import cpu_threads
 
 TORCH_BACKENDS = ("torch", "torch-compile", "published")
 
@@ -81,6 +82,7 @@ class TorchRunner(Runner):
                             else ", chunked reference lookup")
         self._call = None
         self._scratch = None  # pipeline: the video and the masks, removed on close()
+        self._out = None  # pipeline: its MaskWriter (threads to stop on close())
 
     # -- the computations -------------------------------------------------------------------------
     def _fn(self):
@@ -153,7 +155,9 @@ class TorchRunner(Runner):
             if self._scratch is None:
                 self._scratch = tempfile.TemporaryDirectory(prefix="coordgan-bench-")
             video = wl.video(batch, self._scratch.name)
-            out = MaskWriter(Path(self._scratch.name), DAVIS_PALETTE, np.arange(wl.classes))
+            # PNGs on every core: at GPU rates one thread writing them would be the whole cost
+            out = self._out = MaskWriter(Path(self._scratch.name), DAVIS_PALETTE, np.arange(wl.classes),
+                                         workers=cpu_threads())
 
             def call():
                 decoded = wl.decode(video)
@@ -162,6 +166,7 @@ class TorchRunner(Runner):
                     labels = fn(frames, *args).to(torch.uint8).cpu().numpy()
                 for (_, name, frame), mask in zip(decoded, labels):
                     out.write(name, mask, None, frame)
+                out.flush()
         else:
             def call():
                 with torch.inference_mode():
@@ -193,6 +198,8 @@ class TorchRunner(Runner):
 
     def close(self):
         self._call = None
+        if self._out is not None:
+            self._out.close()
         if self._scratch is not None:
             self._scratch.cleanup()
         if self.uses_gpu:

@@ -28,6 +28,8 @@ _HELP = {
     "overlay": "Also write a video of the frames with the masks blended in (for a dataset: NAME_<seq>.mp4).",
     "save_probs": "Also write probs/<frame>.npz: label probabilities at the model's grid (float16).",
     "overwrite": "Replace existing outputs.",
+    "overlap": "Decode the next frames and write the masks on threads beside inference (the same bytes either "
+               "way; --no-overlap runs each stage in turn).",
     "resume": "Continue interrupted sequences where they stopped (complete ones are skipped).",
     "shard": "I/N: process every N-th sequence (sorted by name) starting at I (0-based).",
     "seq": "DAVIS sequence to process (repeatable; default: all).",
@@ -58,6 +60,7 @@ def propagate(
     save_probs: bool = _opt(False, "--save-probs"),
     overwrite: bool = _opt(False, "--overwrite"),
     resume: bool = _opt(False, "--resume"),
+    overlap: bool = typer.Option(True, "--overlap/--no-overlap", help=_HELP["overlap"]),
     shard: Optional[str] = _opt(None, "--shard"),
     seq: Optional[List[str]] = _opt(None, "--seq"),
     split: Optional[str] = _opt(None, "--split"),
@@ -74,7 +77,7 @@ def propagate(
     from runtime.propagation.sequence import PropagateOptions
 
     options = PropagateOptions(batch=batch, memory=memory, tau=tau, topk=topk, save_probs=save_probs,
-                               overwrite=overwrite, resume=resume)
+                               overwrite=overwrite, resume=resume, overlap=overlap)
     options.validate()
     jobs = plan(input_path, out, refs=ref or (), seqs=seq or (), resolution=resolution, split=split,
                 ref_frames=ref_frames, shard=shard, overlay=overlay)

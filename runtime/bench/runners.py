@@ -45,6 +45,7 @@ class BackendRunner(Runner):
             self.detail = f"lookup: {how}"
         self._call = None
         self._scratch = None  # pipeline: the video and the masks, removed on close()
+        self._out = None  # pipeline: its MaskWriter (threads to stop on close())
 
     def _lookup(self, q, k, v):
         from runtime.lookup import lookup
@@ -101,12 +102,13 @@ class BackendRunner(Runner):
         k, v = wl.reference_memory()
         for r in range(wl.refs):
             step.memory.add_reference(f"ref{r}", k[0, r], v[0, r])
-        out = MaskWriter(scratch, DAVIS_PALETTE, step.labels.values)
+        out = self._out = MaskWriter(scratch, DAVIS_PALETTE, step.labels.values, workers=1)  # as propagate's
 
         def call():
             frames = wl.decode(video)
             propagate_batch(model, step, frames, frames[0][2].shape[:2], out)
-            step.memory.save(scratch / STATE_FILE, next_frame=len(frames), meta={})  # as propagate, every batch
+            out.flush()  # as propagate, every batch: the masks on disk, then the state
+            step.memory.save(scratch / STATE_FILE, next_frame=len(frames), meta={})
 
         return call
 
@@ -114,6 +116,8 @@ class BackendRunner(Runner):
         return self._call()
 
     def close(self):
+        if self._out is not None:
+            self._out.close()
         if self.model is not None:
             self.model.close()
         if self._scratch is not None:

@@ -28,7 +28,9 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import dataclass, replace
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import closing
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Sequence
@@ -38,6 +40,7 @@ import numpy as np
 from runtime.errors import CoordGANError
 from runtime.fileio import atomic_write
 from runtime.io import masks as mask_io
+from runtime.io.prefetch import prefetched
 from runtime.io.video import FrameSource, VideoWriter, as_frame_source
 from runtime.propagation.memory import STATE_FILE, Memory
 from runtime.propagation.step import LabelChannels, Propagator
@@ -58,6 +61,7 @@ class PropagateOptions:
     overlay: Path | None = None  # video of the frames with the masks blended in
     overwrite: bool = False
     resume: bool = False
+    overlap: bool = True  # decode ahead and write files on threads beside inference (the same bytes)
 
     def validate(self) -> None:
         if self.batch < 1:
@@ -98,21 +102,53 @@ class Reference:
 @dataclass
 class MaskWriter:
     """Where a sequence's masks go: palette PNGs in out_dir (NAME.png), probs/NAME.npz with save_probs,
-    and the frames with the masks blended in to an overlay video when there is one."""
+    and the frames with the masks blended in to an overlay video when there is one.
+
+    With `workers` the files are written on that many threads (PNG and npz encoding release the GIL)
+    while the caller goes on; `flush` waits for them and raises the first failure. The overlay video
+    is written in order by the caller.
+    """
 
     out_dir: Path
     palette: bytes  # 256 colours
     labels: np.ndarray  # label value of each probability channel
     save_probs: bool = False
     video: VideoWriter | None = None
+    workers: int = 0
+    _pool: ThreadPoolExecutor | None = field(default=None, init=False, repr=False)
+    _pending: list[Future] = field(default_factory=list, init=False, repr=False)
 
     def write(self, name: str, mask: np.ndarray, probs: np.ndarray | None, frame: np.ndarray) -> None:
+        if self.workers:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="mask-writer")
+            self._pending.append(self._pool.submit(self._write_files, name, mask, probs))
+        else:
+            self._write_files(name, mask, probs)
+        if self.video:
+            self.video.write(mask_io.overlay(frame, mask, self.palette))
+
+    def _write_files(self, name: str, mask: np.ndarray, probs: np.ndarray | None) -> None:
         if self.save_probs:
             with atomic_write(self.out_dir / PROBS_DIR / f"{name}.npz") as f:
                 np.savez(f, probs=probs.astype(np.float16), labels=self.labels)
         mask_io.write_mask(self.out_dir / f"{name}.png", mask, self.palette)
-        if self.video:
-            self.video.write(mask_io.overlay(frame, mask, self.palette))
+
+    def flush(self) -> None:
+        """Wait until every file written so far is on disk; the first failure is raised here."""
+        pending, self._pending = self._pending, []
+        for future in pending:  # every one waited for, so none is still writing when this raises
+            future.exception()
+        for future in pending:
+            future.result()
+
+    def close(self) -> None:
+        try:
+            self.flush()
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+                self._pool = None
 
 
 def propagate_batch(model, step: Propagator, batch, size: tuple[int, int], out: MaskWriter, *,
@@ -296,6 +332,7 @@ class _SequenceRun:
         self.on_frame = on_frame or (lambda done, total: None)
         self.on_note = on_note or (lambda note: None)
         self.timer = StageTimer()
+        self.out: MaskWriter | None = None
         self.size = None  # (H, W) of the frames
         self.full_refs: dict[int, np.ndarray] = {}  # annotated labels at frame size
         self.names: dict[int, str] = {}  # of the annotated frames
@@ -307,12 +344,19 @@ class _SequenceRun:
         wall = time.perf_counter()
         overlay = self.options.overlay
         writer = VideoWriter(overlay, fps=self.source.fps) if overlay else None
+        self.out = MaskWriter(self.out_dir, self.palette, self.labels.values, self.options.save_probs, writer,
+                              workers=1 if self.options.overlap else 0)
         try:
             self._loop(writer)
             self._check_all_references_seen()
+            self.out.close()
             if writer:
                 writer.close()
         except BaseException:
+            try:
+                self.out.close()  # (nothing is left writing; a write error is not the first news here)
+            except Exception:
+                pass
             if writer:
                 writer.abort()
             raise
@@ -325,9 +369,15 @@ class _SequenceRun:
         first = 0 if writer else self.start
         if self.start:
             self.on_frame(self.start, self.source.count)
+        # read one batch ahead ("decode" is then the time spent waiting for frames)
+        ahead = self.options.batch if self.options.overlap else 0
+        with closing(prefetched(self.source.frames(first), ahead)) as frames:  # stopped on any exit
+            self._consume(frames, writer)
+
+    def _consume(self, frames, writer):
         batch = []
         tick = time.perf_counter()
-        for index, name, frame in self.source.frames(first):
+        for index, name, frame in frames:
             tick = self.timer.add("decode", tick)
             self.seen = max(self.seen, index + 1)
             if index in self.refs_at:
@@ -341,11 +391,11 @@ class _SequenceRun:
                 continue
             batch.append((index, name, frame))
             if len(batch) == self.options.batch:
-                self._process(batch, writer)
+                self._process(batch)
                 batch = []
             tick = time.perf_counter()
         if batch:
-            self._process(batch, writer)
+            self._process(batch)
 
     def _set_frame_size(self, size):
         self.size = tuple(size)
@@ -353,22 +403,23 @@ class _SequenceRun:
         for index, ref in self.refs_at.items():  # all of them now: fail before writing anything
             self.full_refs[index] = mask_io.resize_mask(ref.labels, self.size, what=f"Reference mask {ref.source}")
 
-    def _process(self, batch, writer):
+    def _process(self, batch):
         if not self.processed:  # the folder is recognisably a run's before its first mask exists
             self.step.memory.save(self.out_dir / STATE_FILE, next_frame=batch[0][0], meta=self.state_meta)
-        out = MaskWriter(self.out_dir, self.palette, self.labels.values, self.options.save_probs, writer)
 
         def done(index):
             self.processed += 1
             self.on_frame(index + 1, self.source.count)
 
         said = len(self.step.notes)
-        propagate_batch(self.model, self.step, batch, self.size, out, annotated=self.full_refs, timer=self.timer,
-                        on_frame=done)
+        propagate_batch(self.model, self.step, batch, self.size, self.out, annotated=self.full_refs,
+                        timer=self.timer, on_frame=done)
         for note in self.step.notes[said:]:
             self.on_note(note)
-        # Saved after the batch: a resumed run restarts at a batch boundary, as this one did.
+        # Saved after the batch's files are on disk: a resumed run restarts at a batch boundary, as
+        # this one did, and never past a mask that was not written.
         tick = time.perf_counter()
+        self.out.flush()
         self.step.memory.save(self.out_dir / STATE_FILE, next_frame=batch[-1][0] + 1, meta=self.state_meta)
         self.timer.add("write", tick)
 
