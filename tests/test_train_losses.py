@@ -220,3 +220,15 @@ def test_one_training_step_updates_every_group(tmp_path, lpips):
         names = {id(p): n for n, p in net.named_parameters()}
         moved = {grp for grp, ps in groups(net).items() if any(names[id(p)] in changed for p in ps)}
         assert moved == set(groups(net)), (key, set(groups(net)) - moved)
+
+
+def test_default_chunk_bounds_the_distances_held_at_once():
+    """Without a chunk_size the losses take 4096 query points on a CPU; on a GPU as many as keep a
+    chunk's distances within 2^26 (256 MiB of float32): large at 32 px, the same 4096 at 128 px."""
+    from coordgan.train.warp_ops import default_chunk
+
+    gpu = torch.device("cuda")  # (a device object only: nothing runs on it)
+    assert default_chunk(torch.device("cpu"), 32 * 32) == default_chunk(torch.device("cpu"), 128 * 128) == 4096
+    assert default_chunk(gpu, 32 * 32) == 65536 and default_chunk(gpu, 128 * 128) == 4096
+    for m in (32 * 32, 64 * 64, 128 * 128, 256 * 256):
+        assert default_chunk(gpu, m) * m <= 1 << 26 or default_chunk(gpu, m) == 1024

@@ -13,11 +13,12 @@ from runtime.lookup import spec
 __all__ = ["chamfer_distance", "soft_warp"]
 
 
-def default_chunk(device: torch.device) -> int:
-    """Query points per chunk, counted over the batch, when the caller gives none: cache-sized on a
-    CPU; on a GPU a chunk is a few kernel launches, so fewer and larger ones (65536 x 1024 float32
-    distances is 256 MiB)."""
-    return 4096 if device.type == "cpu" else 65536
+def default_chunk(device: torch.device, m: int) -> int:
+    """Query points per chunk, counted over the batch, when the caller gives none (m: points each
+    query is compared with). On a CPU 4096, cache-sized. On a GPU a chunk is a few kernel launches,
+    so as large as 2^26 distances (256 MiB of float32 per temporary) allow: 65536 at 32 px, 4096 at
+    128 px."""
+    return 4096 if device.type == "cpu" else max(1024, (1 << 26) // max(1, m))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -72,7 +73,9 @@ def chamfer_distance(a: torch.Tensor, b: torch.Tensor, *, chunk_size: int | None
         raise CoordGANError(f"a and b must be floating-point tensors, got {a.dtype} and {b.dtype}.")
     if a.device != b.device:
         raise CoordGANError(f"a and b must be on one device, got {a.device} and {b.device}.")
-    chunk_size = spec.check_positive_int("chunk_size", default_chunk(a.device) if chunk_size is None else chunk_size)
+    if chunk_size is None:
+        chunk_size = default_chunk(a.device, max(a.shape[1], b.shape[1]))  # both directions
+    chunk_size = spec.check_positive_int("chunk_size", chunk_size)
     dtype = torch.promote_types(torch.promote_types(a.dtype, b.dtype), torch.float32)
     a, b = a.to(dtype), b.to(dtype)
     return (_one_way(a, b, chunk_size) + _one_way(b, a, chunk_size)).mean()
@@ -189,7 +192,9 @@ def soft_warp(
     if not (q.is_floating_point() and k.is_floating_point() and v.is_floating_point()):
         raise CoordGANError("query_map, ref_map and ref_values must be floating-point tensors.")
     tau = spec.check_tau(tau)
-    chunk_size = spec.check_positive_int("chunk_size", default_chunk(q.device) if chunk_size is None else chunk_size)
+    if chunk_size is None:
+        chunk_size = default_chunk(q.device, k.shape[2] * k.shape[3])
+    chunk_size = spec.check_positive_int("chunk_size", chunk_size)
     dtype = torch.float64 if torch.float64 in (q.dtype, k.dtype, v.dtype) else torch.float32
     hq, wq = q.shape[2:]
     with torch.autocast(device_type=q.device.type, enabled=False):  # tau amplifies rounding 100x
