@@ -268,8 +268,8 @@ def sparse_stages(run_sparse, repeat: int) -> str:
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
             run_sparse()
             torch.cuda.synchronize()
-        stages = [(e.key, getattr(e, "device_time_total", None) or e.cuda_time_total) for e in prof.key_averages()
-                  if e.key.startswith("cls_")]
+        stages = [(e.key, getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0))
+                  for e in prof.key_averages() if e.key.startswith("cls_")]
     except Exception as exc:  # a profiler that cannot run here: keep the rest of the report
         return f"sparse stages: not measured ({type(exc).__name__}: {exc}); host launches {host:.3f} ms"
     parts = ", ".join(f"{name} {us / 1e3:.3f}" for name, us in stages)

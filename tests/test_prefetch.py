@@ -50,13 +50,22 @@ def test_reading_runs_beside_the_consumer():
     """Two slow stages take about the longer one's time, not their sum, once overlapped."""
     def slow(n):
         for i in range(n):
-            time.sleep(0.02)  # releases the GIL, as decoding does
+            time.sleep(0.03)  # releases the GIL, as decoding does
             yield i
 
     t0 = time.perf_counter()
     for _ in prefetched(slow(10), 2):
-        time.sleep(0.02)
-    assert time.perf_counter() - t0 < 0.34  # sequential: 0.40 s
+        time.sleep(0.03)
+    assert time.perf_counter() - t0 < 0.5  # sequential: 0.60 s; overlapped: about 0.33 s
+
+
+def test_an_iterable_that_cannot_be_iterated_raises_here():
+    class Broken:
+        def __iter__(self):
+            raise OSError("the camera is gone")
+
+    with pytest.raises(OSError, match="the camera is gone"):
+        list(prefetched(Broken(), 2))
 
 
 def test_negative_depth_is_refused():

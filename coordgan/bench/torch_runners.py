@@ -155,7 +155,9 @@ class TorchRunner(Runner):
             if self._scratch is None:
                 self._scratch = tempfile.TemporaryDirectory(prefix="coordgan-bench-")
             video = wl.video(batch, self._scratch.name)
-            # PNGs on every core: at GPU rates one thread writing them would be the whole cost
+            if self._out is not None:  # (another batch size)
+                self._out.close()
+            # PNGs on every core, as propagate writes them: at GPU rates one thread would set the pace
             out = self._out = MaskWriter(Path(self._scratch.name), DAVIS_PALETTE, np.arange(wl.classes),
                                          workers=cpu_threads())
 
@@ -198,12 +200,14 @@ class TorchRunner(Runner):
 
     def close(self):
         self._call = None
-        if self._out is not None:
-            self._out.close()
-        if self._scratch is not None:
-            self._scratch.cleanup()
-        if self.uses_gpu:
-            self.torch.cuda.empty_cache()
+        try:
+            if self._out is not None:
+                self._out.close()
+        finally:  # (a write error still lets the scratch folder and the GPU memory go)
+            if self._scratch is not None:
+                self._scratch.cleanup()
+            if self.uses_gpu:
+                self.torch.cuda.empty_cache()
 
 
 def open_torch_runner(backend: str, workload: Workload, source, *, precision: str = "fp32") -> TorchRunner:

@@ -17,8 +17,8 @@ def default_chunk(device: torch.device, m: int) -> int:
     """Query points per chunk, counted over the batch, when the caller gives none (m: points each
     query is compared with). On a CPU 4096, cache-sized. On a GPU a chunk is a few kernel launches,
     so as large as 2^26 distances (256 MiB of float32 per temporary) allow: 65536 at 32 px, 4096 at
-    128 px."""
-    return 4096 if device.type == "cpu" else max(1024, (1 << 26) // max(1, m))
+    128 px, 256 at 512 px."""
+    return 4096 if device.type == "cpu" else max(1, (1 << 26) // max(1, m))
 
 
 # --------------------------------------------------------------------------------------------------

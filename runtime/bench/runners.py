@@ -84,6 +84,7 @@ class BackendRunner(Runner):
     def _pipeline_call(self, batch: int):
         import tempfile
 
+        from runtime.devices import cpu_threads
         from runtime.io.masks import DAVIS_PALETTE
         from runtime.propagation.memory import STATE_FILE
         from runtime.propagation.model import CorrespondenceModel
@@ -102,7 +103,9 @@ class BackendRunner(Runner):
         k, v = wl.reference_memory()
         for r in range(wl.refs):
             step.memory.add_reference(f"ref{r}", k[0, r], v[0, r])
-        out = self._out = MaskWriter(scratch, DAVIS_PALETTE, step.labels.values, workers=1)  # as propagate's
+        if self._out is not None:  # (another batch size)
+            self._out.close()
+        out = self._out = MaskWriter(scratch, DAVIS_PALETTE, step.labels.values, workers=cpu_threads())  # as propagate
 
         def call():
             frames = wl.decode(video)
@@ -116,12 +119,14 @@ class BackendRunner(Runner):
         return self._call()
 
     def close(self):
-        if self._out is not None:
-            self._out.close()
-        if self.model is not None:
-            self.model.close()
-        if self._scratch is not None:
-            self._scratch.cleanup()
+        try:
+            if self._out is not None:
+                self._out.close()
+        finally:  # (a write error still lets the model and the scratch folder go)
+            if self.model is not None:
+                self.model.close()
+            if self._scratch is not None:
+                self._scratch.cleanup()
 
 
 def _model_file(directory, name: str, suffix: str, option: str):

@@ -40,8 +40,9 @@ def prefetched(items: Iterable[T], depth: int) -> Iterator[T]:
         return False
 
     def produce() -> None:
-        it = iter(items)
+        it = None
         try:
+            it = iter(items)
             for item in it:
                 if not put((item, None)):
                     return

@@ -54,6 +54,7 @@ class FrameSource:
     count: int | None
     fps: float
     names: list[str] | None = None
+    read_ahead: bool = True  # may be read on a background thread, ahead of use (runtime.io.prefetch)
 
     def resolve(self, spec) -> int:
         """The index of the frame a user means by `spec`: its name (with or without the extension),
@@ -217,7 +218,11 @@ class ArrayFrames(FrameSource):
 class IterableFrames(FrameSource):
     """Frames from any iterable, read once: (H, W, 3) uint8 arrays, or (name, array) pairs.
 
-    Names are unknown until the frames come, so references point at frames by index here."""
+    Names are unknown until the frames come, so references point at frames by index here. Never
+    read ahead: the caller's iterator runs where the caller runs it (it may reuse one buffer, block,
+    or not be thread-safe)."""
+
+    read_ahead = False
 
     def __init__(self, iterable, fps: float = DEFAULT_FPS, path: str = "<iterator>"):
         self.iterable = iterable

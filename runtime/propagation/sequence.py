@@ -37,6 +37,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from runtime.devices import cpu_threads
 from runtime.errors import CoordGANError
 from runtime.fileio import atomic_write
 from runtime.io import masks as mask_io
@@ -104,8 +105,8 @@ class MaskWriter:
     """Where a sequence's masks go: palette PNGs in out_dir (NAME.png), probs/NAME.npz with save_probs,
     and the frames with the masks blended in to an overlay video when there is one.
 
-    With `workers` the files are written on that many threads (PNG and npz encoding release the GIL)
-    while the caller goes on; `flush` waits for them and raises the first failure. The overlay video
+    With `workers` the files are written on up to that many threads (PNG and npz encoding release the
+    GIL; threads start as the queue needs them) while the caller goes on; `flush` waits for them and raises the first failure. The overlay video
     is written in order by the caller.
     """
 
@@ -188,7 +189,8 @@ def propagate_sequence(model, frames, refs: Sequence[Reference], out_dir,
     frames: a FrameSource (runtime.io.video.open_frames), frames in memory ((T, H, W, 3) uint8), or any
         iterable of (H, W, 3) uint8 frames or (name, frame) pairs (read once, as they come).
     refs: the annotated frames; one of them must be frame 0.
-    on_frame(done, total): called after each frame is written (total None when unknown).
+    on_frame(done, total): called after each frame's mask is made and handed to the writer (total None
+        when unknown); its files are on disk by the end of its batch, before the resume state moves on.
     on_note(text): called once for what a user should hear (collapsed maps); also in summary["warnings"].
     """
     options.validate()
@@ -345,7 +347,7 @@ class _SequenceRun:
         overlay = self.options.overlay
         writer = VideoWriter(overlay, fps=self.source.fps) if overlay else None
         self.out = MaskWriter(self.out_dir, self.palette, self.labels.values, self.options.save_probs, writer,
-                              workers=1 if self.options.overlap else 0)
+                              workers=cpu_threads() if self.options.overlap else 0)
         try:
             self._loop(writer)
             self._check_all_references_seen()
@@ -369,8 +371,8 @@ class _SequenceRun:
         first = 0 if writer else self.start
         if self.start:
             self.on_frame(self.start, self.source.count)
-        # read one batch ahead ("decode" is then the time spent waiting for frames)
-        ahead = self.options.batch if self.options.overlap else 0
+        # read up to a batch ahead ("decode" is then the time spent waiting for frames)
+        ahead = self.options.batch if self.options.overlap and self.source.read_ahead else 0
         with closing(prefetched(self.source.frames(first), ahead)) as frames:  # stopped on any exit
             self._consume(frames, writer)
 
