@@ -99,7 +99,26 @@ def test_hard_and_topk_ties_on_the_identity_grid():
             assert np.array_equal(labels, l_ref), (fn.__name__, mode, k)
 
 
-@pytest.mark.parametrize("r,c", [(1, 8), (2, 1), (1, 64)])
+@pytest.mark.parametrize("path", ["dense", "sparse", "every pair"])
+def test_tiny_outputs_are_flushed_to_zero(rng, path):
+    """Probabilities below 1e-20 come out as 0 on every CPU path (propagation feeds them back in, and
+    subnormal floats would slow every later frame ~100x); the rest and the labels are untouched."""
+    from runtime.lookup.inputs import FLUSH_BELOW
+
+    q, kmap, v = case(rng, n=1, r=1, c=6, hq=16, wq=16, hk=16, wk=16)
+    v[:, :, 3] = 1e-30  # a label whose probability is tiny everywhere...
+    v[:, :, 4] *= 1e-16  # ...one whose outputs straddle the threshold
+    p_ref, l_ref = ref(q, kmap, v)
+    run = {"dense": lambda: lookup_dense(q, kmap, v), "sparse": lambda: lookup_sparse(q, kmap, v),
+           "every pair": lambda: lookup_sparse(q, kmap, v, dense_above=0.0)}[path]
+    p, labels = run()
+    assert not np.any((p != 0) & (np.abs(p) < FLUSH_BELOW))
+    assert np.all(p[:, 3] == 0) and np.all(p_ref[:, 3] > 0)
+    big = p_ref >= 2 * FLUSH_BELOW
+    assert np.allclose(p[big], p_ref[big], rtol=1e-3, atol=1e-4) and np.array_equal(labels, l_ref)
+
+
+@pytest.mark.parametrize("r,c", [(1, 8), (2, 1), (1, 64), (2, 130)])  # 130: two 64-channel blocks + 8
 def test_sparse_matches_dense(rng, r, c):
     q, kmap, v = case(rng, n=1, r=r, c=c, hq=64, wq=64, hk=64, wk=60)
     info: dict = {}

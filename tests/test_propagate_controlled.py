@@ -362,3 +362,23 @@ def test_a_failed_mask_write_stops_the_run_before_its_state_passes_the_frame(mod
     assert next_frame == 4  # frames 4..7 are redone on --resume; 00005.png was never written
     assert not (out / "00005.png").exists() and (out / "00004.png").exists()
     assert not list(out.glob(".*tmp*"))
+
+
+def test_many_labels_leave_no_subnormal_probabilities_in_the_memory(models, tmp_path):
+    """A label's probability far from where it is shrinks each frame; the lookup flushes it to 0 below
+    1e-20, so the memory never fills with subnormal floats (which made 255-label runs 10x slower)."""
+    from runtime.lookup.inputs import FLUSH_BELOW
+    from runtime.propagation.step import Propagator
+
+    model = models["right"]
+    frames = frames_with_red([8 * t for t in range(14)], G)
+    corr = model.correspondence(frames)
+    mosaic = ((np.arange(G)[:, None] // 4) * 8 + np.arange(G)[None] // 4).astype(np.uint8)  # 64 labels
+    step = Propagator(model.lookup, memory=3, labels=np.unique(mosaic))
+    step.annotate("00000", corr[0], mosaic)
+    for t in range(1, len(frames)):
+        step.propagate(f"{t:05d}", corr[t], (G, G))
+    _, values = step.memory.keys_values()
+    assert values.shape[1:3] == (4, 64)
+    assert not np.any((values != 0) & (np.abs(values) < FLUSH_BELOW))
+    assert np.count_nonzero(values[0, 1:]) > 0

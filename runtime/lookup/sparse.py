@@ -23,7 +23,7 @@ from runtime.devices import cpu_threads
 from runtime.errors import CoordGANError
 from runtime.lookup import spec
 from runtime.lookup.dense import dense_into
-from runtime.lookup.inputs import Prepared, finish, prepare
+from runtime.lookup.inputs import Prepared, finish, flush_tiny, prepare
 
 _NO_NUMBA = (
     "numba is not installed ({}), so runtime.lookup's sparse path runs the dense numpy one instead "
@@ -276,12 +276,14 @@ def lookup_sparse(
         labels = np.empty((n, nq), np.int32)  # the kernels write the argmax too
         for i in range(n):
             stats["pairs"] += _sparse_item(kern, x, i, float(tol), int(threads), out[i], labels[i])
+        flush_tiny(out)
         result = out.reshape(n, x.c, x.hq, x.wq), labels.reshape(n, x.hq, x.wq)
     elif kern is not None and x.mode == "soft":  # every pair, compiled
         stats.update(path="dense", pairs=stats["dense_pairs"], reason=reason)
         labels = np.empty((n, nq), np.int32)
         for i in range(n):
             _dense_item(kern, x, i, int(threads), out[i], labels[i])
+        flush_tiny(out)
         result = out.reshape(n, x.c, x.hq, x.wq), labels.reshape(n, x.hq, x.wq)
     else:  # numpy: hard / topk (exact ties), or no numba
         stats.update(path="dense", pairs=stats["dense_pairs"], reason=reason)

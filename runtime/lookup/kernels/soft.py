@@ -52,10 +52,34 @@ def _gather(kx, ky, rng, nr, jb, n, xf, yf, db):
 
 
 @jit(fastmath=True)
+def _sum64(k0, k1, wb, vf, ucp, ucb, jb, acc):
+    """acc[cb:cb + 64] += sum over k in [k0, k1) of wb[k] * V[jb[k], cb:cb + 64]: 8 vectors held in
+    registers while the pairs stream by, each row's 256 contiguous bytes read once (many labels)."""
+    a0 = v8_splat(np.float32(0.0))
+    a1, a2, a3, a4, a5, a6, a7 = a0, a0, a0, a0, a0, a0, a0
+    one = np.uint64(1)
+    for k in range(np.uint64(k0), np.uint64(k1)):
+        w = wb[k]
+        b = np.uint64(jb[k]) * ucp + ucb
+        a0 = v8_fma(a0, w, v8_load(vf, b))
+        a1 = v8_fma(a1, w, v8_load(vf, b + np.uint64(8)))
+        a2 = v8_fma(a2, w, v8_load(vf, b + np.uint64(16)))
+        a3 = v8_fma(a3, w, v8_load(vf, b + np.uint64(24)))
+        a4 = v8_fma(a4, w, v8_load(vf, b + np.uint64(32)))
+        a5 = v8_fma(a5, w, v8_load(vf, b + np.uint64(40)))
+        a6 = v8_fma(a6, w, v8_load(vf, b + np.uint64(48)))
+        a7 = v8_fma(a7, w, v8_load(vf, b + np.uint64(56)))
+    for t, a in enumerate((a0, a1, a2, a3, a4, a5, a6, a7)):
+        u = ucb + np.uint64(8 * t)
+        v8_store(acc, u, v8_add(a, v8_load(acc, u)))
+    return one
+
+
+@jit(fastmath=True)
 def _weigh(db, k0, k1, d0, inv_tau, wb, vf, cp, jb, acc):
     """wb[k] = exp(-(db[k] - d0) / tau) for k in [k0, k1) (db holds padding lanes up to the next
-    multiple of 32), acc[:cp] += sum of wb[k] * V[jb[k]] (8 channels at a time, 4 chains);
-    returns the sum of the weights."""
+    multiple of 32), acc[:cp] += sum of wb[k] * V[jb[k]] (64 channels at a time while they last,
+    then 8 at a time with 4 chains); returns the sum of the weights."""
     z = np.float32(0.0)
     for k in range((k1 - k0 + 31) & ~31):
         u = np.uint64(k0 + k)
@@ -67,7 +91,10 @@ def _weigh(db, k0, k1, d0, inv_tau, wb, vf, cp, jb, acc):
     # (unsigned indices: no negative-index wraparound code in the hot loop)
     ucp = np.uint64(cp)
     end = np.uint64(k1)
-    for cb in range(0, cp, 8):
+    wide = cp - cp % 64
+    for cb in range(0, wide, 64):
+        _sum64(k0, k1, wb, vf, ucp, np.uint64(cb), jb, acc)
+    for cb in range(wide, cp, 8):
         ucb = np.uint64(cb)
         a0 = v8_splat(np.float32(0.0))
         a1 = a0
