@@ -106,8 +106,8 @@ class MaskWriter:
     and the frames with the masks blended in to an overlay video when there is one.
 
     With `workers` the files are written on up to that many threads (PNG and npz encoding release the
-    GIL; threads start as the queue needs them) while the caller goes on; `flush` waits for them and raises the first failure. The overlay video
-    is written in order by the caller.
+    GIL; threads start as the queue needs them) while the caller goes on; `flush` waits for them and
+    raises the first failure. The overlay video is written in order by the caller.
     """
 
     out_dir: Path

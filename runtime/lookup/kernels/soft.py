@@ -57,7 +57,6 @@ def _sum64(k0, k1, wb, vf, ucp, ucb, jb, acc):
     registers while the pairs stream by, each row's 256 contiguous bytes read once (many labels)."""
     a0 = v8_splat(np.float32(0.0))
     a1, a2, a3, a4, a5, a6, a7 = a0, a0, a0, a0, a0, a0, a0
-    one = np.uint64(1)
     for k in range(np.uint64(k0), np.uint64(k1)):
         w = wb[k]
         b = np.uint64(jb[k]) * ucp + ucb
@@ -72,7 +71,6 @@ def _sum64(k0, k1, wb, vf, ucp, ucb, jb, acc):
     for t, a in enumerate((a0, a1, a2, a3, a4, a5, a6, a7)):
         u = ucb + np.uint64(8 * t)
         v8_store(acc, u, v8_add(a, v8_load(acc, u)))
-    return one
 
 
 @jit(fastmath=True)
