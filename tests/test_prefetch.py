@@ -1,7 +1,6 @@
 """runtime.io.prefetch: reading ahead on a thread keeps the order, the errors' places, and stops cleanly."""
 
 import threading
-import time
 
 import pytest
 
@@ -47,16 +46,18 @@ def test_leaving_early_stops_the_thread_and_closes_the_source():
 
 
 def test_reading_runs_beside_the_consumer():
-    """Two slow stages take about the longer one's time, not their sum, once overlapped."""
-    def slow(n):
-        for i in range(n):
-            time.sleep(0.03)  # releases the GIL, as decoding does
+    """The next item is produced while the consumer still holds the current one (no timing: a
+    sequential reader would leave the event unset, and the wait would run out)."""
+    produced = [threading.Event() for _ in range(3)]
+
+    def source():
+        for i in range(3):
+            produced[i].set()
             yield i
 
-    t0 = time.perf_counter()
-    for _ in prefetched(slow(10), 2):
-        time.sleep(0.03)
-    assert time.perf_counter() - t0 < 0.5  # sequential: 0.60 s; overlapped: about 0.33 s
+    for i in prefetched(source(), 1):
+        if i < 2:
+            assert produced[i + 1].wait(timeout=10), f"item {i + 1} was not read while item {i} was in use"
 
 
 def test_an_iterable_that_cannot_be_iterated_raises_here():

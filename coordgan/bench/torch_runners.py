@@ -13,15 +13,12 @@ the evaluation loops over frames, eager PyTorch.
 from __future__ import annotations
 
 import contextlib
-import tempfile
-from pathlib import Path
 
 import numpy as np
 
 from runtime.bench.runners import Skip
 from runtime.bench.timing import Runner
-from runtime.bench.workload import Workload
-from runtime.devices import cpu_threads
+from runtime.bench.workload import PipelineScratch, Workload
 
 TORCH_BACKENDS = ("torch", "torch-compile", "published")
 
@@ -81,8 +78,7 @@ class TorchRunner(Runner):
             self.detail += (f", {gpu_lookup_name(workload.gpu_lookup)}" if self.fused_lookup
                             else ", chunked reference lookup")
         self._call = None
-        self._scratch = None  # pipeline: the video and the masks, removed on close()
-        self._out = None  # pipeline: its MaskWriter (threads to stop on close())
+        self._scratch = PipelineScratch()  # pipeline: the video and the masks, removed on close()
 
     # -- the computations -------------------------------------------------------------------------
     def _fn(self):
@@ -149,17 +145,9 @@ class TorchRunner(Runner):
         sync = torch.cuda.synchronize if self.uses_gpu else (lambda: None)
 
         if wl.target == "pipeline":  # frames decoded from the video, masks written as PNGs, as propagate
-            from runtime.io.masks import DAVIS_PALETTE
-            from runtime.propagation.sequence import MaskWriter
-
-            if self._scratch is None:
-                self._scratch = tempfile.TemporaryDirectory(prefix="coordgan-bench-")
-            video = wl.video(batch, self._scratch.name)
-            if self._out is not None:  # (another batch size)
-                self._out.close()
+            video = wl.video(batch, self._scratch.path)
             # PNGs on every core, as propagate writes them: at GPU rates one thread would set the pace
-            out = self._out = MaskWriter(Path(self._scratch.name), DAVIS_PALETTE, np.arange(wl.classes),
-                                         workers=cpu_threads())
+            out = self._scratch.writer(np.arange(wl.classes))
 
             def call():
                 decoded = wl.decode(video)
@@ -201,11 +189,8 @@ class TorchRunner(Runner):
     def close(self):
         self._call = None
         try:
-            if self._out is not None:
-                self._out.close()
-        finally:  # (a write error still lets the scratch folder and the GPU memory go)
-            if self._scratch is not None:
-                self._scratch.cleanup()
+            self._scratch.close()
+        finally:  # (a write error still lets the GPU memory go)
             if self.uses_gpu:
                 self.torch.cuda.empty_cache()
 

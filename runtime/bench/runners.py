@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from runtime.bench.timing import Runner
-from runtime.bench.workload import Workload
+from runtime.bench.workload import PipelineScratch, Workload
 from runtime.errors import CoordGANError
 
 RUNTIME_BACKENDS = ("ort-cpu", "ort-cuda", "trt", "triton")
@@ -44,8 +44,7 @@ class BackendRunner(Runner):
             how = gpu_lookup_name(workload.gpu_lookup) if lookup_device == "cuda" else f"numpy {workload.lookup_method}"
             self.detail = f"lookup: {how}"
         self._call = None
-        self._scratch = None  # pipeline: the video and the masks, removed on close()
-        self._out = None  # pipeline: its MaskWriter (threads to stop on close())
+        self._scratch = PipelineScratch()  # pipeline: the video and the masks, removed on close()
 
     def _lookup(self, q, k, v):
         from runtime.lookup import lookup
@@ -82,19 +81,13 @@ class BackendRunner(Runner):
             self._call = self._pipeline_call(batch)
 
     def _pipeline_call(self, batch: int):
-        import tempfile
-
-        from runtime.devices import cpu_threads
-        from runtime.io.masks import DAVIS_PALETTE
         from runtime.propagation.memory import STATE_FILE
         from runtime.propagation.model import CorrespondenceModel
-        from runtime.propagation.sequence import MaskWriter, propagate_batch
+        from runtime.propagation.sequence import propagate_batch
         from runtime.propagation.step import Propagator
 
         wl = self.workload
-        if self._scratch is None:
-            self._scratch = tempfile.TemporaryDirectory(prefix="coordgan-bench-")
-        scratch = Path(self._scratch.name)
+        scratch = self._scratch.path
         video = wl.video(batch, scratch)
         model = CorrespondenceModel(self.model, batch=batch, lookup_impl=self.lookup_impl)
         # the memory holds the workload's R reference frames and keeps them (no recent window), so
@@ -103,9 +96,7 @@ class BackendRunner(Runner):
         k, v = wl.reference_memory()
         for r in range(wl.refs):
             step.memory.add_reference(f"ref{r}", k[0, r], v[0, r])
-        if self._out is not None:  # (another batch size)
-            self._out.close()
-        out = self._out = MaskWriter(scratch, DAVIS_PALETTE, step.labels.values, workers=cpu_threads())  # as propagate
+        out = self._scratch.writer(step.labels.values)
 
         def call():
             frames = wl.decode(video)
@@ -120,13 +111,10 @@ class BackendRunner(Runner):
 
     def close(self):
         try:
-            if self._out is not None:
-                self._out.close()
-        finally:  # (a write error still lets the model and the scratch folder go)
+            self._scratch.close()
+        finally:  # (a write error still lets the model go)
             if self.model is not None:
                 self.model.close()
-            if self._scratch is not None:
-                self._scratch.cleanup()
 
 
 def _model_file(directory, name: str, suffix: str, option: str):

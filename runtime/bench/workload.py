@@ -136,3 +136,41 @@ class Workload:
             return f"lookup {s} vs {lk}"
         h, w = self.frame_size
         return f"video frames {h}x{w} decoded -> resize {s}, encoder, lookup ({lk}), upsample, argmax, PNGs written"
+
+
+class PipelineScratch:
+    """A pipeline row's scratch: the folder its video is decoded from and its masks written to, and
+    the mask writer, set up as `coordgan propagate` sets it up (palette PNGs, a writer per core)."""
+
+    def __init__(self):
+        self._dir = None
+        self._writer = None
+
+    @property
+    def path(self) -> Path:
+        if self._dir is None:
+            import tempfile
+
+            self._dir = tempfile.TemporaryDirectory(prefix="coordgan-bench-")
+        return Path(self._dir.name)
+
+    def writer(self, values):
+        """A new MaskWriter for label values `values` (the previous one, of another batch size, closed)."""
+        from runtime.devices import cpu_threads
+        from runtime.io.masks import DAVIS_PALETTE
+        from runtime.propagation.sequence import MaskWriter
+
+        if self._writer is not None:
+            self._writer.close()
+        self._writer = MaskWriter(self.path, DAVIS_PALETTE, values, workers=cpu_threads())
+        return self._writer
+
+    def close(self) -> None:
+        """Stop the writer's threads, then remove the folder (even when the writer failed)."""
+        try:
+            if self._writer is not None:
+                self._writer.close()
+        finally:
+            if self._dir is not None:
+                self._dir.cleanup()
+
