@@ -232,3 +232,28 @@ def test_default_chunk_bounds_the_distances_held_at_once():
     assert default_chunk(gpu, 32 * 32) == 65536 and default_chunk(gpu, 128 * 128) == 4096
     for m in (32 * 32, 64 * 64, 128 * 128, 256 * 256, 512 * 512):
         assert default_chunk(gpu, m) * m <= 1 << 26
+
+
+def test_ema_update_is_a_per_tensor_lerp():
+    """update_ema's multi-tensor form gives exactly what lerp_ / copy_ per tensor give."""
+    import copy
+
+    from coordgan.train.trainer import update_ema
+
+    torch.manual_seed(0)
+    model = build(TINY)["g"]
+    ema = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p))
+        for b in model.buffers():
+            b.add_(1)
+    expected = copy.deepcopy(ema)
+    with torch.no_grad():
+        for pe, p in zip(expected.parameters(), model.parameters()):
+            pe.lerp_(p, 1 - 0.99)
+        for be, b in zip(expected.buffers(), model.buffers()):
+            be.copy_(b)
+    update_ema(ema, model, 0.99)
+    for (name, a), b in zip(ema.state_dict().items(), expected.state_dict().values()):
+        assert torch.equal(a, b), name
