@@ -3,6 +3,7 @@ Runtime CPU) for every target with JSON / CSV / PNG output, skipped backends wit
 
 import csv
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -277,3 +278,13 @@ def test_training_step_profile_runs_on_cpu():
         assert d_ms > 0 and g_ms > 0 and step_ms == pytest.approx(d_ms + g_ms, abs=0.15)
     assert rows[0][13] == "(1.00x" and "profile of 1 steps at chunk" in result.stdout
     assert "aten::" in result.stdout  # the profiler's table
+
+
+def test_r1_blur_benchmark_runs_and_the_paths_agree():
+    """benchmarks/bench_r1_blur.py: fewer ops with the blur's own autograd function, same gradients."""
+    result = subprocess.run([sys.executable, "benchmarks/bench_r1_blur.py", "tiny", "2", "1"],
+                            cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    ops = re.search(r"ops (\d+) -> (\d+);.*difference ([0-9.e+-]+)", result.stdout)
+    assert ops, result.stdout
+    assert int(ops[2]) < int(ops[1]) / 2 and float(ops[3]) < 1e-4

@@ -87,6 +87,34 @@ def test_upfirdn2d_matches_definition(up, down, pad):
     assert torch.allclose(upfirdn2d(x, kernel, up, down, pad), _upfirdn2d_loop(x, kernel, up, down, pad), atol=1e-6)
 
 
+def _upfirdn2d_loop64(x, kernel, pad):
+    """The literal definition (up = down = 1) in the input's dtype, differentiable twice."""
+    p = F.pad(x, [pad[0], pad[1], pad[0], pad[1]])
+    kf = torch.flip(kernel, [0, 1])
+    k = kernel.shape[0]
+    h, w = p.shape[2] - k + 1, p.shape[3] - k + 1
+    return sum(kf[i, j] * p[:, :, i:i + h, j:j + w] for i in range(k) for j in range(k))
+
+
+@pytest.mark.parametrize("pad", [(2, 2), (1, 2), (0, 0), (5, 4)])  # (5, 4): adjoint pads below 0 crop
+def test_upfirdn2d_first_and_second_derivatives(pad):
+    """With a gradient wanted, the blur runs as its own autograd function (every derivative one
+    depthwise conv): value, gradient and R1's gradient-of-gradient equal the literal definition's."""
+    torch.manual_seed(2)
+    kernel = make_kernel([1, 2, 5, 3]).double()
+    x = torch.randn(2, 3, 7, 8, dtype=torch.float64, requires_grad=True)
+    probe = torch.randn(2, 3, 7 + sum(pad) - 3, 8 + sum(pad) - 3, dtype=torch.float64)
+    results = []
+    for fn in (lambda t: upfirdn2d(t, kernel, pad=pad), lambda t: _upfirdn2d_loop64(t, kernel, pad)):
+        y = fn(x)
+        (g,) = torch.autograd.grad((torch.tanh(y) * probe).sum(), x, create_graph=True)
+        (gg,) = torch.autograd.grad((fn(g) ** 2).sum(), x)  # a second derivative through the op
+        results.append((y, g, gg))
+    for ours, literal in zip(*results):
+        assert torch.allclose(ours, literal, atol=1e-12)
+    assert type(upfirdn2d(x, kernel, pad=pad).grad_fn).__name__ == "_PaddedFirBackward"
+
+
 def test_folded_warp_equals_published_per_pixel_concatenation():
     cfg = PRESETS["tiny"]
     g = Generator(cfg)
