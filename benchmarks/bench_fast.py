@@ -99,12 +99,13 @@ def main(argv=None) -> None:
     parser.add_argument("--frames", type=int, default=48)
     args = parser.parse_args(argv)
 
+    import coordgan
     from coordgan.config import get_preset
 
     work = Path(tempfile.mkdtemp(prefix="coordgan-bench-fast-"))
     rows = []
     for preset in ([None] if args.ckpt else args.preset.split(",")):
-        base = get_preset(preset).base_size if preset else None
+        base = (get_preset(preset) if preset else coordgan.load(args.ckpt).config).base_size
         grids = [int(g) for g in args.warp_grids.split(",")] if args.warp_grids else [base // 2, base // 4]
         rows += run_preset(preset, args.ckpt, grids, args.frames, work)
     header = ["model", "encoder", "encoder ms", "speed", "frames/s", "max|d corr|", "mean|d corr|", "masks agree",
