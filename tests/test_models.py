@@ -65,14 +65,15 @@ def test_input_modulation_equals_grouped_conv(kernel_size, demodulate, upsample)
 
 
 def _upfirdn2d_loop(x, kernel, up, down, pad):
-    """Literal definition: zero-insert, zero-pad, correlate with the flipped kernel, subsample."""
+    """Literal definition: zero-insert, zero-pad, correlate with the flipped kernel, subsample
+    (in x's dtype; differentiable, to any order)."""
     n, c, h, w = x.shape
-    up_x = torch.zeros(n, c, h * up, w * up)
+    up_x = torch.zeros(n, c, h * up, w * up, dtype=x.dtype)
     up_x[:, :, ::up, ::up] = x
     p = F.pad(up_x, [pad[0], pad[1], pad[0], pad[1]])
     kf = torch.flip(kernel, [0, 1])
     kh, kw = kernel.shape
-    out = torch.zeros(n, c, p.shape[2] - kh + 1, p.shape[3] - kw + 1)
+    out = torch.zeros(n, c, p.shape[2] - kh + 1, p.shape[3] - kw + 1, dtype=x.dtype)
     for i in range(kh):
         for j in range(kw):
             out += kf[i, j] * p[:, :, i:i + out.shape[2], j:j + out.shape[3]]
@@ -87,15 +88,6 @@ def test_upfirdn2d_matches_definition(up, down, pad):
     assert torch.allclose(upfirdn2d(x, kernel, up, down, pad), _upfirdn2d_loop(x, kernel, up, down, pad), atol=1e-6)
 
 
-def _upfirdn2d_loop64(x, kernel, pad):
-    """The literal definition (up = down = 1) in the input's dtype, differentiable twice."""
-    p = F.pad(x, [pad[0], pad[1], pad[0], pad[1]])
-    kf = torch.flip(kernel, [0, 1])
-    k = kernel.shape[0]
-    h, w = p.shape[2] - k + 1, p.shape[3] - k + 1
-    return sum(kf[i, j] * p[:, :, i:i + h, j:j + w] for i in range(k) for j in range(k))
-
-
 @pytest.mark.parametrize("pad", [(2, 2), (1, 2), (0, 0), (5, 4)])  # (5, 4): adjoint pads below 0 crop
 def test_upfirdn2d_first_and_second_derivatives(pad):
     """With a gradient wanted, the blur runs as its own autograd function (every derivative one
@@ -105,7 +97,7 @@ def test_upfirdn2d_first_and_second_derivatives(pad):
     x = torch.randn(2, 3, 7, 8, dtype=torch.float64, requires_grad=True)
     probe = torch.randn(2, 3, 7 + sum(pad) - 3, 8 + sum(pad) - 3, dtype=torch.float64)
     results = []
-    for fn in (lambda t: upfirdn2d(t, kernel, pad=pad), lambda t: _upfirdn2d_loop64(t, kernel, pad)):
+    for fn in (lambda t: upfirdn2d(t, kernel, pad=pad), lambda t: _upfirdn2d_loop(t, kernel, 1, 1, pad)):
         y = fn(x)
         (g,) = torch.autograd.grad((torch.tanh(y) * probe).sum(), x, create_graph=True)
         (gg,) = torch.autograd.grad((fn(g) ** 2).sum(), x)  # a second derivative through the op

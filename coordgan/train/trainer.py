@@ -52,9 +52,8 @@ def ema_decay(cfg: ModelConfig, global_batch: int) -> float:
 def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
     """ema <- lerp(ema, model, 1 - decay), buffers copied: a few multi-tensor kernels on a GPU,
     not one per tensor (the same values as per-tensor lerp_ and copy_)."""
-    with torch.no_grad():
-        torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1.0 - decay)
-        torch._foreach_copy_(list(ema.buffers()), list(model.buffers()))
+    torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1.0 - decay)
+    torch._foreach_copy_(list(ema.buffers()), list(model.buffers()))
 
 
 def set_requires_grad(params, flag: bool) -> None:

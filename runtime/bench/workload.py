@@ -173,4 +173,3 @@ class PipelineScratch:
         finally:
             if self._dir is not None:
                 self._dir.cleanup()
-
