@@ -148,7 +148,11 @@ def _session(c: Common, cfg: ModelConfig, kind: str, build_task, info: dict, hoo
                     "global_batch": per_rank * d.world, "world_size": d.world, "lpips": dataclasses.asdict(source),
                     "data": c.data, "torch": torch.__version__, "python": platform.python_version(),
                     "notes": notes, **info}
-        return train_loop(task, run, loader, record, run_info, console)
+        summary = train_loop(task, run, loader, record, run_info, console)
+        # Rank 0 may still be writing its last checkpoint: no rank tears the group down before all are
+        # done (a gloo process aborted at exit once in CI without this; 60 local runs did not repeat it).
+        ddp.barrier(d)
+        return summary
     finally:
         if loader is not None:
             loader.close()
