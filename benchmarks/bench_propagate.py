@@ -104,6 +104,8 @@ def main(argv=None) -> None:
     parser.add_argument("--extra", default="", help="more propagate options, e.g. '--batch 16'")
     parser.add_argument("--warp-grid", type=int, default=None, help="export the encoder with --warp-grid N (the "
                         "approximate, faster warping network) instead of exactly")
+    parser.add_argument("--int8", action="store_true", help="export the encoder with --int8 (the warping "
+                        "network's hidden layer in int8, approximate)")
     args = parser.parse_args(argv)
 
     from coordgan.data.synthetic_faces import make_sequence
@@ -114,10 +116,10 @@ def main(argv=None) -> None:
     work = Path(tempfile.mkdtemp(prefix="coordgan-bench-propagate-"))
     source = ModelSource(preset=args.preset, seed=0, progress=lambda m: print(f"  {m}", flush=True))
     export = source.onnx_dir("encoder")
-    if args.warp_grid:
+    if args.warp_grid or args.int8:
         from export.onnx_export import ExportOptions, export_onnx
 
-        options = ExportOptions(only="encoder", warp_grid=args.warp_grid, verify_batches=(1,))
+        options = ExportOptions(only="encoder", warp_grid=args.warp_grid, int8=args.int8, verify_batches=(1,))
         export = export_onnx(source.checkpoint(), work / "export", options).directory
     encoders = {"collapsed": export / "encoder.onnx", "spread": spread_encoder(export, work)}
     frames, masks = make_sequence(args.frames, args.size, seed=7)
@@ -125,7 +127,7 @@ def main(argv=None) -> None:
     with VideoWriter(video, fps=12) as writer:
         for frame in frames:
             writer.write(frame)
-    how = f"--warp-grid {args.warp_grid}" if args.warp_grid else "exact"
+    how = " ".join([f"--warp-grid {args.warp_grid}"] * bool(args.warp_grid) + ["--int8"] * args.int8) or "exact"
     print(f"{args.frames} frames {args.size}x{args.size} ({video}), {args.preset} encoder ({how}), propagate defaults "
           f"{args.extra or ''}".rstrip())
     header = ["maps", "labels", "frames/s", "ms/frame"] + [f"{s} ms" for s in STAGES]

@@ -20,8 +20,10 @@ CONTROL_FLOW_OPS = frozenset({"If", "Loop", "Scan"})
 # them would grow the file by more than they cost to compute (e.g. the warp network's per-pixel
 # table of the canonical grid: 128*128*512 floats = 32 MiB for 2 MACs per element).
 FOLD_OUTPUT_LIMIT = 1 << 20
+# DequantizeLinear of a constant is an int8 weight of a QDQ graph (--int8): folding it would undo the
+# quantization that ONNX Runtime fuses into its integer kernels.
 _NOT_FOLDABLE = frozenset({"Constant", "RandomNormal", "RandomUniform", "RandomNormalLike",
-                           "RandomUniformLike", "Multinomial", "Bernoulli"})
+                           "RandomUniformLike", "Multinomial", "Bernoulli", "DequantizeLinear"})
 
 DTYPE_NAMES = {TensorProto.FLOAT: "float32", TensorProto.FLOAT16: "float16", TensorProto.BFLOAT16: "bfloat16",
                TensorProto.UINT8: "uint8", TensorProto.INT8: "int8", TensorProto.INT32: "int32",

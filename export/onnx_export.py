@@ -16,7 +16,7 @@ import json
 import warnings
 from pathlib import Path
 
-from export import graph_tools
+from export import graph_tools, quantize
 from export.manifest import MANIFEST, MODEL_FILES, build_manifest, model_metadata
 from export.staging import staged_directory
 from runtime.errors import CoordGANError
@@ -37,6 +37,7 @@ class ExportOptions:
     verify: bool = True
     verify_batches: tuple[int, ...] = (1, 8)
     warp_grid: int | None = None  # encoder: run the warping network on this coarser grid, upsampled (approximate)
+    int8: bool = False  # encoder: the warping network's hidden layer in int8, calibrated on G's images (approximate)
 
     def models(self) -> tuple[str, ...]:
         return (self.only,) if self.only else MODELS
@@ -50,6 +51,10 @@ class ExportOptions:
             raise CoordGANError(f"Opset {self.opset} is too old: the exporter needs opset 18 or newer.")
         if self.warp_grid is not None and self.warp_grid < 2:
             raise CoordGANError(f"--warp-grid must be at least 2 pixels, got {self.warp_grid}.")
+        if self.int8 and self.fp16:
+            raise CoordGANError("Choose one of --int8 and --fp16: the int8 layer is calibrated in float32.")
+        if self.int8 and self.only == "generator":
+            raise CoordGANError("--int8 applies to the encoder; it cannot be used with --only generator.")
 
 
 @dataclasses.dataclass
@@ -141,6 +146,11 @@ def _export_model(name, encoder, generator, cfg, options: ExportOptions):
                       if warp_grid else "")}
         if warp_grid:
             details["warp_grid"] = warp_grid
+        if options.int8:
+            details["int8"] = {"layer": "the warping network's hidden Gemm", "weights": "int8 per channel, 7-bit range",
+                               "activations": "uint8, MinMax range calibrated once",
+                               "calibration": f"{quantize.CALIBRATION_IMAGES} images from the checkpoint's generator "
+                                              f"(seed {quantize.CALIBRATION_SEED}, constant noise)"}
     else:
         module = GeneratorForExport(generator, input_space=options.generator_input)
         if options.generator_input == "z":
@@ -157,6 +167,9 @@ def _export_model(name, encoder, generator, cfg, options: ExportOptions):
     proto = graph_tools.fold_constants(proto)
     graph_tools.strip_debug_metadata(proto)
     graph_tools.name_batch_axis(proto)
+    if name == "encoder" and options.int8:
+        images = quantize.generator_images(generator, d)
+        proto = quantize.quantize_warp(proto, quantize.as_encoder_input(images, options.uint8_input), input_names[0])
     if options.fp16:
         proto = to_float16(proto)
         proto = graph_tools.fold_constants(proto)  # Casts of weights feeding fp32 ops

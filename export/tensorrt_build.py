@@ -123,6 +123,9 @@ def build_engines(directory, options: EngineOptions = EngineOptions(), progress=
             raise CoordGANError(f"{directory} has no {name} model (it holds: {', '.join(files)}).")
     if manifest["fp16"] and options.precision == "bf16":
         raise CoordGANError(f"{directory} holds float16 models; export fp32 ONNX to build bf16 engines.")
+    if any(manifest["models"][n].get("int8") for n in names if n in manifest["models"]):
+        raise CoordGANError(f"{directory} holds an --int8 encoder, quantized for ONNX Runtime on the CPU (uint8 "
+                            "activations, which TensorRT does not take); build engines from an export without --int8.")
     trt = import_tensorrt()
     logger = trt.Logger(trt.Logger.WARNING)
     try:

@@ -33,6 +33,10 @@ FP16_BOUNDS = {"corr_map": 2e-3, "image": 3e-2}
 # TensorRT plans (not yet measured on a GPU): an fp32 build may run TF32 (TensorRT's default), so it
 # gets the fp16 bounds; bf16 has 3 fewer mantissa bits than fp16, so 8x those.
 ENGINE_BOUNDS = {"fp32": FP16_BOUNDS, "fp16": FP16_BOUNDS, "bf16": {k: 8 * v for k, v in FP16_BOUNDS.items()}}
+# An --int8 encoder (its warping network's hidden layer in int8) against the float32 PyTorch model: a
+# sanity bound that a broken quantization (wrong scales, saturation) breaks by an order of magnitude;
+# what the approximation costs is measured on a video by benchmarks/bench_fast.py.
+INT8_CORR_BOUND = 0.1
 CASES = ("random", "fixed")
 
 
@@ -119,11 +123,18 @@ def verify_directory(directory, *, ckpt=None, encoder=None, generator=None, batc
     bounds = FP16_BOUNDS if manifest["fp16"] else FP32_BOUNDS
     report = VerifyReport(directory, manifest["fp16"], bounds, {})
     for name, entry in manifest["models"].items():
-        report.models[name] = _verify_model(directory, manifest, name, entry, encoder, generator, bounds, batches)
+        report.models[name] = _verify_model(directory, manifest, name, entry, encoder, generator,
+                                            _model_bounds(entry, bounds), batches)
         plan = directory / f"{name}.plan"
         if plan.is_file() and not report.models[name].problems:
             _verify_engine(plan, report, name, entry, encoder, generator, batches)
     return report
+
+
+def _model_bounds(entry: dict, bounds: dict) -> dict:
+    if entry.get("int8"):
+        return {**bounds, "corr_map": max(bounds["corr_map"], INT8_CORR_BOUND)}
+    return bounds
 
 
 def _verify_engine(plan: Path, report: VerifyReport, name, entry, encoder, generator, batches) -> None:
@@ -138,7 +149,7 @@ def _verify_engine(plan: Path, report: VerifyReport, name, entry, encoder, gener
     try:
         sidecar = plan.with_name(plan.name + ".json")
         built = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
-        bounds = ENGINE_BOUNDS.get(built.get("precision", "fp32"), ENGINE_BOUNDS["bf16"])
+        bounds = _model_bounds(entry, ENGINE_BOUNDS.get(built.get("precision", "fp32"), ENGINE_BOUNDS["bf16"]))
         lo, hi = backend.ranges[backend.inputs[0].name][0][0], backend.ranges[backend.inputs[0].name][1][0]
         fitting = [b for b in batches if lo <= b <= hi] or [lo]  # the batches its profile takes
         report.models[name].checks += compare_backend(backend, name, entry, encoder, generator, bounds, fitting)

@@ -247,7 +247,7 @@ def test_whole_command_benchmark_table_parses(tmp_path):
 
 
 def test_fast_options_benchmark_table_parses(tmp_path):
-    """benchmarks/bench_fast.py on the tiny preset: the exact export and two --warp-grid ones side by side,
+    """benchmarks/bench_fast.py on the tiny preset: the exact export, two --warp-grid ones and --int8 side by side,
     each with its speed and its quality columns."""
     import os
 
@@ -257,7 +257,7 @@ def test_fast_options_benchmark_table_parses(tmp_path):
                             env=env)
     assert result.returncode == 0, result.stderr[-2000:]
     rows = [line.split() for line in result.stdout.splitlines() if line.split()[:1] == ["tiny"]]
-    assert [" ".join(r[1:-8]) for r in rows] == ["exact", "--warp-grid 16", "--warp-grid 8"]
+    assert [" ".join(r[1:-8]) for r in rows] == ["exact", "--warp-grid 16", "--warp-grid 8", "--int8"]
     exact = rows[0]
     assert exact[-7] == "1.00x" and float(exact[-5]) == 0 and exact[-3] == "100.00%"
     for r in rows:

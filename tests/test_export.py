@@ -241,6 +241,52 @@ def test_coarse_warp_grid_is_an_opt_in_approximation(tmp_path, tiny_ckpt, fp32_e
         assert not (tmp_path / f"bad{grid}").exists()
 
 
+def test_int8_warp_layer_is_an_opt_in_approximation(tmp_path, tiny_ckpt, fp32_export):
+    """--int8: the warping network's hidden Gemm in int8 (QDQ, calibrated on the generator's images):
+    recorded in the manifest, close to the exact map, W codes untouched, each frame's result
+    independent of its batch (a fixed range), and the uint8-frame input calibrated the same way."""
+    out = tmp_path / "int8"
+    result = export_cli(tiny_ckpt, "--out", out, "--only", "encoder", "--int8", "--verify-batches", 2)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    entry = json.loads((out / "manifest.json").read_text())["models"]["encoder"]
+    assert "generator" in entry["int8"]["calibration"] and entry["int8"]["weights"].startswith("int8")
+    model = onnx.load(out / "encoder.onnx")
+    producer = {o: n for n in model.graph.node for o in n.output}
+    int8_weights = {i.name: i for i in model.graph.initializer if i.data_type == onnx.TensorProto.INT8}
+    quantized = [n for n in model.graph.node if n.op_type == "Gemm" and producer.get(n.input[1]) is not None
+                 and producer[n.input[1]].op_type == "DequantizeLinear" and producer[n.input[1]].input[0] in int8_weights]
+    assert len(quantized) == 1  # the warping network's hidden layer, nothing else
+    assert list(int8_weights[producer[quantized[0].input[1]].input[0]].dims) == [TINY.warp_hidden] * 2
+    assert [n.op_type for n in model.graph.node].count("QuantizeLinear") == 2  # its input and its Relu's output
+    x = make_inputs(entry["inputs"], 4, "fixed")
+    names = ["corr_map", "w_struct", "w_texture"]
+    fast = session(out / "encoder.onnx").run(names, x)
+    exact = session(fp32_export[0] / "encoder.onnx").run(names, x)
+    assert 0 < np.abs(fast[0] - exact[0]).max() < 0.05
+    for got, want in zip(fast[1:], exact[1:]):
+        np.testing.assert_allclose(got, want, atol=1e-5)
+    alone = session(out / "encoder.onnx").run(["corr_map"], {k: v[1:2] for k, v in x.items()})[0]
+    np.testing.assert_array_equal(alone, fast[0][1:2])
+    result = export_cli(tiny_ckpt, "--out", tmp_path / "int8u8", "--only", "encoder", "--int8", "--uint8-input",
+                        "--verify-batches", 1)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    # a wrong scale (here the quantized layer's weights read 2x too large) misses the sanity bound
+    broken = tmp_path / "broken"
+    shutil.copytree(out, broken)
+    scale = next(i for i in model.graph.initializer if i.name == producer[quantized[0].input[1]].input[1])
+    scale.CopyFrom(numpy_helper.from_array(2 * numpy_helper.to_array(scale), scale.name))
+    onnx.save(model, broken / "encoder.onnx")
+    failures = verify_directory(broken, batches=(2,)).failures
+    assert failures and all("corr_map" in f for f in failures), failures
+    trt = runner.invoke(app, ["trt", str(out)])  # TensorRT takes symmetric int8 only: said before it is looked for
+    assert isinstance(trt.exception, CoordGANError) and "holds an --int8 encoder" in str(trt.exception)
+    for args, message in ((("--fp16",), "Choose one of --int8 and --fp16"),
+                          (("--only", "generator"), "--int8 applies to the encoder")):
+        result = export_cli(tiny_ckpt, "--out", tmp_path / "bad", "--int8", *args)
+        assert isinstance(result.exception, CoordGANError) and message in str(result.exception)
+        assert not (tmp_path / "bad").exists()
+
+
 def test_z_input_generator_runs_the_mapping_networks(fp16_z_export, nets):
     out, _ = fp16_z_export
     manifest = json.loads((out / "manifest.json").read_text())
