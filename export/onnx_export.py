@@ -38,6 +38,7 @@ class ExportOptions:
     verify_batches: tuple[int, ...] = (1, 8)
     warp_grid: int | None = None  # encoder: run the warping network on this coarser grid, upsampled (approximate)
     int8: bool = False  # encoder: the warping network's hidden layer in int8, calibrated on G's images (approximate)
+    calibration: Path | None = None  # --int8: calibrate on this video or frame folder instead
 
     def models(self) -> tuple[str, ...]:
         return (self.only,) if self.only else MODELS
@@ -55,6 +56,10 @@ class ExportOptions:
             raise CoordGANError("Choose one of --int8 and --fp16: the int8 layer is calibrated in float32.")
         if self.int8 and self.only == "generator":
             raise CoordGANError("--int8 applies to the encoder; it cannot be used with --only generator.")
+        if self.calibration is not None and not self.int8:
+            raise CoordGANError("--calibration sets what --int8 is calibrated on; give --int8 too.")
+        if self.calibration is not None and not Path(self.calibration).exists():
+            raise CoordGANError(f"--calibration {self.calibration} does not exist.")
 
 
 @dataclasses.dataclass
@@ -146,11 +151,6 @@ def _export_model(name, encoder, generator, cfg, options: ExportOptions):
                       if warp_grid else "")}
         if warp_grid:
             details["warp_grid"] = warp_grid
-        if options.int8:
-            details["int8"] = {"layer": "the warping network's hidden Gemm", "weights": "int8 per channel, 7-bit range",
-                               "activations": "uint8, MinMax range calibrated once",
-                               "calibration": f"{quantize.CALIBRATION_IMAGES} images from the checkpoint's generator "
-                                              f"(seed {quantize.CALIBRATION_SEED}, constant noise)"}
     else:
         module = GeneratorForExport(generator, input_space=options.generator_input)
         if options.generator_input == "z":
@@ -168,8 +168,16 @@ def _export_model(name, encoder, generator, cfg, options: ExportOptions):
     graph_tools.strip_debug_metadata(proto)
     graph_tools.name_batch_axis(proto)
     if name == "encoder" and options.int8:
-        images = quantize.generator_images(generator, d)
-        proto = quantize.quantize_warp(proto, quantize.as_encoder_input(images, options.uint8_input), input_names[0])
+        if options.calibration is None:
+            codes = quantize.generator_codes(generator, d)
+            source = f"structure codes of the checkpoint's mapping network (seed {quantize.CALIBRATION_SEED})"
+        else:
+            codes = quantize.footage_codes(proto, options.calibration, base, options.uint8_input)
+            source = f"structure codes the encoder gives for frames of {Path(options.calibration).name}"
+        proto = quantize.quantize_warp(proto, codes)
+        details["int8"] = {"layer": "the warping network's hidden Gemm", "weights": "int8 per channel, 7-bit range",
+                           "activations": "uint8, MinMax range calibrated once",
+                           "calibration": f"{len(codes)} {source}"}
     if options.fp16:
         proto = to_float16(proto)
         proto = graph_tools.fold_constants(proto)  # Casts of weights feeding fp32 ops

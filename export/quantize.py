@@ -2,15 +2,20 @@
 
 That one Gemm, (N*H*W, hidden) x (hidden, hidden), is about three quarters of the encoder graph's
 arithmetic at celeba-128 (8.6 of 11 GFLOP a frame); ONNX Runtime's CPU kernels run it in int8 about
-1.8x faster on AVX2. Nothing else is quantized: each further layer in int8 changed more mask pixels
-on a trained model than it saved time (BENCHMARKS.md), and w_struct / w_texture stay exact.
+1.8x faster on AVX2. Nothing else is quantized: quantizing the encoder's own layers too changed about
+four times the mask pixels on a trained model (BENCHMARKS.md), and w_struct / w_texture stay exact.
 
 Static quantization (QDQ): per-output-channel int8 weights in a 7-bit range (AVX2 without VNNI
 multiplies u8 x s8 pairs into int16 and would saturate on the full range; with it the integer sums
-are exact on every CPU, so results do not depend on the machine), uint8 activations whose range is
-calibrated once, MinMax, on images the checkpoint's own generator draws - the images its encoder
-was trained to invert. A fixed range keeps each frame's result independent of the batch it is in
+are exact on every CPU, so results do not depend on the machine), uint8 activations with a range
+calibrated once (MinMax). A fixed range keeps each frame's result independent of the batch it is in
 (dynamic quantization would not).
+
+The warping network sees the image only through w_struct, so it is calibrated as the subgraph
+w_struct -> corr_map on structure codes, and spliced back: codes the checkpoint's mapping network
+draws (what its encoder was trained to reproduce), or the encoder's codes for the user's footage
+(`--calibration`). Running the whole encoder on generated images instead took minutes at celeba-128
+on the CPU, nearly all of it drawing the images.
 """
 
 from __future__ import annotations
@@ -23,8 +28,9 @@ import numpy as np
 
 from runtime.errors import CoordGANError
 
-CALIBRATION_IMAGES = 64
+CALIBRATION_CODES = 64
 CALIBRATION_SEED = 0
+CALIBRATION_FRAMES = 64
 
 
 def warp_hidden_layer(model) -> tuple[str, str]:
@@ -43,57 +49,99 @@ def warp_hidden_layer(model) -> tuple[str, str]:
     return hidden.name, relu.name
 
 
-def generator_images(generator, style_dim: int, count: int = CALIBRATION_IMAGES,
-                     seed: int = CALIBRATION_SEED) -> np.ndarray:
-    """(count, 3, H, W) float32 images in [-1, 1] from the generator (constant noise)."""
+def generator_codes(generator, style_dim: int, count: int = CALIBRATION_CODES,
+                    seed: int = CALIBRATION_SEED) -> np.ndarray:
+    """(count, D) structure codes from the generator's mapping network."""
     import torch
 
-    gen = torch.Generator().manual_seed(seed)
-    z_texture, z_structure = (torch.randn(count, style_dim, generator=gen) for _ in range(2))
+    z = torch.randn(count, style_dim, generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():
-        images = [generator.eval()(t, s, noise_mode="const")[0]
-                  for t, s in zip(z_texture.split(8), z_structure.split(8))]
-    return torch.cat(images).clamp(-1, 1).numpy().astype(np.float32)
+        return generator.eval().map_structure(z).numpy().astype(np.float32)
 
 
-def as_encoder_input(images: np.ndarray, uint8_input: bool) -> np.ndarray:
-    """[-1, 1] NCHW images in the export's input format (uint8 NHWC frames for --uint8-input)."""
-    if not uint8_input:
-        return images
-    return np.clip(np.rint((images + 1) * 127.5), 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
+def footage_codes(model, path, size: int, uint8_input: bool, count: int = CALIBRATION_FRAMES) -> np.ndarray:
+    """(n <= count, D) structure codes the float encoder `model` gives for frames spread evenly over a
+    video or frame folder, resized as `propagate` resizes them."""
+    import onnxruntime as ort
+
+    from runtime.io.video import open_frames
+    from runtime.propagation.preprocess import resize_frames, to_unit_range
+
+    source = open_frames(path)
+    step = max(1, (source.count or count) // count)
+    picked = []
+    for index, _, frame in source.frames():
+        if index % step == 0:
+            picked.append(resize_frames(frame, size)[0])
+            if len(picked) == count:
+                break
+    if not picked:
+        raise CoordGANError(f"{path} has no frames to calibrate --int8 on.")
+    frames = np.stack(picked)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    feed = frames if uint8_input else to_unit_range(frames)
+    name = session.get_inputs()[0].name
+    return np.concatenate([session.run(["w_struct"], {name: feed[i:i + 8]})[0] for i in range(0, len(feed), 8)])
 
 
-def quantize_warp(model, calibration: np.ndarray, input_name: str):
-    """The float32 encoder ModelProto with its warping network's hidden Gemm in int8 (QDQ)."""
+def quantize_warp(model, codes: np.ndarray):
+    """The float32 encoder ModelProto with its warping network's hidden Gemm (and Relu) in int8 (QDQ),
+    calibrated on the structure codes `codes` (N, D)."""
     import onnx
+    from onnx.utils import Extractor
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     class Batches(CalibrationDataReader):
         def __init__(self):
-            self.batches = iter(calibration[i:i + 8] for i in range(0, len(calibration), 8))
+            self.batches = iter(codes[i:i + 8] for i in range(0, len(codes), 8))
 
         def get_next(self):
             batch = next(self.batches, None)
-            return None if batch is None else {input_name: batch}
+            return None if batch is None else {"w_struct": batch}
 
     nodes = list(warp_hidden_layer(model))
-    float_model = onnx.ModelProto()
-    float_model.CopyFrom(model)
-    # The quantizer re-infers shapes after rewriting the graph; exporter shapes left in value_info
-    # then clash with its transposed weights, so it starts from none.
-    del float_model.graph.value_info[:]
+    warp = Extractor(model).extract_model(["w_struct"], ["corr_map"])
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)  # its advice to run its own pre-processing is not for this graph
     try:
         with tempfile.TemporaryDirectory(prefix="coordgan-int8-") as tmp:
-            src, dst = Path(tmp) / "float.onnx", Path(tmp) / "int8.onnx"
-            onnx.save(float_model, src)
-            # The Relu with it: its output range (>= 0) is the Gemm's uint8 range, twice as fine as the
-            # Gemm output's own; ONNX Runtime fuses the pair into one integer kernel either way.
+            src, dst = Path(tmp) / "warp.onnx", Path(tmp) / "warp-int8.onnx"
+            onnx.save(warp, src)
+            # The Relu with the Gemm: its output range (>= 0) becomes the Gemm's uint8 range, twice as
+            # fine as the Gemm output's own; ONNX Runtime fuses the pair into one integer kernel.
             quantize_static(str(src), str(dst), Batches(), quant_format=QuantFormat.QDQ, nodes_to_quantize=nodes,
                             op_types_to_quantize=["Gemm", "Relu"], per_channel=True, reduce_range=True,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
-            return onnx.load(str(dst))
+            quantized = onnx.load(str(dst))
     finally:
         root.setLevel(level)
+    return _splice(model, warp, quantized)
+
+
+def _splice(model, part, replacement):
+    """`model` with the nodes of its extracted subgraph `part` replaced by `replacement`'s (same outputs)."""
+    import onnx
+
+    from export.graph_tools import topological_sort
+
+    replaced = {o for n in part.graph.node for o in n.output}
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    del out.graph.node[:]
+    out.graph.node.extend([n for n in model.graph.node if not replaced & set(n.output)] + list(replacement.graph.node))
+    used = {i for n in out.graph.node for i in n.input}
+    produced = {o for n in out.graph.node for o in n.output}  # e.g. a float bias now a DequantizeLinear's output
+    inits = {i.name: i for i in list(model.graph.initializer) + list(replacement.graph.initializer)
+             if i.name in used and i.name not in produced}
+    del out.graph.initializer[:]
+    out.graph.initializer.extend(inits.values())
+    del out.graph.value_info[:]  # the float graph's shapes no longer describe the rewritten part
+    topological_sort(out)
+    for opset in replacement.opset_import:  # the quantizer may raise the opset of its part
+        mine = next((o for o in out.opset_import if o.domain == opset.domain), None)
+        if mine is None:
+            out.opset_import.append(opset)
+        elif opset.version > mine.version:
+            mine.version = opset.version
+    return out

@@ -18,11 +18,13 @@ import onnxruntime as ort
 import pytest
 import torch
 from onnx import numpy_helper
+from PIL import Image
 from typer.testing import CliRunner
 
 from coordgan.checkpoint import save
 from coordgan.cli.export import app
 from coordgan.config import PRESETS
+from coordgan.data.synthetic_faces import make_sequence
 from coordgan.models import build
 from export import graph_tools
 from export.onnx_export import ExportOptions, export_onnx
@@ -249,7 +251,7 @@ def test_int8_warp_layer_is_an_opt_in_approximation(tmp_path, tiny_ckpt, fp32_ex
     result = export_cli(tiny_ckpt, "--out", out, "--only", "encoder", "--int8", "--verify-batches", 2)
     assert result.exit_code == 0, result.output + repr(result.exception)
     entry = json.loads((out / "manifest.json").read_text())["models"]["encoder"]
-    assert "generator" in entry["int8"]["calibration"] and entry["int8"]["weights"].startswith("int8")
+    assert "mapping network" in entry["int8"]["calibration"] and entry["int8"]["weights"].startswith("int8")
     model = onnx.load(out / "encoder.onnx")
     producer = {o: n for n in model.graph.node for o in n.output}
     int8_weights = {i.name: i for i in model.graph.initializer if i.data_type == onnx.TensorProto.INT8}
@@ -267,9 +269,15 @@ def test_int8_warp_layer_is_an_opt_in_approximation(tmp_path, tiny_ckpt, fp32_ex
         np.testing.assert_allclose(got, want, atol=1e-5)
     alone = session(out / "encoder.onnx").run(["corr_map"], {k: v[1:2] for k, v in x.items()})[0]
     np.testing.assert_array_equal(alone, fast[0][1:2])
+    footage = tmp_path / "footage"  # the user's frames, at another size than the model's
+    footage.mkdir()
+    for t, frame in enumerate(make_sequence(5, 48, seed=3)[0]):
+        Image.fromarray(frame).save(footage / f"{t:05d}.png")
     result = export_cli(tiny_ckpt, "--out", tmp_path / "int8u8", "--only", "encoder", "--int8", "--uint8-input",
-                        "--verify-batches", 1)
+                        "--calibration", footage, "--verify-batches", 1)
     assert result.exit_code == 0, result.output + repr(result.exception)
+    calibrated = json.loads((tmp_path / "int8u8" / "manifest.json").read_text())["models"]["encoder"]["int8"]
+    assert calibrated["calibration"] == "5 structure codes the encoder gives for frames of footage"
     # a wrong scale (here the quantized layer's weights read 2x too large) misses the sanity bound
     broken = tmp_path / "broken"
     shutil.copytree(out, broken)
@@ -280,9 +288,11 @@ def test_int8_warp_layer_is_an_opt_in_approximation(tmp_path, tiny_ckpt, fp32_ex
     assert failures and all("corr_map" in f for f in failures), failures
     trt = runner.invoke(app, ["trt", str(out)])  # TensorRT takes symmetric int8 only: said before it is looked for
     assert isinstance(trt.exception, CoordGANError) and "holds an --int8 encoder" in str(trt.exception)
-    for args, message in ((("--fp16",), "Choose one of --int8 and --fp16"),
-                          (("--only", "generator"), "--int8 applies to the encoder")):
-        result = export_cli(tiny_ckpt, "--out", tmp_path / "bad", "--int8", *args)
+    for args, message in ((("--int8", "--fp16"), "Choose one of --int8 and --fp16"),
+                          (("--int8", "--only", "generator"), "--int8 applies to the encoder"),
+                          (("--calibration", footage), "give --int8 too"),
+                          (("--int8", "--calibration", tmp_path / "nowhere.mp4"), "nowhere.mp4 does not exist")):
+        result = export_cli(tiny_ckpt, "--out", tmp_path / "bad", *args)
         assert isinstance(result.exception, CoordGANError) and message in str(result.exception)
         assert not (tmp_path / "bad").exists()
 

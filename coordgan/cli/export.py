@@ -43,6 +43,8 @@ def onnx_command(
     int8: bool = typer.Option(False, "--int8", help="Faster, approximate encoder: the warping network's hidden "
                               "layer (most of its arithmetic) in int8, calibrated on images the checkpoint's "
                               "generator draws. Its cost in quality: benchmarks/bench_fast.py."),
+    calibration: Optional[Path] = typer.Option(None, "--calibration", help="With --int8: calibrate on up to 64 "
+                                               "frames of this video or frame folder (your footage) instead."),
 ):
     """Export the encoder (+ warp network) and the generator to ONNX, verified against PyTorch."""
     from export.onnx_export import ExportOptions, export_onnx
@@ -52,7 +54,7 @@ def onnx_command(
     options = ExportOptions(uint8_input=uint8_input, generator_input=generator_input, fp16=fp16, only=only,
                             opset=opset, overwrite=overwrite, verify=verify,
                             verify_batches=positive_ints(verify_batches, "--verify-batches"), warp_grid=warp_grid,
-                            int8=int8)
+                            int8=int8, calibration=calibration)
     with status(out_console) as say:
         result = export_onnx(ckpt, out, options, preset=preset, on_report=lambda r: print_report(r, out_console),
                              progress=say)
