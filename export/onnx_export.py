@@ -37,7 +37,7 @@ class ExportOptions:
     verify: bool = True
     verify_batches: tuple[int, ...] = (1, 8)
     warp_grid: int | None = None  # encoder: run the warping network on this coarser grid, upsampled (approximate)
-    int8: bool = False  # encoder: the warping network's hidden layer in int8, calibrated on G's images (approximate)
+    int8: bool = False  # encoder: the warping network's hidden layer in int8 (approximate; export/quantize.py)
     calibration: Path | None = None  # --int8: calibrate on this video or frame folder instead
 
     def models(self) -> tuple[str, ...]:
@@ -58,8 +58,10 @@ class ExportOptions:
             raise CoordGANError("--int8 applies to the encoder; it cannot be used with --only generator.")
         if self.calibration is not None and not self.int8:
             raise CoordGANError("--calibration sets what --int8 is calibrated on; give --int8 too.")
-        if self.calibration is not None and not Path(self.calibration).exists():
-            raise CoordGANError(f"--calibration {self.calibration} does not exist.")
+        if self.calibration is not None:
+            from runtime.io.video import open_frames
+
+            open_frames(self.calibration)  # a missing or unreadable video fails now, not after the trace
 
 
 @dataclasses.dataclass
@@ -173,7 +175,7 @@ def _export_model(name, encoder, generator, cfg, options: ExportOptions):
             source = f"structure codes of the checkpoint's mapping network (seed {quantize.CALIBRATION_SEED})"
         else:
             codes = quantize.footage_codes(proto, options.calibration, base, options.uint8_input)
-            source = f"structure codes the encoder gives for frames of {Path(options.calibration).name}"
+            source = f"structure codes the encoder gives for frames of {Path(options.calibration).resolve().name}"
         proto = quantize.quantize_warp(proto, codes)
         details["int8"] = {"layer": "the warping network's hidden Gemm", "weights": "int8 per channel, 7-bit range",
                            "activations": "uint8, MinMax range calibrated once",

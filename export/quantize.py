@@ -6,8 +6,7 @@ arithmetic at celeba-128 (8.6 of 11 GFLOP a frame); ONNX Runtime's CPU kernels r
 four times the mask pixels on a trained model (BENCHMARKS.md), and w_struct / w_texture stay exact.
 
 Static quantization (QDQ): per-output-channel int8 weights in a 7-bit range (AVX2 without VNNI
-multiplies u8 x s8 pairs into int16 and would saturate on the full range; with it the integer sums
-are exact on every CPU, so results do not depend on the machine), uint8 activations with a range
+multiplies u8 x s8 pairs into int16 and would saturate on the full range), uint8 activations with a range
 calibrated once (MinMax). A fixed range keeps each frame's result independent of the batch it is in
 (dynamic quantization would not).
 
@@ -60,20 +59,22 @@ def generator_codes(generator, style_dim: int, count: int = CALIBRATION_CODES,
 
 
 def footage_codes(model, path, size: int, uint8_input: bool, count: int = CALIBRATION_FRAMES) -> np.ndarray:
-    """(n <= count, D) structure codes the float encoder `model` gives for frames spread evenly over a
-    video or frame folder, resized as `propagate` resizes them."""
+    """(n <= count, D) structure codes the float encoder `model` gives for frames of a video or frame
+    folder, resized as `propagate` resizes them: spread evenly over it where its length is known, else
+    its first `count`."""
     import onnxruntime as ort
 
     from runtime.io.video import open_frames
     from runtime.propagation.preprocess import resize_frames, to_unit_range
 
     source = open_frames(path)
-    step = max(1, (source.count or count) // count)
+    wanted = (set(np.linspace(0, source.count - 1, min(source.count, count)).round().astype(int).tolist())
+              if source.count else set(range(count)))
     picked = []
     for index, _, frame in source.frames():
-        if index % step == 0:
+        if index in wanted:
             picked.append(resize_frames(frame, size)[0])
-            if len(picked) == count:
+            if len(picked) == len(wanted):
                 break
     if not picked:
         raise CoordGANError(f"{path} has no frames to calibrate --int8 on.")
@@ -138,10 +139,11 @@ def _splice(model, part, replacement):
     out.graph.initializer.extend(inits.values())
     del out.graph.value_info[:]  # the float graph's shapes no longer describe the rewritten part
     topological_sort(out)
-    for opset in replacement.opset_import:  # the quantizer may raise the opset of its part
-        mine = next((o for o in out.opset_import if o.domain == opset.domain), None)
-        if mine is None:
-            out.opset_import.append(opset)
-        elif opset.version > mine.version:
-            mine.version = opset.version
+    mine = {o.domain or "ai.onnx": o.version for o in model.opset_import}
+    theirs = {o.domain or "ai.onnx": o.version for o in replacement.opset_import}
+    if theirs.get("ai.onnx", mine.get("ai.onnx")) != mine.get("ai.onnx"):  # int8 QDQ never needs it at >= 18
+        raise CoordGANError(f"The int8 quantizer moved the warping network to opset {theirs['ai.onnx']}, the rest of "
+                            f"the encoder is at {mine.get('ai.onnx')}; export with --opset {theirs['ai.onnx']}.")
+    out.opset_import.extend(o for o in replacement.opset_import if (o.domain or "ai.onnx") not in mine)
+    onnx.checker.check_model(out)  # also with --no-verify, a splice that broke the graph stops here
     return out

@@ -246,7 +246,8 @@ def test_coarse_warp_grid_is_an_opt_in_approximation(tmp_path, tiny_ckpt, fp32_e
 def test_int8_warp_layer_is_an_opt_in_approximation(tmp_path, tiny_ckpt, fp32_export):
     """--int8: the warping network's hidden Gemm in int8 (QDQ, calibrated on the generator's images):
     recorded in the manifest, close to the exact map, W codes untouched, each frame's result
-    independent of its batch (a fixed range), and the uint8-frame input calibrated the same way."""
+    independent of its batch (a fixed range); the uint8-frame input calibrated on the user's footage
+    (other scales than the default's); with --warp-grid too; bad footage said in one sentence."""
     out = tmp_path / "int8"
     result = export_cli(tiny_ckpt, "--out", out, "--only", "encoder", "--int8", "--verify-batches", 2)
     assert result.exit_code == 0, result.output + repr(result.exception)
@@ -278,6 +279,19 @@ def test_int8_warp_layer_is_an_opt_in_approximation(tmp_path, tiny_ckpt, fp32_ex
     assert result.exit_code == 0, result.output + repr(result.exception)
     calibrated = json.loads((tmp_path / "int8u8" / "manifest.json").read_text())["models"]["encoder"]["int8"]
     assert calibrated["calibration"] == "5 structure codes the encoder gives for frames of footage"
+    def activation_scales(path):
+        graph = onnx.load(path).graph
+        inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+        return [float(inits[n.input[1]]) for n in graph.node if n.op_type == "QuantizeLinear"]
+
+    assert activation_scales(tmp_path / "int8u8" / "encoder.onnx") != activation_scales(out / "encoder.onnx")
+    result = export_cli(tiny_ckpt, "--out", tmp_path / "both", "--only", "encoder", "--int8", "--warp-grid", 16,
+                        "--verify-batches", 1)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    entry = json.loads((tmp_path / "both" / "manifest.json").read_text())["models"]["encoder"]
+    assert entry["warp_grid"] == 16 and "int8" in entry
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "notes.mp4").write_text("not a video")
     # a wrong scale (here the quantized layer's weights read 2x too large) misses the sanity bound
     broken = tmp_path / "broken"
     shutil.copytree(out, broken)
@@ -291,7 +305,9 @@ def test_int8_warp_layer_is_an_opt_in_approximation(tmp_path, tiny_ckpt, fp32_ex
     for args, message in ((("--int8", "--fp16"), "Choose one of --int8 and --fp16"),
                           (("--int8", "--only", "generator"), "--int8 applies to the encoder"),
                           (("--calibration", footage), "give --int8 too"),
-                          (("--int8", "--calibration", tmp_path / "nowhere.mp4"), "nowhere.mp4 does not exist")):
+                          (("--int8", "--calibration", tmp_path / "nowhere.mp4"), "nowhere.mp4 does not exist"),
+                          (("--int8", "--calibration", tmp_path / "notes.mp4"), "notes.mp4"),
+                          (("--int8", "--calibration", tmp_path / "empty"), "empty")):
         result = export_cli(tiny_ckpt, "--out", tmp_path / "bad", *args)
         assert isinstance(result.exception, CoordGANError) and message in str(result.exception)
         assert not (tmp_path / "bad").exists()

@@ -41,8 +41,8 @@ def onnx_command(
                                             "(default: the model's own grid, exact). Its cost in quality: "
                                             "benchmarks/bench_fast.py."),
     int8: bool = typer.Option(False, "--int8", help="Faster, approximate encoder: the warping network's hidden "
-                              "layer (most of its arithmetic) in int8, calibrated on images the checkpoint's "
-                              "generator draws. Its cost in quality: benchmarks/bench_fast.py."),
+                              "layer (most of its arithmetic) in int8, calibrated on 64 structure codes of the "
+                              "checkpoint's mapping network. Its cost in quality: benchmarks/bench_fast.py."),
     calibration: Optional[Path] = typer.Option(None, "--calibration", help="With --int8: calibrate on up to 64 "
                                                "frames of this video or frame folder (your footage) instead."),
 ):
