@@ -172,14 +172,14 @@ def _export_model(name, encoder, generator, cfg, options: ExportOptions):
     if name == "encoder" and options.int8:
         if options.calibration is None:
             codes = quantize.generator_codes(generator, d)
-            source = f"structure codes of the checkpoint's mapping network (seed {quantize.CALIBRATION_SEED})"
+            source = f"of the checkpoint's mapping network (seed {quantize.CALIBRATION_SEED})"
         else:
             codes = quantize.footage_codes(proto, options.calibration, base, options.uint8_input)
-            source = f"structure codes the encoder gives for frames of {Path(options.calibration).resolve().name}"
+            source = f"the encoder gives for frames of {Path(options.calibration).resolve().name}"
         proto = quantize.quantize_warp(proto, codes)
         details["int8"] = {"layer": "the warping network's hidden Gemm", "weights": "int8 per channel, 7-bit range",
                            "activations": "uint8, MinMax range calibrated once",
-                           "calibration": f"{len(codes)} {source}"}
+                           "calibration": f"{len(codes)} structure code{'s' * (len(codes) != 1)} {source}"}
     if options.fp16:
         proto = to_float16(proto)
         proto = graph_tools.fold_constants(proto)  # Casts of weights feeding fp32 ops
