@@ -18,6 +18,11 @@ On a synthetic-faces video with ground-truth part masks (48 frames, the model's 
 Random celeba-128 weights collapse the maps (every pixel within ~0.003 of one point), so its
 quality columns say little; the tiny preset's initialisation spreads them, so its columns show what
 the approximation does to maps that vary. A trained checkpoint (--ckpt) is the real test.
+
+--int8-layers adds rows that put other layer sets in int8, to check `--int8`'s choice (the warping
+network's hidden Gemm and its Relu) on a model: the hidden Gemm alone, the same pair, every Gemm,
+every Gemm and Conv. These are calibrated through the whole encoder on the benchmark's own frames (a
+best case for them), not on structure codes as `--int8` is; they are not an export option.
 """
 
 from __future__ import annotations
@@ -43,7 +48,48 @@ def encoder_ms(model, frames: np.ndarray, repeat: int = 2) -> float:
     return 1e3 * best / len(frames)
 
 
-def run_preset(preset: str | None, ckpt: Path | None, grids: list[int], frames_n: int, work: Path) -> list[list[str]]:
+# row name -> (op types to quantize, how many of the warping network's hidden (Gemm, Relu) to restrict
+# them to; 0: every node of those types)
+INT8_LAYERS = {
+    "hidden Gemm": (["Gemm"], 1),
+    "hidden Gemm+Relu": (["Gemm", "Relu"], 2),
+    "every Gemm": (["Gemm"], 0),
+    "every Gemm+Conv": (["Gemm", "Conv"], 0),
+}
+
+
+def int8_layer_variants(exact_dir: Path, images: np.ndarray, folder: Path) -> dict[str, Path]:
+    """Copies of the exact export with INT8_LAYERS' layer sets in int8 (ONNX Runtime static QDQ, as
+    `--int8` sets it up), calibrated on `images` (N, 3, H, W) in [-1, 1]."""
+    import logging
+    import shutil
+
+    import onnx
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    from export.quantize import calibration_batches, warp_hidden_layer
+
+    model = onnx.load(str(exact_dir / "encoder.onnx"))
+    del model.graph.value_info[:]  # (see export/quantize.py)
+    hidden = list(warp_hidden_layer(model))
+    float_path = folder / "float-encoder.onnx"
+    onnx.save(model, float_path)
+    logging.getLogger().setLevel(logging.ERROR)  # the quantizer's pre-processing advice
+    variants = {}
+    for name, (ops, restrict) in INT8_LAYERS.items():
+        out = folder / f"int8-{name.replace(' ', '-').replace('+', '-')}"
+        shutil.copytree(exact_dir, out, dirs_exist_ok=True)
+        nodes = hidden[:restrict] or None
+        quantize_static(str(float_path), str(out / "encoder.onnx"), calibration_batches(images, "image"),
+                        quant_format=QuantFormat.QDQ,
+                        op_types_to_quantize=ops, nodes_to_quantize=nodes, per_channel=True, reduce_range=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+        variants[f"int8 {name}"] = out / "encoder.onnx"
+    return variants
+
+
+def run_preset(preset: str | None, ckpt: Path | None, grids: list[int], frames_n: int, work: Path,
+               int8_layers: bool = False) -> list[list[str]]:
     from coordgan.data.synthetic_faces import make_sequence
     from export.cache import ModelSource
     from export.onnx_export import ExportOptions, export_onnx
@@ -79,6 +125,10 @@ def run_preset(preset: str | None, ckpt: Path | None, grids: list[int], frames_n
         for frame in frames[:4]:
             writer.write(frame)
     decoded = np.stack([f for _, _, f in open_frames(video).frames()])
+    if int8_layers:
+        from runtime.propagation.preprocess import to_unit_range
+
+        exports |= int8_layer_variants(exports["exact"].parent, to_unit_range(decoded), folder)
     with open_model(str(exports["exact"]), backend="onnxruntime", device="cpu") as model:
         # first-call costs (compiling or loading the lookup's kernels) are not the first row's
         propagate_sequence(model, open_frames(warmup), [Reference(masks[0])], folder / "warmup",
@@ -109,6 +159,7 @@ def main(argv=None) -> None:
     parser.add_argument("--warp-grids", default=None, help="per preset: grid sizes, e.g. 64,32 (default: 1/2 "
                         "and 1/4 of the model's grid)")
     parser.add_argument("--frames", type=int, default=48)
+    parser.add_argument("--int8-layers", action="store_true", help="also rows with other layer sets in int8")
     args = parser.parse_args(argv)
 
     import coordgan
@@ -119,7 +170,7 @@ def main(argv=None) -> None:
     for preset in ([None] if args.ckpt else args.preset.split(",")):
         base = (get_preset(preset) if preset else coordgan.load(args.ckpt).config).base_size
         grids = [int(g) for g in args.warp_grids.split(",")] if args.warp_grids else [base // 2, base // 4]
-        rows += run_preset(preset, args.ckpt, grids, args.frames, work)
+        rows += run_preset(preset, args.ckpt, grids, args.frames, work, args.int8_layers)
     header = ["model", "encoder", "encoder ms", "speed", "frames/s", "max|d corr|", "mean|d corr|", "masks agree",
               "J", "map spread"]
     from runtime.bench.report import text_table

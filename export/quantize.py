@@ -3,7 +3,7 @@
 That one Gemm, (N*H*W, hidden) x (hidden, hidden), is about three quarters of the encoder graph's
 arithmetic at celeba-128 (8.6 of 11 GFLOP a frame); ONNX Runtime's CPU kernels run it in int8 about
 1.8x faster on AVX2. Nothing else is quantized: quantizing the encoder's own layers too changed about
-four times the mask pixels on a trained model (BENCHMARKS.md), and w_struct / w_texture stay exact.
+three times the mask pixels on a trained model (BENCHMARKS.md), and w_struct / w_texture stay exact.
 
 Static quantization (QDQ): per-output-channel int8 weights in a 7-bit range (AVX2 without VNNI
 multiplies u8 x s8 pairs into int16 and would saturate on the full range), uint8 activations with a range
@@ -85,20 +85,27 @@ def footage_codes(model, path, size: int, uint8_input: bool, count: int = CALIBR
     return np.concatenate([session.run(["w_struct"], {name: feed[i:i + 8]})[0] for i in range(0, len(feed), 8)])
 
 
+def calibration_batches(data: np.ndarray, input_name: str):
+    """ONNX Runtime's calibration reader over `data` in batches of 8, fed as `input_name`."""
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class Batches(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter(data[i:i + 8] for i in range(0, len(data), 8))
+
+        def get_next(self):
+            batch = next(self.batches, None)
+            return None if batch is None else {input_name: batch}
+
+    return Batches()
+
+
 def quantize_warp(model, codes: np.ndarray):
     """The float32 encoder ModelProto with its warping network's hidden Gemm (and Relu) in int8 (QDQ),
     calibrated on the structure codes `codes` (N, D)."""
     import onnx
     from onnx.utils import Extractor
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-
-    class Batches(CalibrationDataReader):
-        def __init__(self):
-            self.batches = iter(codes[i:i + 8] for i in range(0, len(codes), 8))
-
-        def get_next(self):
-            batch = next(self.batches, None)
-            return None if batch is None else {"w_struct": batch}
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     nodes = list(warp_hidden_layer(model))
     warp = Extractor(model).extract_model(["w_struct"], ["corr_map"])
@@ -111,9 +118,9 @@ def quantize_warp(model, codes: np.ndarray):
             onnx.save(warp, src)
             # The Relu with the Gemm: its output range (>= 0) becomes the Gemm's uint8 range, twice as
             # fine as the Gemm output's own; ONNX Runtime fuses the pair into one integer kernel.
-            quantize_static(str(src), str(dst), Batches(), quant_format=QuantFormat.QDQ, nodes_to_quantize=nodes,
-                            op_types_to_quantize=["Gemm", "Relu"], per_channel=True, reduce_range=True,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+            quantize_static(str(src), str(dst), calibration_batches(codes, "w_struct"), quant_format=QuantFormat.QDQ,
+                            nodes_to_quantize=nodes, op_types_to_quantize=["Gemm", "Relu"], per_channel=True,
+                            reduce_range=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
             quantized = onnx.load(str(dst))
     finally:
         root.setLevel(level)

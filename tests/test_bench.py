@@ -247,17 +247,20 @@ def test_whole_command_benchmark_table_parses(tmp_path):
 
 
 def test_fast_options_benchmark_table_parses(tmp_path):
-    """benchmarks/bench_fast.py on the tiny preset: the exact export, two --warp-grid ones and --int8 side by side,
-    each with its speed and its quality columns."""
+    """benchmarks/bench_fast.py on the tiny preset: the exact export, two --warp-grid ones, --int8 and the
+    other int8 layer sets side by side, each with its speed and its quality columns."""
     import os
 
     env = {**os.environ, "COORDGAN_CACHE": str(tmp_path / "cache")}
-    result = subprocess.run([sys.executable, "benchmarks/bench_fast.py", "--preset", "tiny", "--frames", "6"],
+    result = subprocess.run([sys.executable, "benchmarks/bench_fast.py", "--preset", "tiny", "--frames", "6",
+                             "--int8-layers"],
                             cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=600,
                             env=env)
     assert result.returncode == 0, result.stderr[-2000:]
     rows = [line.split() for line in result.stdout.splitlines() if line.split()[:1] == ["tiny"]]
-    assert [" ".join(r[1:-8]) for r in rows] == ["exact", "--warp-grid 16", "--warp-grid 8", "--int8"]
+    assert [" ".join(r[1:-8]) for r in rows] == ["exact", "--warp-grid 16", "--warp-grid 8", "--int8",
+                                                 "int8 hidden Gemm", "int8 hidden Gemm+Relu", "int8 every Gemm",
+                                                 "int8 every Gemm+Conv"]
     exact = rows[0]
     assert exact[-7] == "1.00x" and float(exact[-5]) == 0 and exact[-3] == "100.00%"
     for r in rows:
