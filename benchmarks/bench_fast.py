@@ -59,31 +59,22 @@ INT8_LAYERS = {
 
 
 def int8_layer_variants(exact_dir: Path, images: np.ndarray, folder: Path) -> dict[str, Path]:
-    """Copies of the exact export with INT8_LAYERS' layer sets in int8 (ONNX Runtime static QDQ, as
-    `--int8` sets it up), calibrated on `images` (N, 3, H, W) in [-1, 1]."""
-    import logging
+    """Copies of the exact export with INT8_LAYERS' layer sets in int8 (`--int8`'s scheme), calibrated
+    on `images` (N, 3, H, W) in [-1, 1]."""
     import shutil
 
     import onnx
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
-    from export.quantize import calibration_batches, warp_hidden_layer
+    from export.quantize import calibration_batches, quantize_static_qdq, warp_hidden_layer
 
     model = onnx.load(str(exact_dir / "encoder.onnx"))
-    del model.graph.value_info[:]  # (see export/quantize.py)
     hidden = list(warp_hidden_layer(model))
-    float_path = folder / "float-encoder.onnx"
-    onnx.save(model, float_path)
-    logging.getLogger().setLevel(logging.ERROR)  # the quantizer's pre-processing advice
     variants = {}
     for name, (ops, restrict) in INT8_LAYERS.items():
         out = folder / f"int8-{name.replace(' ', '-').replace('+', '-')}"
         shutil.copytree(exact_dir, out, dirs_exist_ok=True)
-        nodes = hidden[:restrict] or None
-        quantize_static(str(float_path), str(out / "encoder.onnx"), calibration_batches(images, "image"),
-                        quant_format=QuantFormat.QDQ,
-                        op_types_to_quantize=ops, nodes_to_quantize=nodes, per_channel=True, reduce_range=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+        quantized = quantize_static_qdq(model, calibration_batches(images, "image"), ops, hidden[:restrict] or None)
+        onnx.save(quantized, out / "encoder.onnx")
         variants[f"int8 {name}"] = out / "encoder.onnx"
     return variants
 

@@ -100,30 +100,42 @@ def calibration_batches(data: np.ndarray, input_name: str):
     return Batches()
 
 
-def quantize_warp(model, codes: np.ndarray):
-    """The float32 encoder ModelProto with its warping network's hidden Gemm (and Relu) in int8 (QDQ),
-    calibrated on the structure codes `codes` (N, D)."""
+def quantize_static_qdq(model, reader, op_types: list[str], nodes: list[str] | None = None):
+    """`model` (a float32 ModelProto) with `op_types` (restricted to `nodes` when given) in int8 by this
+    module's scheme, calibrated on what `reader` (calibration_batches) feeds."""
     import onnx
-    from onnx.utils import Extractor
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
-    nodes = list(warp_hidden_layer(model))
-    warp = Extractor(model).extract_model(["w_struct"], ["corr_map"])
+    float_model = onnx.ModelProto()
+    float_model.CopyFrom(model)
+    # The quantizer re-infers shapes after rewriting the graph; exporter shapes left in value_info then
+    # clash with its transposed weights, so it starts from none.
+    del float_model.graph.value_info[:]
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)  # its advice to run its own pre-processing is not for this graph
     try:
         with tempfile.TemporaryDirectory(prefix="coordgan-int8-") as tmp:
-            src, dst = Path(tmp) / "warp.onnx", Path(tmp) / "warp-int8.onnx"
-            onnx.save(warp, src)
-            # The Relu with the Gemm: its output range (>= 0) becomes the Gemm's uint8 range, twice as
-            # fine as the Gemm output's own; ONNX Runtime fuses the pair into one integer kernel.
-            quantize_static(str(src), str(dst), calibration_batches(codes, "w_struct"), quant_format=QuantFormat.QDQ,
-                            nodes_to_quantize=nodes, op_types_to_quantize=["Gemm", "Relu"], per_channel=True,
-                            reduce_range=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
-            quantized = onnx.load(str(dst))
+            src, dst = Path(tmp) / "float.onnx", Path(tmp) / "int8.onnx"
+            onnx.save(float_model, src)
+            quantize_static(str(src), str(dst), reader, quant_format=QuantFormat.QDQ, op_types_to_quantize=op_types,
+                            nodes_to_quantize=nodes, per_channel=True, reduce_range=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+            return onnx.load(str(dst))
     finally:
         root.setLevel(level)
+
+
+def quantize_warp(model, codes: np.ndarray):
+    """The float32 encoder ModelProto with its warping network's hidden Gemm (and Relu) in int8 (QDQ),
+    calibrated on the structure codes `codes` (N, D)."""
+    from onnx.utils import Extractor
+
+    warp = Extractor(model).extract_model(["w_struct"], ["corr_map"])
+    # The Relu with the Gemm: its output range (>= 0) becomes the Gemm's uint8 range, twice as fine as
+    # the Gemm output's own; ONNX Runtime fuses the pair into one integer kernel.
+    quantized = quantize_static_qdq(warp, calibration_batches(codes, "w_struct"), ["Gemm", "Relu"],
+                                    list(warp_hidden_layer(model)))
     return _splice(model, warp, quantized)
 
 
