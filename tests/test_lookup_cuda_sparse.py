@@ -3,9 +3,10 @@
 Its kernels are compiled twice from one text: for a GPU (NVRTC / nvcc) and, with -DCLS_HOST, for the
 CPU, where each kernel is a loop over its threads. The CPU build runs here through the very launch
 sequence the GPU runs (runtime.lookup.cuda_sparse.plan), on fresh random warps, a real tiny model's
-maps and degenerate ones: soft within its bound (|dP| <= tol * max V), hard and topk exact. The
-device build's entry points are checked against that sequence (names, argument counts, in PTX);
-it runs on a GPU in tests/test_lookup_cuda.py.
+maps and degenerate ones: soft within its bound (|dP| <= tol * max V), hard and topk exact (at
+a near tie, within what any of the tied picks gives: every pixel is checked). The device build's
+entry points are checked against that sequence (names, argument counts, in PTX); it runs on a GPU in
+tests/test_lookup_cuda.py.
 """
 
 from __future__ import annotations
@@ -37,30 +38,48 @@ def host(q, kmap, v, **kw):
     return p, labels, info
 
 
-def near_ties(q, kmap, k):
-    """(N, Hq, Wq) True where some reference pixel at another point than the k-th nearest lies less
-    than 1e-6 farther or nearer: there an ulp of difference in a float32 distance (fma or not) may
-    pick either. (Pixels at one point tie exactly on every path, and the lowest index wins.)"""
-    n = q.shape[0]
+def near_tie_range(q, kmap, v, k, tau=0.01, eps=1e-6):
+    """Where an ulp of difference in a float32 distance (fma or not) may pick another of the k
+    nearest: some reference pixel at another point than the k-th nearest lies less than `eps` farther
+    or nearer. (Pixels at one point tie exactly on every path, and the lowest index wins.) Returns the
+    (N, Hq, Wq) mask of those query pixels and, there, the lowest and highest P (N, C, Hq, Wq) that
+    any such pick gives (NaN elsewhere): the pixels nearer than the band are in, `need` of the band's
+    join them, each band weight lies in [w_lo, w_hi], and V >= 0."""
+    n, c = q.shape[0], v.shape[2]
     qs = q.reshape(n, 2, -1).astype(np.float64)
     ks = kmap.transpose(0, 2, 1, 3, 4).reshape(n, 2, -1).astype(np.float64)
-    d = np.sqrt(((qs[:, :, :, None] - ks[:, :, None, :]) ** 2).sum(1))  # (N, Nq, M)
-    kth = np.argsort(d, axis=2, kind="stable")[:, :, k - 1:k]  # (N, Nq, 1)
-    dk = np.take_along_axis(d, kth, axis=2)
-    at = [np.take_along_axis(np.broadcast_to(ks[:, a][:, None, :], d.shape), kth, axis=2) for a in (0, 1)]
-    elsewhere = (ks[:, 0][:, None, :] != at[0]) | (ks[:, 1][:, None, :] != at[1])
-    return (elsewhere & (np.abs(d - dk) < 1e-6)).any(axis=2).reshape(q[:, 0].shape)
+    vs = v.transpose(0, 2, 1, 3, 4).reshape(n, c, -1).astype(np.float64)
+    lo = np.full((n, c, qs.shape[2]), np.nan)
+    hi = lo.copy()
+    mask = np.zeros((n, qs.shape[2]), bool)
+    for b in range(n):
+        d = np.sqrt(((qs[b][:, :, None] - ks[b][:, None, :]) ** 2).sum(0))  # (Nq, M)
+        kth = np.argsort(d, axis=1, kind="stable")[:, k - 1]
+        dk = d[np.arange(len(d)), kth][:, None]
+        elsewhere = (ks[b][0][None] != ks[b][0][kth][:, None]) | (ks[b][1][None] != ks[b][1][kth][:, None])
+        mask[b] = (elsewhere & (np.abs(d - dk) < eps)).any(axis=1)
+        for i in np.flatnonzero(mask[b]):
+            w = np.exp((d[i].min() - d[i]) / tau)
+            sure, band = d[i] < dk[i] - eps, np.abs(d[i] - dk[i]) <= eps
+            need = k - int(sure.sum())
+            a, s = vs[b][:, sure] @ w[sure], w[sure].sum()
+            vb = np.sort(vs[b][:, band], axis=1)
+            w_lo, w_hi = w[band].min(), w[band].max()
+            lo[b, :, i] = (a + w_lo * vb[:, :need].sum(1)) / (s + need * w_hi)
+            hi[b, :, i] = (a + w_hi * vb[:, -need:].sum(1)) / (s + need * w_lo)
+    return mask.reshape(q[:, 0].shape), lo.reshape(n, c, *q.shape[2:]), hi.reshape(n, c, *q.shape[2:])
 
 
 def within_bound(p, p_ref, v, mode, q=None, kmap=None, k=None, tol=1e-4):
     """(max |dP|, its limit). soft: its bound. hard copies V: exact, except at near ties of the
-    nearest (`q`, `kmap` given); topk: the weights' float32 rounding, which 1/tau = 100 amplifies
-    (distances rounded differently from numpy's by an ulp move a weight by ~1e-5), and near ties."""
+    nearest (`q`, `kmap` given), where P must lie within what the tied picks give; topk: the
+    weights' float32 rounding, which 1/tau = 100 amplifies (distances rounded differently from
+    numpy's by an ulp move a weight by ~1e-5), and near ties as for hard."""
     diff = np.abs(p - p_ref).max(axis=1)
     if mode != "soft" and q is not None:
-        ties = near_ties(q, kmap, k or 1)
-        assert ties.mean() < 0.25, "too many near ties for an exactness check"
-        diff = diff[~ties]
+        ties, lo, hi = near_tie_range(q, kmap, v, k or 1)
+        outside = np.maximum(np.maximum(lo - p, p - hi), 0.0).max(axis=1)
+        diff = np.where(ties, outside, diff)
     limit = {"soft": tol * float(v.max()) + 2e-6, "hard": 0.0, "topk": 1e-5}[mode]
     return float(diff.max(initial=0.0)), limit
 
@@ -115,7 +134,7 @@ def test_degenerate_maps(rng, mode, k):
         p, labels, _ = host(qq, kk, vv, mode=mode, k=k)
         err, limit = within_bound(p, p_d, vv, mode, qq, kk, k)
         assert err <= limit, f"max |dP| {err:.3g}, seed {rng.seed_value}"
-        assert (labels == l_d).mean() >= 0.99, rng.seed_value  # (near ties aside: above)
+        assert (labels == l_d).mean() >= 0.99, rng.seed_value  # (near ties: labels may differ there)
 
 
 def test_exact_ties_go_to_the_lowest_index():
