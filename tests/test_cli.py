@@ -157,3 +157,28 @@ def test_device_reading(monkeypatch):
     for odd in ("cuda:01", "cuda:\u0661", "cuda:", "CUDA"):  # torch.device would raise on these
         with pytest.raises(CoordGANError, match="--device must be cpu or cuda"):
             torch_device(odd)
+
+
+def test_every_help_text_renders_as_written():
+    """Typer renders help as Rich markup: a "[...]" in a help text is eaten or crashes `--help`
+    (`bench triton --help` did). Every command's help and every option's must read as written, and
+    every command's `--help` must exit 0."""
+    import typer
+    from rich.text import Text
+    from typer.testing import CliRunner
+
+    from coordgan.cli import app
+
+    def walk(command, path):
+        yield path, command
+        for name, sub in getattr(command, "commands", {}).items():
+            yield from walk(sub, [*path, name])
+
+    root = typer.main.get_command(app)
+    runner = CliRunner()
+    for path, command in walk(root, []):
+        texts = [command.help or ""] + [getattr(p, "help", None) or "" for p in command.params]
+        for text in texts:
+            assert Text.from_markup(text).plain == text, (path, text)
+        result = runner.invoke(app, [*path, "--help"])
+        assert result.exit_code == 0, (path, result.output)

@@ -155,8 +155,8 @@ for _target in TARGET_HELP:
 
 @app.command("triton")
 def triton(
-    url: str = typer.Option(..., "--url", help="Triton server: HOST:PORT, triton://host:port[/model] (gRPC) or "
-                            "triton+http://host:port[/model]."),
+    url: str = typer.Option(..., "--url", help="Triton server: HOST:PORT, triton://host:port (gRPC) or "
+                            "triton+http://host:port, either optionally ending in /MODEL."),
     model: Optional[str] = typer.Option(None, "--model", help="The served model to load-test (e.g. "
                                         "coordgan_encoder), unless --url names it."),
     batch: str = typer.Option("1", "--batch", help="The batch of each request, comma-separated to sweep."),

@@ -36,11 +36,11 @@ def build(
     dynamic_batching: bool = typer.Option(True, "--dynamic-batching/--no-dynamic-batching",
                                           help="Let Triton batch concurrent requests."),
     preferred_batch: Optional[str] = typer.Option(None, "--preferred-batch", help="Preferred batch sizes, comma "
-                                                  "separated [default: 4,8 up to --max-batch]."),
+                                                  "separated (default: 4,8 up to --max-batch)."),
     queue_delay_us: int = typer.Option(2000, "--queue-delay-us", help="Longest wait for a fuller batch (us)."),
     instances: int = typer.Option(1, "--instances", help="Instances of each model."),
-    kind: Optional[str] = typer.Option(None, "--kind", help="Instance kind: cpu, gpu or auto [default: cpu for "
-                                       "python, gpu for tensorrt, auto for onnxruntime]."),
+    kind: Optional[str] = typer.Option(None, "--kind", help="Instance kind: cpu, gpu or auto (default: cpu for "
+                                       "python, gpu for tensorrt, auto for onnxruntime)."),
     video: bool = typer.Option(True, "--video/--no-video", help="Include the stateful coordgan_video model."),
     video_idle_s: float = typer.Option(60.0, "--video-idle-s", help="Release a video sequence idle this long (s)."),
     memory: int = typer.Option(3, "--memory", help="Video: recent frames kept as references besides the first."),
