@@ -259,8 +259,9 @@ def print_report(report: VerifyReport, console=None) -> None:
     """Node counts by op type, structural findings, and the measured differences (rich tables)."""
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
-    console = console or Console()
+    console = console or Console(markup=False)  # names and paths print as written
     names = list(report.models)
     ops = Table(title=f"ONNX nodes by op type ({report.directory.name})")
     ops.add_column("op")
@@ -269,7 +270,8 @@ def print_report(report: VerifyReport, console=None) -> None:
     all_ops = sorted(set().union(*(m.op_counts for m in report.models.values())))
     for op in all_ops:
         ops.add_row(op, *(str(report.models[n].op_counts.get(op, "")) for n in names))
-    ops.add_row("[bold]total", *(f"[bold]{sum(report.models[n].op_counts.values())}" for n in names))
+    ops.add_row(Text("total", style="bold"),
+                *(Text(str(sum(report.models[n].op_counts.values())), style="bold") for n in names))
     console.print(ops)
     for m in report.models.values():
         for line in m.kept_unfolded:
@@ -281,17 +283,17 @@ def print_report(report: VerifyReport, console=None) -> None:
                          no_wrap=col in ("backend", "max |diff|"))
     for m in report.models.values():
         for c in m.checks:
-            ok = "[green]ok" if c.passed else "[red]FAIL"
+            ok = Text("ok", style="green") if c.passed else Text("FAIL", style="red")
             diffs.add_row(m.name, c.backend, c.output, c.case, str(c.batch), f"{c.max_abs:.2e}",
                           "-" if c.bound is None else f"{c.bound:g}", ok if c.bound is not None else "")
     console.print(diffs)
     for note in report.notes:
-        console.print(f"[yellow]note[/yellow]: {note}")
+        console.print(Text.assemble(("note", "yellow"), f": {note}"))
     if report.fp16:
         measured = {f"{m}/{o}": report.max_diff(m, o) for m, mr in report.models.items()
                     for o in {c.output for c in mr.checks}}
         console.print("fp16 measured bounds: " + ", ".join(f"{k} {v:.2e}" for k, v in sorted(measured.items())))
     for line in report.failures:
-        console.print(f"[red]FAIL[/red] {line}")
+        console.print(Text.assemble(("FAIL", "red"), f" {line}"))
     if not report.failures:
-        console.print(f"[green]verified[/green] {report.directory}")
+        console.print(Text.assemble(("verified", "green"), f" {report.directory}"))

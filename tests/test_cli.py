@@ -182,3 +182,12 @@ def test_every_help_text_renders_as_written():
             assert Text.from_markup(text).plain == text, (path, text)
         result = runner.invoke(app, [*path, "--help"])
         assert result.exit_code == 0, (path, result.output)
+
+
+def test_names_print_as_written(tmp_path):
+    """Output is not Rich markup: a checkpoint named like `tiny[v2]` keeps its brackets (it printed as
+    `tiny.safetensors`, another file's name)."""
+    ckpt = save(tmp_path / "tiny[v2].safetensors", TINY, build(TINY, which=("g", "e")))
+    result = run_cli("info", str(ckpt))
+    assert result.returncode == 0, result.stderr
+    assert "tiny[v2].safetensors" in result.stdout

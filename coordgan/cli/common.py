@@ -11,9 +11,18 @@ from runtime.errors import CoordGANError
 
 
 def console(stderr: bool = False, **kwargs):
+    """A Rich console that prints text as written: no markup, so a name like `clip[v2]` stays whole
+    (styled parts are Text objects: `tagged`)."""
     from rich.console import Console
 
-    return Console(stderr=stderr, **kwargs)
+    return Console(stderr=stderr, markup=False, **kwargs)
+
+
+def tagged(tag: str, rest: str, style: str = "yellow"):
+    """`tag` in colour, then `rest` as written: one line of a note, a warning or a refusal."""
+    from rich.text import Text
+
+    return Text.assemble((tag, style), rest)
 
 
 def positive_ints(text: str, option: str) -> tuple[int, ...]:
@@ -32,7 +41,7 @@ def status(out):
     """A spinner line for a long command's steps: yields say(message), which shows the current one."""
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=out,
+    with Progress(SpinnerColumn(), TextColumn("{task.description}", markup=False), TimeElapsedColumn(), console=out,
                   transient=True) as progress:
         task = progress.add_task("starting", total=None)
         yield lambda message: progress.update(task, description=message)
@@ -57,8 +66,8 @@ def frames_bar(out, description: str):
         def render(self, task):
             return Text(f"{task.speed:.1f} frames/s" if task.speed else "")
 
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), FramesPerSecond(),
-                        TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=out)
+    progress = Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
+                        FramesPerSecond(), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=out)
     tasks: list = []
 
     def on_frame(done, total):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from coordgan.cli.common import console, frames_bar
+from coordgan.cli.common import console, frames_bar, tagged
 from coordgan.demo import SHIPPED_CKPT
 
 
@@ -37,7 +37,7 @@ def demo(
     with open_model(str(encoder), backend="onnxruntime", device="cpu") as model, \
             frames_bar(out_console, "propagating") as on_frame:
         result = run_demo(model, out, options, checkpoint=str(ckpt), on_frame=on_frame,
-                          on_note=lambda text: out_console.print(f"[yellow]warning[/yellow]: {text}", soft_wrap=True))
+                          on_note=lambda text: out_console.print(tagged("warning", f": {text}"), soft_wrap=True))
     _report(out_console, result, PART_NAMES)
     outputs = result["outputs"]
     out_console.print(f"picture {outputs['picture']}, video {outputs['video']}, ground truth "

@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from coordgan.cli.common import console
+from coordgan.cli.common import console, tagged
 
 _HELP = {
     "data": "DIR with images/*.png|jpg and labels/<same stem>.png (palette or grayscale class ids), "
@@ -60,7 +60,7 @@ def eval_propagation(
         tau=tau, exclude=parse_ids(exclude, "--exclude"), ignore=ignore, max_queries=max_queries, batch=batch, n=n,
         seed=seed, json_out=json_out, vis=vis, device=device, lookup=lookup)
     labels = {"maps": "correspondence maps", "propagation": "propagation (ref x query)"}
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    columns = (TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     bar = Progress(*columns, console=console(stderr=True), transient=False)
     tasks = {}
 
@@ -85,6 +85,7 @@ def _pct(v) -> str:
 
 def _print_propagation(report, options) -> None:
     from rich.table import Table
+    from rich.text import Text
 
     result, ceiling, errors = report.result, report.ceiling, report.errors
     table = Table(title=f"label propagation, {report.refs} refs x {report.queries} queries")
@@ -99,7 +100,7 @@ def _print_propagation(report, options) -> None:
         if v is None and b is None:
             continue
         table.add_row(name, _pct(v), _pct(b), *([_pct(g)] if ceiling is not None else []))
-    table.add_row("[bold]mean[/bold]", f"[bold]{_pct(result.miou)}[/bold]", _pct(result.identity_miou),
+    table.add_row(Text("mean", style="bold"), Text(_pct(result.miou), style="bold"), _pct(result.identity_miou),
                   *([_pct(ceiling.miou)] if ceiling is not None else []))
     console().print(table)
     beside = f"identity baseline {_pct(result.identity_miou)} %"
@@ -165,7 +166,7 @@ def _print_video(result: dict) -> None:
     out.print(table)
     out.print(f"J&F-Mean {_fmt(g['J&F-Mean'])}  J-Mean {_fmt(g['J-Mean'])}  F-Mean {_fmt(g['F-Mean'])}")
     for seq, reason in result["skipped"].items():
-        out.print(f"[yellow]not scored[/yellow] {seq}: {reason}")
+        out.print(tagged("not scored", f" {seq}: {reason}"))
 
 
 def register(app: typer.Typer) -> None:

@@ -10,7 +10,7 @@ from typing import Optional
 
 import typer
 
-from coordgan.cli.common import console, positive_ints, status
+from coordgan.cli.common import console, positive_ints, status, tagged
 from runtime.errors import CoordGANError
 
 app = typer.Typer(
@@ -107,7 +107,7 @@ def trt_command(
     with status(out_console) as say:
         plans = build_engines(directory, options, progress=say, notes=notes)
     for note in notes:
-        out_console.print(f"[yellow]note[/yellow]: {note}")
+        out_console.print(tagged("note", f": {note}"))
     out_console.print("wrote " + ", ".join(str(p) for p in plans) + " (+ .plan.json sidecars)")
 
 

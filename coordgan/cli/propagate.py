@@ -11,7 +11,7 @@ from typing import List, Optional
 
 import typer
 
-from coordgan.cli.common import console, frames_bar
+from coordgan.cli.common import console, frames_bar, tagged
 
 _HELP = {
     "input": "A video (mp4/avi/mov/mkv...), a folder of frames (.jpg/.png, in name order) or a DAVIS root "
@@ -89,7 +89,7 @@ def propagate(
     artifact = encoder_artifact(model, backend, url, err.print)
     with open_model(artifact, backend=backend, device=device, batch=batch) as corr_model:
         for job, summary in run_jobs(corr_model, jobs, options, frames_bar=lambda name: frames_bar(err, name),
-                                     on_note=lambda name, text: err.print(f"[yellow]warning[/yellow] {name}: {text}",
+                                     on_note=lambda name, text: err.print(tagged("warning", f" {name}: {text}"),
                                                                           soft_wrap=True)):
             if summary.get("skipped"):
                 err.print(f"{job.name}: already complete, skipped")

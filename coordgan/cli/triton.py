@@ -12,7 +12,7 @@ from typing import Optional
 
 import typer
 
-from coordgan.cli.common import console, positive_ints
+from coordgan.cli.common import console, positive_ints, tagged
 from runtime.errors import CoordGANError
 
 app = typer.Typer(help="Triton Inference Server model repositories.", no_args_is_help=True,
@@ -59,7 +59,7 @@ def build(
     result = build_repository(models, out, options)
     out = console(soft_wrap=True)  # paths stay whole, to copy
     for note in result.notes:
-        out.print(f"[yellow]note[/yellow]: {note}")
+        out.print(tagged("note", f": {note}"))
     out.print(f"wrote {result.repo}:")
     for plan in result.models:
         files = ", ".join(["config.pbtxt", *(f"{p}" for p in [*plan.texts, *plan.copies])])

@@ -258,8 +258,9 @@ def render_table(rows, title: str, caption: str = "", console=None) -> None:
     """One row per level: client latency and throughput beside the server's queue / compute split."""
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
-    console = console or Console()
+    console = console or Console(markup=False)
     table = Table(title=title, caption=caption or None)
     heads = ("batch", "conc.", "requests", "errors", "infer/s", "p50 ms", "p90 ms", "p99 ms", "mean ms",
              "queue ms", "input ms", "infer ms", "output ms", "exec batch")
@@ -269,7 +270,7 @@ def render_table(rows, title: str, caption: str = "", console=None) -> None:
         if r["status"] != "ok":
             continue
         table.add_row(str(r["batch"]), str(r["concurrency"]), str(r["requests"]),
-                      f"[red]{r['errors']}[/red]" if r["errors"] else "0", fmt(r["throughput"], 2),
+                      Text(str(r["errors"]), style="red") if r["errors"] else "0", fmt(r["throughput"], 2),
                       *(fmt(r[k]) for k in ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "server_queue_ms",
                                              "server_compute_input_ms", "server_compute_infer_ms",
                                              "server_compute_output_ms", "server_avg_batch")))
@@ -280,5 +281,5 @@ def render_table(rows, title: str, caption: str = "", console=None) -> None:
                       "batch = inferences / executions.")
     for r in rows:
         if r.get("reason"):
-            console.print(f"[yellow]{r['status']}[/yellow] batch {r['batch']}, concurrency {r['concurrency']}: "
-                          f"{r['reason']}")
+            console.print(Text.assemble((r["status"], "yellow"), f" batch {r['batch']}, concurrency "
+                                        f"{r['concurrency']}: {r['reason']}"))
