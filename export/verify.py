@@ -257,11 +257,12 @@ def make_inputs(specs: list[dict], batch: int, case: str, seed: int = 0) -> dict
 
 def print_report(report: VerifyReport, console=None) -> None:
     """Node counts by op type, structural findings, and the measured differences (rich tables)."""
-    from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
-    console = console or Console(markup=False)  # names and paths print as written
+    from runtime import terminal
+
+    console = console or terminal.console()
     names = list(report.models)
     ops = Table(title=f"ONNX nodes by op type ({report.directory.name})")
     ops.add_column("op")
@@ -288,12 +289,12 @@ def print_report(report: VerifyReport, console=None) -> None:
                           "-" if c.bound is None else f"{c.bound:g}", ok if c.bound is not None else "")
     console.print(diffs)
     for note in report.notes:
-        console.print(Text.assemble(("note", "yellow"), f": {note}"))
+        console.print(terminal.tagged("note", f": {note}"))
     if report.fp16:
         measured = {f"{m}/{o}": report.max_diff(m, o) for m, mr in report.models.items()
                     for o in {c.output for c in mr.checks}}
         console.print("fp16 measured bounds: " + ", ".join(f"{k} {v:.2e}" for k, v in sorted(measured.items())))
     for line in report.failures:
-        console.print(Text.assemble(("FAIL", "red"), f" {line}"))
+        console.print(terminal.tagged("FAIL", f" {line}", "red"))
     if not report.failures:
-        console.print(Text.assemble(("verified", "green"), f" {report.directory}"))
+        console.print(terminal.tagged("verified", f" {report.directory}", "green"))

@@ -17,8 +17,9 @@ from typing import List, Optional
 
 import typer
 
-from coordgan.cli.common import console, positive_ints, status
+from coordgan.cli.common import positive_ints, status
 from runtime.errors import CoordGANError
+from runtime.terminal import console
 
 app = typer.Typer(help="Latency / throughput / memory of every target on every backend, and Triton load tests.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)

@@ -1,4 +1,4 @@
-"""What the command modules share: consoles, progress displays and option parsing.
+"""What the command modules share: progress displays and option parsing (consoles: runtime.terminal).
 
 Only typer and rich load here; each command imports its own work inside its function.
 """
@@ -8,21 +8,6 @@ from __future__ import annotations
 import contextlib
 
 from runtime.errors import CoordGANError
-
-
-def console(stderr: bool = False, **kwargs):
-    """A Rich console that prints text as written: no markup, so a name like `clip[v2]` stays whole
-    (styled parts are Text objects: `tagged`)."""
-    from rich.console import Console
-
-    return Console(stderr=stderr, markup=False, **kwargs)
-
-
-def tagged(tag: str, rest: str, style: str = "yellow"):
-    """`tag` in colour, then `rest` as written: one line of a note, a warning or a refusal."""
-    from rich.text import Text
-
-    return Text.assemble((tag, style), rest)
 
 
 def positive_ints(text: str, option: str) -> tuple[int, ...]:

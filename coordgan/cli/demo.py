@@ -7,8 +7,9 @@ from pathlib import Path
 
 import typer
 
-from coordgan.cli.common import console, frames_bar, tagged
+from coordgan.cli.common import frames_bar
 from coordgan.demo import SHIPPED_CKPT
+from runtime.terminal import console, tagged
 
 
 def demo(

@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from coordgan.cli.common import console, tagged
+from runtime.terminal import console, tagged
 
 _HELP = {
     "data": "DIR with images/*.png|jpg and labels/<same stem>.png (palette or grayscale class ids), "

@@ -10,8 +10,9 @@ from typing import Optional
 
 import typer
 
-from coordgan.cli.common import console, positive_ints, status, tagged
+from coordgan.cli.common import positive_ints, status
 from runtime.errors import CoordGANError
+from runtime.terminal import console, tagged
 
 app = typer.Typer(
     help="Export to ONNX (verified against PyTorch) and build TensorRT engines.",

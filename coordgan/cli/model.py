@@ -7,8 +7,8 @@ from typing import Optional
 
 import typer
 
-from coordgan.cli.common import console
 from runtime.errors import CoordGANError
+from runtime.terminal import console
 
 
 def info(

@@ -11,7 +11,8 @@ from typing import List, Optional
 
 import typer
 
-from coordgan.cli.common import console, frames_bar, tagged
+from coordgan.cli.common import frames_bar
+from runtime.terminal import console, tagged
 
 _HELP = {
     "input": "A video (mp4/avi/mov/mkv...), a folder of frames (.jpg/.png, in name order) or a DAVIS root "

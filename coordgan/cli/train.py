@@ -12,7 +12,7 @@ from typing import Optional
 
 import typer
 
-from coordgan.cli.common import console
+from runtime.terminal import console
 
 
 def _common(**kw):

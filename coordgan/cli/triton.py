@@ -12,8 +12,9 @@ from typing import Optional
 
 import typer
 
-from coordgan.cli.common import console, positive_ints, tagged
+from coordgan.cli.common import positive_ints
 from runtime.errors import CoordGANError
+from runtime.terminal import console, tagged
 
 app = typer.Typer(help="Triton Inference Server model repositories.", no_args_is_help=True,
                   add_completion=False, pretty_exceptions_enable=False)

@@ -55,11 +55,11 @@ def text_table(rows, header) -> str:
 
 
 def render_table(rows, title: str = "coordgan bench", console=None) -> None:
-    from rich.console import Console
     from rich.table import Table
-    from rich.text import Text
 
-    console = console or Console(markup=False)
+    from runtime import terminal
+
+    console = console or terminal.console()
     has_ratio = any(r.get("vs_published") is not None for r in rows)
     has_gpu = any(r.get("gpu_peak_mb") is not None for r in rows)
     table = Table(title=title)
@@ -88,8 +88,7 @@ def render_table(rows, title: str = "coordgan bench", console=None) -> None:
     for r in rows:
         if r["status"] != "ok":
             at = f" (batch {r['batch']})" if r.get("batch") is not None else ""
-            console.print(Text.assemble((r["status"], "yellow"),
-                                        f" {r['target']} / {r['backend']}{at}: {r.get('reason', '')}"))
+            console.print(terminal.tagged(r["status"], f" {r['target']} / {r['backend']}{at}: {r.get('reason', '')}"))
 
 
 def to_json(meta: dict, rows) -> str:
@@ -153,10 +152,11 @@ def compare(a: dict, b: dict) -> list[dict]:
 
 
 def render_compare(rows, name_a: str, name_b: str, console=None) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    console = console or Console(markup=False)
+    from runtime import terminal
+
+    console = console or terminal.console()
     table = Table(title=f"{name_b} vs {name_a} (ratios b / a; latency < 1 and throughput > 1: b is faster)")
     for name in ("target", "backend", "batch", "a p50 ms", "b p50 ms", "p50 b/a", "mean b/a",
                  "a items/s", "b items/s", "items/s b/a"):

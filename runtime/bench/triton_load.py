@@ -256,11 +256,12 @@ def client_machine() -> dict:
 
 def render_table(rows, title: str, caption: str = "", console=None) -> None:
     """One row per level: client latency and throughput beside the server's queue / compute split."""
-    from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
-    console = console or Console(markup=False)
+    from runtime import terminal
+
+    console = console or terminal.console()
     table = Table(title=title, caption=caption or None)
     heads = ("batch", "conc.", "requests", "errors", "infer/s", "p50 ms", "p90 ms", "p99 ms", "mean ms",
              "queue ms", "input ms", "infer ms", "output ms", "exec batch")
@@ -281,5 +282,5 @@ def render_table(rows, title: str, caption: str = "", console=None) -> None:
                       "batch = inferences / executions.")
     for r in rows:
         if r.get("reason"):
-            console.print(Text.assemble((r["status"], "yellow"), f" batch {r['batch']}, concurrency "
-                                        f"{r['concurrency']}: {r['reason']}"))
+            console.print(terminal.tagged(r["status"], f" batch {r['batch']}, concurrency {r['concurrency']}: "
+                                                       f"{r['reason']}"))
