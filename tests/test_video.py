@@ -3,8 +3,12 @@
 Real PyAV encoders and decoders and real PNG files; the synthetic faces give the frames.
 """
 
+import os
 import struct
+import subprocess
+import sys
 import zlib
+from pathlib import Path
 
 import av
 import numpy as np
@@ -158,6 +162,49 @@ def test_video_writer_is_atomic_and_pads_odd_sizes(tmp_path, sequence, monkeypat
     with pytest.raises(CoordGANError, match="Cannot write the video /proc/overlay.mp4 .*in a writable folder"):
         VideoWriter("/proc/overlay.mp4")  # unwritable even for root: refused at once, not at the first frame
 
+
+def decoded(path):
+    return np.stack([frame for _, _, frame in open_frames(path).frames()])
+
+
+@pytest.mark.parametrize("codec", sorted({pick_codec(), "mpeg4"}))
+def test_the_same_frames_give_the_same_video_bytes(tmp_path, monkeypatch, codec):
+    """The README promises the same overlay bytes on a rerun and after a resume (which rebuilds the
+    video from frame 0): every container the writer accepts, this FFmpeg's codec and the fallback."""
+    frames = make_sequence(8, 64, seed=5)[0]
+    monkeypatch.setattr(video, "pick_codec", lambda: codec)
+    for suffix in VideoWriter.WRITABLE:
+        paths = [tmp_path / f"run{k}{suffix}" for k in range(2)]
+        for path in paths:
+            with VideoWriter(path, fps=25) as writer:
+                for frame in frames:
+                    writer.write(frame)
+        a, b = (path.read_bytes() for path in paths)
+        assert a == b, f"{codec} {suffix}: two writes of the same frames differ"  # Matroska did: date, random id
+        assert np.array_equal(decoded(paths[0]), decoded(paths[1]))
+
+
+WRITE_ON_CPUS = """
+import os, sys
+import numpy as np
+from runtime.io.video import VideoWriter
+os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:int(sys.argv[1])])
+with VideoWriter(sys.argv[3], fps=24) as writer:
+    for frame in np.load(sys.argv[2]):
+        writer.write(frame)
+"""
+
+
+@pytest.mark.skipif(len(getattr(os, "sched_getaffinity", lambda _: ())(0)) < 2, reason="needs 2 CPUs to compare")
+def test_the_overlay_bytes_do_not_depend_on_the_cores(tmp_path):
+    """A threaded encoder splits the work by the core count, so another machine (or x264 with many
+    threads, another run) wrote other bytes: up to 37/255 apart once decoded. One CPU against two."""
+    np.save(tmp_path / "frames.npy", make_sequence(12, 160, seed=2)[0])
+    root = Path(__file__).resolve().parents[1]
+    for cpus in (1, 2):
+        subprocess.run([sys.executable, "-c", WRITE_ON_CPUS, str(cpus), str(tmp_path / "frames.npy"),
+                        str(tmp_path / f"cpus{cpus}.mp4")], cwd=root, check=True)
+    assert (tmp_path / "cpus1.mp4").read_bytes() == (tmp_path / "cpus2.mp4").read_bytes()
 
 def png_with_short_palette(path, labels, n_colors):
     """An 8-bit palette PNG whose PLTE has fewer colours than the labels need (Pillow won't write one)."""

@@ -270,6 +270,12 @@ class VideoWriter:
     The file is built under a temporary name beside the target and renamed on `close()`; an error
     or interrupt (leaving the `with` block by an exception) removes it, so a video at the target
     path is always complete. Odd frame sizes are padded by one edge pixel (yuv420p needs even ones).
+
+    Deterministic: the same frames give the same bytes on every run (and after a resume, which
+    rebuilds the video from frame 0) with the same PyAV build. The encoder runs on one thread (a
+    threaded x264 or MPEG-4 encoder decides differently with the core count, and x264 with many threads
+    even between runs), timestamps are the frame indices, and the container is written bit-exact (no
+    muxer version string, a fixed Matroska segment id and no creation date).
     """
 
     WRITABLE = (".mp4", ".m4v", ".mkv", ".mov", ".avi")
@@ -289,7 +295,7 @@ class VideoWriter:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.tmp.touch()  # FFmpeg opens the file only with the first frame: fail before any work
-            self.container = av.open(str(self.tmp), mode="w")
+            self.container = av.open(str(self.tmp), mode="w", options={"fflags": "+bitexact"})
         except (av.FFmpegError, OSError, ValueError) as exc:
             with contextlib.suppress(OSError):
                 self.tmp.unlink(missing_ok=True)
@@ -302,10 +308,13 @@ class VideoWriter:
         stream = self.container.add_stream(self.codec, rate=self.fps)
         stream.width, stream.height = width, height
         stream.pix_fmt = "yuv420p"
+        stream.codec_context.thread_count = 1  # see the class docstring: threads change the bytes
+        options = {"flags": "+bitexact"}  # no encoder version string in the stream (MPEG-4 writes one)
         if self.codec in ("libx264", "h264"):
-            stream.options = {"crf": "20", "preset": "veryfast"}
+            options.update(crf="20", preset="veryfast")
         else:
             stream.bit_rate = max(2_000_000, int(4 * width * height * float(self.fps)))
+        stream.options = options
         self.stream = stream
 
     def write(self, frame: np.ndarray) -> None:
@@ -316,6 +325,7 @@ class VideoWriter:
         if self.stream is None:
             self._start(*frame.shape[:2])
         image = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame, dtype=np.uint8), format="rgb24")
+        image.pts, image.time_base = self.frames_written, 1 / self.fps  # frame i at i / fps, never a clock
         for packet in self.stream.encode(image):
             self.container.mux(packet)
         self.frames_written += 1
