@@ -120,13 +120,16 @@ def test_gpu_lookup_and_bf16_rows_say_what_runs(cache_dir, tmp_path):
     out = tmp_path / "r.json"
     result = invoke("lookup", "--preset", "tiny", "--backends", "torch,ort-cpu,ort-cuda", "--gpu-lookup",
                     "cuda-sparse", "--precision", "bf16", "--iters", "1", "--warmup", "0", "--json", out)
-    assert result.exit_code == 0, (result.output, result.exception)
-    rows = {r["backend"]: r for r in json.loads(out.read_text())["rows"]}
     import torch
 
-    if not torch.cuda.is_available():
-        assert rows["torch"]["status"] == "skipped" and "bf16 with PyTorch needs a CUDA GPU" in rows["torch"]["reason"]
-    assert rows["ort-cpu"]["status"] == "skipped" and "bf16 is a PyTorch precision" in rows["ort-cpu"]["reason"]
+    if torch.cuda.is_available():
+        assert result.exit_code == 0, (result.output, result.exception)
+        rows = {r["backend"]: r for r in json.loads(out.read_text())["rows"]}
+        assert rows["ort-cpu"]["status"] == "skipped"
+    else:  # nothing here runs bf16: every row skipped with its reason, and the run says it measured nothing
+        assert result.exit_code == 1 and str(result.exception).startswith("Nothing was measured")
+        assert not out.exists() and "skipped lookup / torch: bf16 with PyTorch needs a CUDA GPU" in result.output
+    assert "skipped lookup / ort-cpu: bf16 is a PyTorch precision" in result.output
     result = invoke("lookup", "--preset", "tiny", "--backends", "ort-cpu", "--gpu-lookup", "cuda-sparse",
                     "--iters", "1", "--warmup", "0", "--json", out)
     assert result.exit_code == 0, (result.output, result.exception)
@@ -204,6 +207,48 @@ def test_user_errors_are_one_sentence(tmp_path):
         assert words in str(result.exception)
     result = invoke("nonsense", "--preset", "tiny")  # not a target: Typer's usage error
     assert result.exit_code == 2 and "No such command 'nonsense'" in result.output
+
+
+def test_exit_code_says_whether_everything_was_measured(tmp_path):
+    """Exit 0 only when something was timed and no row failed; a failed row keeps the table and the
+    result files (they name it), a run with nothing timed writes none."""
+    out = tmp_path / "r.json"
+    result = invoke("lookup", "--preset", "tiny", "--backends", "trt", "--json", out)  # no --trt-dir: skipped
+    assert result.exit_code == 1 and isinstance(result.exception, CoordGANError), result.output
+    assert str(result.exception) == "Nothing was measured: every row was skipped or failed (the reasons are above)."
+    assert "skipped lookup / trt:" in result.output and not out.exists()
+    # an --onnx-dir holding another model: ONNX Runtime opens it, then refuses the encoder's input
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    image = helper.make_tensor_value_info("image", TensorProto.FLOAT, ["n", 3, 8, 8])
+    corr = helper.make_tensor_value_info("corr", TensorProto.FLOAT, ["n", 3, 8, 8])
+    graph = helper.make_graph([helper.make_node("Identity", ["image"], ["corr"])], "other", [image], [corr])
+    (tmp_path / "other").mkdir()
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9),
+              tmp_path / "other" / "encoder.onnx")
+    result = invoke("encoder", "--preset", "tiny", "--backends", "torch,ort-cpu", "--onnx-dir", tmp_path / "other",
+                    "--iters", "1", "--warmup", "0", "--threads", "1", "--json", out)
+    assert result.exit_code == 1 and isinstance(result.exception, CoordGANError), result.output
+    assert str(result.exception) == "1 of 2 rows failed: ort-cpu (batch 1) (the reasons are above)."
+    assert "failed encoder / ort-cpu (batch 1): Input image must have shape" in result.output
+    rows = {r["backend"]: r["status"] for r in json.loads(out.read_text())["rows"]}
+    assert rows == {"torch": "ok", "ort-cpu": "failed"}
+
+
+def test_output_paths_are_checked_before_measuring(tmp_path):
+    (tmp_path / "file").write_text("not a folder")
+    for option in ("--json", "--csv", "--plot"):
+        result = invoke("encoder", "--preset", "tiny", "--backends", "torch", option, tmp_path / "file" / "r.out")
+        assert result.exit_code == 1 and isinstance(result.exception, CoordGANError), (option, result.output)
+        assert str(result.exception).startswith(f"Cannot write {option} {tmp_path / 'file' / 'r.out'}: cannot make")
+        assert "coordgan bench" not in result.output  # refused before the run: no table
+    result = invoke("encoder", "--preset", "tiny", "--backends", "torch", "--json", tmp_path)
+    assert str(result.exception) == f"--json {tmp_path} is a folder; give a file name to write."
+    # the load test and compare too: refused before reaching (here: without) a server or reading anything
+    for args in (("triton", "--url", "127.0.0.1:1", "--model", "m"), ("compare", tmp_path / "a", tmp_path / "b")):
+        result = invoke(*args, "--json", tmp_path / "file" / "r.json")
+        assert str(result.exception).startswith("Cannot write --json"), (args, result.exception)
 
 
 def test_csv_has_header_and_blank_for_missing():

@@ -197,11 +197,18 @@ def test_refusals_are_one_sentence(server):
 
 @needs_tritonserver
 def test_failed_requests_are_counted_not_timed(server, tmp_path):
+    """A level whose every request failed is a failed row; a run with nothing timed exits non-zero and
+    writes no result file that would read as a measurement."""
     out = tmp_path / "f.json"
     result = invoke("triton", "--url", server.http_url, "--protocol", "http", "--model", "failing",
                     "--concurrency", "2", "--requests", 5, "--warmup", 0, "--json", out)
-    assert result.exit_code == 0, (result.output, result.exception)
-    (row,) = json.loads(out.read_text())["rows"]
+    assert result.exit_code == 1 and isinstance(result.exception, CoordGANError), result.output
+    assert str(result.exception).startswith("Nothing was measured") and not out.exists()
+    target = TritonTarget(f"triton+http://{server.http_url}/failing")
+    try:
+        _, (row,) = run_load(target, LoadOptions(concurrency=(2,), requests=5, warmup=0))
+    finally:
+        target.close()
     assert row["status"] == "failed" and row["requests"] == 5 and row["errors"] == 5
     assert "5 of 5 requests failed, first: " in row["reason"] and "model says no" in row["reason"]
     assert row["server_requests"] == 5  # the python backend counts error responses as successes

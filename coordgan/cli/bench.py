@@ -118,6 +118,7 @@ def _target_command(target: str):
             lookup_method=lookup_method, gpu_lookup=gpu_lookup, refs=refs, classes=classes, tau=tau,
             frame_size=_frame_size(frame_size), seed=seed)
         options.validate()
+        _check_outputs(("--json", json_out), ("--csv", csv_out), ("--plot", plot))
         out = _wide_console()
         with status(out) as say:
             source = ModelSource(ckpt=ckpt, preset=preset, seed=seed, cache=cache_dir, progress=say)
@@ -126,17 +127,38 @@ def _target_command(target: str):
         report.render_table(rows, title=f"coordgan bench {target}: {meta['workload']} ({meta['source']})",
                             console=out)
         _print_published_ratio(rows, out)
-        for path, text in ((json_out, lambda: report.to_json(meta, rows)), (csv_out, lambda: report.to_csv(rows))):
-            if path:
-                report.write_text(path, text())
-                out.print(f"wrote {path}")
-        if plot:
-            report.render_plot(rows, plot, title=f"coordgan bench {target} ({meta['source']})")
-            out.print(f"wrote {plot}")
+        if report.ok_rows(rows):  # a file of nothing but skips would read as a result
+            for path, text in ((json_out, lambda: report.to_json(meta, rows)),
+                               (csv_out, lambda: report.to_csv(rows))):
+                if path:
+                    report.write_text(path, text())
+                    out.print(f"wrote {path}")
+            if plot:
+                report.render_plot(rows, plot, title=f"coordgan bench {target} ({meta['source']})")
+                out.print(f"wrote {plot}")
+        _fail_unless_measured(rows)
 
     command.__doc__ = (f"{TARGET_HELP[target]} Latency (p50/p90/p99/mean), throughput and peak memory on every "
                        "backend.")
     return command
+
+
+def _check_outputs(*outputs) -> None:
+    """(option, path or None) pairs: refused now, not after minutes of measuring."""
+    from runtime.bench import report
+
+    for option, path in outputs:
+        if path is not None:
+            report.check_output(path, option)
+
+
+def _fail_unless_measured(rows) -> None:
+    """Exit non-zero (after the table) when nothing was timed or a row failed: scripts and CI see it."""
+    from runtime.bench import report
+
+    problem = report.failures(rows)
+    if problem:
+        raise CoordGANError(problem)
 
 
 def _print_published_ratio(rows, out) -> None:
@@ -185,6 +207,7 @@ def triton(
                           requests=requests if requests is not None or duration is not None else 100,
                           duration_s=duration, warmup=warmup, shapes=_shapes(shape), seed=seed)
     options.validate()
+    _check_outputs(("--json", json_out))
     out = _wide_console()
     target = TritonTarget(url, model, protocol)
     try:
@@ -194,9 +217,10 @@ def triton(
         target.close()
     meta["command"] = " ".join(sys.argv)
     render_table(rows, f"coordgan bench triton: {meta['source']}", meta["batching"], out)
-    if json_out:
+    if json_out and report.ok_rows(rows):
         report.write_text(json_out, report.to_json(meta, rows))
         out.print(f"wrote {json_out}")
+    _fail_unless_measured(rows)
 
 
 @app.command("compare")
@@ -210,6 +234,7 @@ def compare(
 
     from runtime.bench import report
 
+    _check_outputs(("--json", json_out))
     a, b = (_concurrency_in_backend(report.load_results(f)) for f in (first, second))
     rows = report.compare(a, b)
     if not rows:

@@ -10,6 +10,7 @@ import csv
 import io
 import json
 import math
+import os
 from pathlib import Path
 
 from runtime.errors import CoordGANError
@@ -102,6 +103,36 @@ def to_csv(rows) -> str:
     for r in rows:
         writer.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in COLUMNS})
     return buf.getvalue()
+
+
+def check_output(path, option: str) -> None:
+    """Refuse an output the run could not write before measuring, not after it: makes its folder."""
+    path = Path(path)
+    if path.is_dir():
+        raise CoordGANError(f"{option} {path} is a folder; give a file name to write.")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CoordGANError(f"Cannot write {option} {path}: cannot make its folder {path.parent} "
+                            f"({exc.strerror or exc}).") from None
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        raise CoordGANError(f"Cannot write {option} {path}: its folder {path.parent} is not writable.")
+
+
+def _row_name(r) -> str:
+    where = [f"{k} {r[k]}" for k in ("batch", "concurrency") if r.get(k) is not None]
+    return " ".join([r.get("backend") or r.get("target", "")] + ([f"({', '.join(where)})"] if where else []))
+
+
+def failures(rows) -> str | None:
+    """The sentence a run must end with when it did not measure what was asked, else None: nothing was
+    timed (every row skipped or failed), or a row failed. Skipped rows alone (no GPU here) are fine."""
+    failed = [r for r in rows if r.get("status") == "failed"]
+    if not ok_rows(rows):
+        return "Nothing was measured: every row was skipped or failed (the reasons are above)."
+    if failed:
+        return f"{len(failed)} of {len(rows)} rows failed: {', '.join(map(_row_name, failed))} (the reasons are above)."
+    return None
 
 
 def write_text(path, text: str) -> None:
