@@ -56,10 +56,11 @@ def trained_line(t: dict) -> str:
 
 def sample(
     ckpt: Optional[Path] = typer.Argument(None, help="Checkpoint; omit and pass --preset for random weights."),
-    out: Path = typer.Option(Path("sample.png"), "--out", "-o", help="PNG to write."),
+    out: Path = typer.Option(Path("sample.png"), "--out", "-o", help="PNG to write (a .png name)."),
     preset: Optional[str] = typer.Option(None, help="Preset (random weights when no checkpoint is given)."),
     n: int = typer.Option(4, min=1, max=16, help="Structure and texture codes per grid side."),
     seed: int = typer.Option(0, help="Seed of the latent codes."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out file."),
 ):
     """Texture-swap / structure-swap grid with colour-coded correspondence maps."""
     import torch
@@ -70,6 +71,7 @@ def sample(
 
     if ckpt is None and preset is None:
         raise CoordGANError("Give a checkpoint, or --preset NAME to sample a model with random weights.")
+    _check_png_out(out, overwrite)
     if ckpt is not None:
         from coordgan.checkpoint import load
 
@@ -81,11 +83,22 @@ def sample(
         torch.manual_seed(seed)
         generator = Generator(get_preset(preset)).eval()
     grid = swap_grid(generator, n=n, seed=seed)
-    out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(out) as f:
         Image.fromarray(grid).save(f, format="PNG")
     print(f"wrote {out} ({grid.shape[1]}x{grid.shape[0]}): top row correspondence maps; "
           "each row one texture across structures")
+
+
+def _check_png_out(out: Path, overwrite: bool) -> None:
+    """Before any work: a PNG name (the grid is lossless PNG; a .jpg holding PNG bytes misleads every
+    viewer), and an existing file replaced only with --overwrite, as every other command asks."""
+    if out.is_dir():
+        raise CoordGANError(f"--out {out} is a folder; give a file name ending in .png.")
+    if out.suffix.lower() != ".png":
+        raise CoordGANError(f"--out {out}: sample writes a PNG; give a file name ending in .png.")
+    if out.exists() and not overwrite:
+        raise CoordGANError(f"{out} exists; pass --overwrite to replace it.")
+    out.parent.mkdir(parents=True, exist_ok=True)
 
 
 def register(app: typer.Typer) -> None:
