@@ -8,16 +8,55 @@ import os
 import tempfile
 from pathlib import Path
 
-from runtime.errors import CoordGANError
+from runtime.errors import CoordGANError, first_line
+
+
+class WriteError(CoordGANError, OSError):
+    """A file that cannot be written, in one sentence naming the user's path (never a temp name).
+    Still an OSError, so callers that treat a write as optional (a cache on a read-only disk) catch it."""
+
+
+def write_error(path, exc: BaseException) -> WriteError:
+    """E.g. "Cannot write out/m.png (No space left on device)." """
+    return WriteError(f"Cannot write {path} ({first_line(exc)}).")
+
+
+def check_target(path, *, make_folder: bool = False) -> None:
+    """Refuse, in one sentence, a path that cannot take a new file: a folder, something that is not a
+    regular file (renaming over /dev/full would replace the device with our file), a missing folder
+    (made with `make_folder`) or one whose path runs through a file."""
+    path = Path(path)
+    if path.is_dir():  # else the rename fails naming the temp file
+        raise WriteError(f"{path} is a folder; give a file name to write.")
+    if path.exists() and not path.is_file():
+        raise WriteError(f"{path} exists and is not a regular file (a device, pipe or socket); give the name "
+                         "of a file to write.")
+    existing = path.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise WriteError(f"Cannot write {path}: {existing} is a file, not a folder.")
+    if existing != path.parent:
+        if not make_folder:
+            raise WriteError(f"Cannot write {path}: the folder {path.parent} does not exist.")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise write_error(path, exc) from None
 
 
 @contextlib.contextmanager
 def atomic_write(path, mode: str = "wb"):
-    """Write to a temp file beside `path`, then rename: readers never see a half-written file."""
+    """Write to a temp file beside `path`, then rename: readers never see a half-written file.
+
+    An OS error about this file (a full disk, no permission) is a WriteError naming `path`; one about
+    another file (the caller's, with its own name) passes as it is. The folder must exist."""
     path = Path(path)
-    if path.is_dir():  # else the rename fails naming the temp file
-        raise CoordGANError(f"{path} is a folder; give a file name to write.")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    check_target(path)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:  # e.g. no permission in the folder: the error names the temp file
+        raise write_error(path, exc) from None
     try:
         with os.fdopen(fd, mode) as f:
             yield f
@@ -25,9 +64,12 @@ def atomic_write(path, mode: str = "wb"):
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        ours = isinstance(exc, OSError) and not isinstance(exc, CoordGANError) and exc.filename in (None, tmp)
+        if ours:
+            raise write_error(path, exc) from None
         raise
 
 

@@ -108,6 +108,17 @@ def test_frame_folder_natural_order_and_errors(tmp_path, sequence):
         list(open_frames(folder).frames())
 
 
+def test_a_text_file_named_as_an_image_is_named_as_not_an_image(tmp_path, sequence):
+    """FFmpeg opens a .png too, so a text file named .png given as the input read "damaged after frame 0"."""
+    text = tmp_path / "00001.png"
+    text.write_text("these are my notes, not a picture\n" * 20)
+    with pytest.raises(CoordGANError, match=r"00001.png cannot be decoded \(.*\); it is not an image file, or a "
+                                            r"damaged one\.$"):
+        list(open_frames(text).frames())
+    Image.fromarray(sequence[0][0]).save(tmp_path / "00000.png")  # in a frame folder: the file is named
+    with pytest.raises(CoordGANError, match=r"^Frame .*00001.png cannot be read as an image"):
+        list(open_frames(tmp_path).frames())
+
 def test_frame_folder_reads_photos_upright(tmp_path):
     """A JPEG stored landscape with EXIF "rotate 90" (a phone photo) is the portrait frame a viewer shows."""
     folder = tmp_path / "photos"

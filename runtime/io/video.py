@@ -24,7 +24,8 @@ from typing import Iterator
 import numpy as np
 
 from runtime.errors import CoordGANError, first_line
-from runtime.io.images import read_image
+from runtime.fileio import check_target, write_error
+from runtime.io.images import image_extensions, read_image
 
 FRAME_SUFFIXES = (".jpg", ".jpeg", ".png")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
@@ -152,6 +153,10 @@ class VideoFrames(FrameSource):
             raise CoordGANError(f"{self.path} holds no video stream.")
         return container.streams.video[0]
 
+    def _kind(self) -> str:
+        """What the file's name says it is (FFmpeg opens images too)."""
+        return "an image" if self.path.suffix.lower() in image_extensions() else "a video"
+
     def name(self, index: int) -> str:
         return f"{index:0{self.digits}d}"
 
@@ -177,7 +182,10 @@ class VideoFrames(FrameSource):
                         if index >= start:
                             yield index, self.name(index), image
             except (av.FFmpegError, ValueError) as exc:
-                raise CoordGANError(f"Video {self.path} is damaged after frame {max(index, 0)} "
+                if index < 0:  # not a single frame: say what the file is not, not "damaged after frame 0"
+                    raise CoordGANError(f"{self.path} cannot be decoded ({first_line(exc)}); it is not "
+                                        f"{self._kind()} file, or a damaged one.") from None
+                raise CoordGANError(f"Video {self.path} is damaged after frame {index} "
                                     f"({first_line(exc)}).") from None
         if index < 0:
             raise CoordGANError(f"Video {self.path} holds no decodable frames; it is empty or damaged.")
@@ -289,11 +297,11 @@ class VideoWriter:
         av = _import_av()
         self.path = Path(path)
         self.check_name(self.path)
+        check_target(self.path, make_folder=True)
         self.tmp = self.path.with_name(f".{self.path.stem}.{os.getpid()}.tmp{self.path.suffix}")
         self.codec = pick_codec()
         self.fps = Fraction(fps).limit_denominator(1001) if fps and fps > 0 else Fraction(int(DEFAULT_FPS))
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
             self.tmp.touch()  # FFmpeg opens the file only with the first frame: fail before any work
             self.container = av.open(str(self.tmp), mode="w", options={"fflags": "+bitexact"})
         except (av.FFmpegError, OSError, ValueError) as exc:
@@ -326,17 +334,25 @@ class VideoWriter:
             self._start(*frame.shape[:2])
         image = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame, dtype=np.uint8), format="rgb24")
         image.pts, image.time_base = self.frames_written, 1 / self.fps  # frame i at i / fps, never a clock
-        for packet in self.stream.encode(image):
-            self.container.mux(packet)
+        try:
+            for packet in self.stream.encode(image):
+                self.container.mux(packet)
+        except (av.FFmpegError, OSError) as exc:  # a full disk: name the video, not its temp file
+            raise write_error(self.path, exc) from None
         self.frames_written += 1
 
     def close(self) -> Path:
         """Flush the encoder, close the file and move it into place."""
-        if self.stream is not None:
-            for packet in self.stream.encode(None):
-                self.container.mux(packet)
-        self.container.close()
-        os.replace(self.tmp, self.path)
+        av = _import_av()
+        try:
+            if self.stream is not None:
+                for packet in self.stream.encode(None):
+                    self.container.mux(packet)
+            self.container.close()
+            os.replace(self.tmp, self.path)
+        except (av.FFmpegError, OSError) as exc:
+            self.abort()
+            raise write_error(self.path, exc) from None
         return self.path
 
     def abort(self) -> None:

@@ -1,0 +1,100 @@
+"""runtime.fileio.atomic_write and the VideoWriter: refusals name the user's path and never a temp file.
+
+The full disk is real: a 256 KiB tmpfs mounted in a private mount namespace (`unshare`), skipped
+where the kernel or the container does not allow one.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from runtime.errors import CoordGANError
+from runtime.fileio import WriteError, atomic_write
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write(path, data=b"x"):
+    with atomic_write(path) as f:
+        f.write(data)
+
+
+def test_a_target_that_is_not_a_regular_file_is_refused_and_left_alone(tmp_path):
+    """`sample -o /dev/full` replaced the device node with a PNG (the rename goes over anything)."""
+    link = tmp_path / "full.png"
+    link.symlink_to("/dev/full")  # the device through a link: the test cannot harm the real node
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    for target in (link, fifo):
+        with pytest.raises(CoordGANError, match=rf"^{target} exists and is not a regular file \(a device, pipe"):
+            write(target)
+    assert link.is_symlink() and fifo.is_fifo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["full.png", "pipe.png"]  # no temp file left
+
+
+def test_a_missing_folder_and_a_path_through_a_file_are_told_apart(tmp_path):
+    (tmp_path / "notes.txt").write_text("a file")
+    with pytest.raises(CoordGANError, match=r"^Cannot write .*notes.txt/out/x.png: .*notes.txt is a file, not a "
+                                            r"folder\.$"):
+        write(tmp_path / "notes.txt" / "out" / "x.png")
+    with pytest.raises(CoordGANError, match=r"^Cannot write .*missing/x.png: the folder .*missing does not exist\.$"):
+        write(tmp_path / "missing" / "x.png")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_the_callers_own_errors_pass_unchanged(tmp_path):
+    """Only errors about the file being written are reworded; the caller's name their own file."""
+    with pytest.raises(FileNotFoundError) as caught:
+        with atomic_write(tmp_path / "x.bin") as f:
+            f.write(open(tmp_path / "source.bin", "rb").read())
+    assert not isinstance(caught.value, CoordGANError) and caught.value.filename == str(tmp_path / "source.bin")
+    assert list(tmp_path.iterdir()) == []
+
+
+FILL_THE_DISK = """
+import json, sys
+from pathlib import Path
+import numpy as np
+from runtime.errors import CoordGANError
+from runtime.fileio import WriteError, atomic_write
+from runtime.io.video import VideoWriter
+disk = Path(sys.argv[1])
+report = {}
+try:
+    with atomic_write(disk / "big.bin") as f:
+        f.write(bytes(1 << 20))
+except CoordGANError as exc:
+    report["file"] = [type(exc).__name__, isinstance(exc, OSError), str(exc)]
+try:
+    with VideoWriter(disk / "overlay.mp4") as video:
+        for frame in np.random.default_rng(0).integers(0, 256, (40, 240, 320, 3), dtype=np.uint8):
+            video.write(frame)
+except CoordGANError as exc:
+    report["video"] = [type(exc).__name__, isinstance(exc, OSError), str(exc)]
+report["left"] = sorted(p.name for p in disk.iterdir())
+print(json.dumps(report))
+"""
+
+
+def test_a_full_disk_names_the_file_and_leaves_nothing(tmp_path):
+    """A full disk read "cannot access: No space left on device.": no path, the CLI's OSError fallback."""
+    if shutil.which("unshare") is None:
+        pytest.skip("no unshare here to mount a tiny tmpfs")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    run = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c",
+                          'mount -t tmpfs -o size=256k tmpfs "$1" || exit 99; exec "$2" -c "$3" "$1"', "sh",
+                          str(disk), sys.executable, FILL_THE_DISK], cwd=ROOT, capture_output=True, text=True)
+    if run.returncode == 99 or run.stderr.startswith("unshare:"):
+        pytest.skip(f"cannot mount a tmpfs here: {run.stderr.strip()}")
+    assert run.returncode == 0, run.stderr
+    report = json.loads(run.stdout)
+    assert report["file"] == ["WriteError", True, f"Cannot write {disk / 'big.bin'} (No space left on device)."]
+    assert report["video"] == ["WriteError", True, f"Cannot write {disk / 'overlay.mp4'} (No space left on device)."]
+    assert report["left"] == []  # neither the targets nor a temp file
+    assert issubclass(WriteError, OSError)  # optional writes (a cache) that catch OSError still do
