@@ -4,7 +4,8 @@ A mask is an (H, W) uint8 array of labels 0..255 plus a palette (768 bytes, RGB 
 References come as palette ("P") PNGs, where the pixel values are the labels and the file's
 palette colours them, or as grayscale PNGs (labels as gray levels; the DAVIS palette colours
 the outputs). A grayscale mask holding only 0 and 255 is a binary mask (DAVIS 2016 style):
-255 reads as label 1, so "object" does not become 256 classes.
+255 reads as label 1, so "object" does not become 256 classes. Lossy files (JPEG, WebP, ...,
+told by their content, whatever their suffix) are refused: their noise would read as labels.
 
 Pillow and numpy only.
 """
@@ -45,10 +46,16 @@ _ASPECT_TOLERANCE = 0.02
 def read_mask(path, *, what: str = "Mask") -> tuple[np.ndarray, bytes | None]:
     """(labels (H, W) uint8, palette bytes or None for grayscale) of a palette or grayscale PNG."""
     path = Path(path)
+    if path.is_dir():
+        raise CoordGANError(f"{what} {path} is a folder, not a mask file; give a .png mask.")
     if not path.is_file():
         raise CoordGANError(f"{what} {path} does not exist.")
     try:
         with Image.open(path) as img:
+            lossy = _lossy_format(img)
+            if lossy:
+                raise CoordGANError(f"{what} {path} is a {lossy} image, whose lossy compression turns edges into "
+                                    "noise that would read as labels; save the mask as a PNG.")
             img.load()
             mode = img.mode
             if mode == "P":
@@ -78,6 +85,16 @@ def read_mask(path, *, what: str = "Mask") -> tuple[np.ndarray, bytes | None]:
     if set(np.unique(labels).tolist()) <= {0, 255}:
         labels = (labels == 255).astype(np.uint8)  # a binary 0/255 mask: one object
     return labels, None
+
+
+def _lossy_format(img: Image.Image) -> str | None:
+    """The name of the file's real format (not its suffix) when it is lossy, else None."""
+    if img.format in ("JPEG", "MPO", "JPEG2000", "WEBP"):  # MPO: a JPEG with more pictures
+        return img.format
+    compression = str(img.info.get("compression", ""))
+    if img.format == "TIFF" and ("jpeg" in compression or "webp" in compression):
+        return f"TIFF ({compression})"
+    return None
 
 
 def _palette_bytes(img: Image.Image) -> bytes:
