@@ -139,6 +139,20 @@ def test_void_pixels_are_ignored(tmp_path):
     assert r["objects"]["2"]["J_per_frame"] == [1.0, 1.0] and r["objects"]["2"]["F_per_frame"] == [1.0, 1.0]
 
 
+@pytest.mark.parametrize("under_void", [0, 1, 2])
+def test_void_is_neither_an_object_nor_background(tmp_path, under_void):
+    """DAVIS: ground-truth 255 is void. Whatever a prediction says there (background, one object or
+    another) scores nothing, and 255 is not an object of the sequence."""
+    void = box(SIZE, 0, 100, 50, 100)
+    gt = [np.where(void, 255, m).astype(np.uint8) for m in gt_frames()[:2]]
+    pred = [np.where(void, under_void, m).astype(np.uint8) for m in gt_frames()[:2]]
+    write_seq(tmp_path / "gt", gt)
+    write_seq(tmp_path / "pred", pred)
+    r = evaluate_sequence(tmp_path / "pred", tmp_path / "gt", all_frames=True)
+    assert sorted(r["objects"]) == ["1", "2"]
+    for scores in r["objects"].values():
+        assert scores["J_per_frame"] == [1.0, 1.0] and scores["F_per_frame"] == [1.0, 1.0]
+
 def test_dataset_layout_and_global_means(folders):
     root = folders / "davis"
     write_seq(root / "Annotations" / "480p" / "a", gt_frames())
@@ -157,6 +171,14 @@ def test_dataset_layout_and_global_means(folders):
     with pytest.raises(CoordGANError, match="Annotations has no '1080p' folder \\(it has: 480p\\)"):
         evaluate(folders / "out", root, resolution="1080p")
 
+
+def test_one_folder_each_side_is_named_after_the_results(tmp_path):
+    """`eval-video masks/ gt/` named the sequence "gt": the ground truth's folder, not the results'."""
+    write_seq(tmp_path / "gt", gt_frames())
+    write_seq(tmp_path / "bear-masks", gt_frames())
+    assert list(evaluate(tmp_path / "bear-masks", tmp_path / "gt")["sequences"]) == ["bear-masks"]
+    write_seq(tmp_path / "out" / "gt", gt_frames())  # PRED/<seq>/ as `propagate` writes a dataset
+    assert list(evaluate(tmp_path / "out", tmp_path / "gt")["sequences"]) == ["gt"]
 
 def test_missing_or_mismatched_predictions_are_errors(folders):
     (folders / "pred" / "seq" / "00002.png").unlink()

@@ -3,7 +3,8 @@
 Layouts (GT decides, PRED follows):
 * GT is a DAVIS root (Annotations/<res>/<seq>/) or a folder of sequence folders: every sequence
   is evaluated, predictions read from PRED/<seq>/ (as `coordgan propagate` writes a dataset);
-* GT is one sequence folder of PNGs: PRED is one folder of PNGs (or PRED/<seq>/ holding them).
+* GT is one sequence folder of PNGs: PRED is one folder of PNGs, which names the sequence (or
+  PRED/<seq>/ holding them).
 
 Masks are palette or grayscale PNGs, pixel value = object id; 255 in the ground truth is void
 (ignored), except in a grayscale 0/255 mask, which reads as one object (DAVIS 2016). Objects are
@@ -103,9 +104,11 @@ def evaluate(pred, gt, *, all_frames: bool = False, resolution: str | None = Non
     seqs = gt_sequences(gt, resolution)
     results, skipped = {}, {}
     for seq, folder in seqs.items():
+        pred_dir = _pred_folder(pred, seq, len(seqs) == 1)
+        if pred_dir == pred:  # one folder of masks each side: named as the results, not "gt" or "Annotations"
+            seq = pred.resolve().name
         try:
-            results[seq] = evaluate_sequence(_pred_folder(pred, seq, len(seqs) == 1), folder, all_frames=all_frames,
-                                             bound_th=bound_th)
+            results[seq] = evaluate_sequence(pred_dir, folder, all_frames=all_frames, bound_th=bound_th)
         except NothingToScore as exc:
             skipped[seq] = str(exc)
     if not results:
