@@ -238,17 +238,22 @@ def test_exit_code_says_whether_everything_was_measured(tmp_path):
 
 def test_output_paths_are_checked_before_measuring(tmp_path):
     (tmp_path / "file").write_text("not a folder")
+    unwritable = tmp_path / "file" / "r.out"
     for option in ("--json", "--csv", "--plot"):
-        result = invoke("encoder", "--preset", "tiny", "--backends", "torch", option, tmp_path / "file" / "r.out")
+        result = invoke("encoder", "--preset", "tiny", "--backends", "torch", option, unwritable)
         assert result.exit_code == 1 and isinstance(result.exception, CoordGANError), (option, result.output)
-        assert str(result.exception).startswith(f"Cannot write {option} {tmp_path / 'file' / 'r.out'}: cannot make")
+        assert str(result.exception) == f"Cannot write {unwritable}: {tmp_path / 'file'} is a file, not a folder."
         assert "coordgan bench" not in result.output  # refused before the run: no table
     result = invoke("encoder", "--preset", "tiny", "--backends", "torch", "--json", tmp_path)
-    assert str(result.exception) == f"--json {tmp_path} is a folder; give a file name to write."
+    assert str(result.exception) == f"{tmp_path} is a folder; give a file name to write."
     # the load test and compare too: refused before reaching (here: without) a server or reading anything
     for args in (("triton", "--url", "127.0.0.1:1", "--model", "m"), ("compare", tmp_path / "a", tmp_path / "b")):
-        result = invoke(*args, "--json", tmp_path / "file" / "r.json")
-        assert str(result.exception).startswith("Cannot write --json"), (args, result.exception)
+        result = invoke(*args, "--json", unwritable)
+        assert str(result.exception).startswith(f"Cannot write {unwritable}:"), (args, result.exception)
+    # a missing folder is made, as the files were written into one before
+    result = invoke("lookup", "--preset", "tiny", "--backends", "ort-cpu", "--iters", "1", "--warmup", "0",
+                    "--json", tmp_path / "new" / "r.json")
+    assert result.exit_code == 0 and (tmp_path / "new" / "r.json").is_file(), (result.output, result.exception)
 
 
 def test_csv_has_header_and_blank_for_missing():

@@ -31,5 +31,6 @@ def test_sample_refuses_a_name_of_another_format(tmp_path, monkeypatch, capsys):
         assert code == 1 and err == (f"Error: --out {tmp_path / name}: sample writes a PNG; give a file name "
                                      "ending in .png.\n"), err
         assert not (tmp_path / name).exists()
-    code, _, err = sample(monkeypatch, capsys, tmp_path)
-    assert code == 1 and "is a folder" in err
+    (tmp_path / "grid.png").mkdir()
+    code, _, err = sample(monkeypatch, capsys, tmp_path / "grid.png", "--overwrite")
+    assert code == 1 and err == f"Error: {tmp_path / 'grid.png'} is a folder; give a file name to write.\n"

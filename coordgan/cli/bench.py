@@ -118,7 +118,7 @@ def _target_command(target: str):
             lookup_method=lookup_method, gpu_lookup=gpu_lookup, refs=refs, classes=classes, tau=tau,
             frame_size=_frame_size(frame_size), seed=seed)
         options.validate()
-        _check_outputs(("--json", json_out), ("--csv", csv_out), ("--plot", plot))
+        _check_outputs(json_out, csv_out, plot)
         out = _wide_console()
         with status(out) as say:
             source = ModelSource(ckpt=ckpt, preset=preset, seed=seed, cache=cache_dir, progress=say)
@@ -143,13 +143,13 @@ def _target_command(target: str):
     return command
 
 
-def _check_outputs(*outputs) -> None:
-    """(option, path or None) pairs: refused now, not after minutes of measuring."""
-    from runtime.bench import report
+def _check_outputs(*paths) -> None:
+    """Result files (None: not asked for) refused now, not after minutes of measuring; folders made."""
+    from runtime.fileio import check_target
 
-    for option, path in outputs:
+    for path in paths:
         if path is not None:
-            report.check_output(path, option)
+            check_target(path, make_folder=True)
 
 
 def _fail_unless_measured(rows) -> None:
@@ -207,7 +207,7 @@ def triton(
                           requests=requests if requests is not None or duration is not None else 100,
                           duration_s=duration, warmup=warmup, shapes=_shapes(shape), seed=seed)
     options.validate()
-    _check_outputs(("--json", json_out))
+    _check_outputs(json_out)
     out = _wide_console()
     target = TritonTarget(url, model, protocol)
     try:
@@ -234,7 +234,7 @@ def compare(
 
     from runtime.bench import report
 
-    _check_outputs(("--json", json_out))
+    _check_outputs(json_out)
     a, b = (_concurrency_in_backend(report.load_results(f)) for f in (first, second))
     rows = report.compare(a, b)
     if not rows:

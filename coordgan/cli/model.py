@@ -92,13 +92,13 @@ def sample(
 def _check_png_out(out: Path, overwrite: bool) -> None:
     """Before any work: a PNG name (the grid is lossless PNG; a .jpg holding PNG bytes misleads every
     viewer), and an existing file replaced only with --overwrite, as every other command asks."""
-    if out.is_dir():
-        raise CoordGANError(f"--out {out} is a folder; give a file name ending in .png.")
+    from runtime.fileio import check_target
+
     if out.suffix.lower() != ".png":
         raise CoordGANError(f"--out {out}: sample writes a PNG; give a file name ending in .png.")
+    check_target(out, make_folder=True)
     if out.exists() and not overwrite:
         raise CoordGANError(f"{out} exists; pass --overwrite to replace it.")
-    out.parent.mkdir(parents=True, exist_ok=True)
 
 
 def register(app: typer.Typer) -> None:

@@ -10,7 +10,6 @@ import csv
 import io
 import json
 import math
-import os
 from pathlib import Path
 
 from runtime.errors import CoordGANError
@@ -103,20 +102,6 @@ def to_csv(rows) -> str:
     for r in rows:
         writer.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in COLUMNS})
     return buf.getvalue()
-
-
-def check_output(path, option: str) -> None:
-    """Refuse an output the run could not write before measuring, not after it: makes its folder."""
-    path = Path(path)
-    if path.is_dir():
-        raise CoordGANError(f"{option} {path} is a folder; give a file name to write.")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise CoordGANError(f"Cannot write {option} {path}: cannot make its folder {path.parent} "
-                            f"({exc.strerror or exc}).") from None
-    if not os.access(path.parent, os.W_OK | os.X_OK):
-        raise CoordGANError(f"Cannot write {option} {path}: its folder {path.parent} is not writable.")
 
 
 def _row_name(r) -> str:
