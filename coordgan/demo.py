@@ -5,11 +5,14 @@ masks, the first frame's parts propagated through it, mean J and F beside the id
 checkpoint on ONNX Runtime, CPU). Outputs in `out`: faces.mp4, gt/, masks/ (+ summary.json),
 identity/ (the first-frame mask copied to every frame), overlay.mp4, strip.png (a few frames with
 the ground truth, the identity baseline and the propagated masks side by side), and demo.json last.
+A run first removes an earlier demo's outputs, and a failed or interrupted one removes its own: a
+folder with demo.json holds one whole run, and one without it holds none.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +21,7 @@ from typing import Callable
 from runtime.errors import CoordGANError
 
 SHIPPED_CKPT = Path(__file__).resolve().parents[1] / "checkpoints" / "tiny-synthetic-faces.safetensors"
+OUTPUTS = ("demo.json", "faces.mp4", "gt", "identity", "masks", "overlay.mp4", "strip.png")
 
 
 @dataclass(frozen=True)
@@ -28,9 +32,25 @@ class DemoOptions:
     memory: int = 3  # recent propagated frames kept as references
 
     def validate(self) -> None:
+        """Every option, before the export and the video: a bad one must not cost a whole run."""
         if self.frames < 3 or self.size < 32:
             raise CoordGANError(f"The demo needs --frames 3 or more (J and F skip the first and last) and --size 32 "
                                 f"or more, got {self.frames} and {self.size}.")
+        if self.size % 2:  # yuv420p pads an odd side, and masks one pixel larger than the truth cannot be scored
+            raise CoordGANError(f"--size must be even (the demo video's codec needs even sides), got {self.size}.")
+        self.propagate_options(None).validate()
+
+    def propagate_options(self, overlay):
+        from runtime.propagation.sequence import PropagateOptions
+
+        return PropagateOptions(memory=self.memory, overlay=overlay, overwrite=True)
+
+
+def check_out(out) -> None:
+    """The demo's output folder: refused up front when a file holds its name."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise CoordGANError(f"--out {out} is a file; give a folder for the demo's outputs.")
 
 
 def write_inputs(out: Path, options: DemoOptions):
@@ -45,9 +65,7 @@ def write_inputs(out: Path, options: DemoOptions):
         for frame in frames:
             writer.write(frame)
     for folder, labels in (("gt", masks), ("identity", [masks[0]] * len(masks))):
-        (out / folder).mkdir(parents=True, exist_ok=True)
-        for stale in (out / folder).glob("*.png"):  # an earlier, longer demo's frames would be scored too
-            stale.unlink()
+        (out / folder).mkdir(parents=True)
         for i, mask in enumerate(labels):
             write_mask(out / folder / f"{i:05d}.png", mask, DAVIS_PALETTE)
     return video, frames, masks
@@ -88,20 +106,40 @@ def run_demo(model, out, options: DemoOptions = DemoOptions(), *, checkpoint: st
              on_frame: Callable[[int, int | None], None] | None = None,
              on_note: Callable[[str], None] | None = None) -> dict:
     """Write the inputs, propagate, score; returns (and writes as demo.json) the result."""
-    from runtime.davis.evaluate import evaluate_sequence
-    from runtime.io.masks import read_mask
-    from runtime.io.video import open_frames
-    from runtime.propagation.sequence import PropagateOptions, Reference, propagate_sequence
-
     options.validate()
-    started = time.perf_counter()
+    check_out(out)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "demo.json").unlink(missing_ok=True)  # written last: only a finished run's scores are there
+    _remove_outputs(out)  # demo.json first: never beside another run's files
+    try:
+        return _run(model, out, options, checkpoint, on_frame, on_note)
+    except BaseException:  # Ctrl-C too: no half of a demo left to mistake for one
+        _remove_outputs(out)
+        raise
+
+
+def _remove_outputs(out: Path) -> None:
+    for name in OUTPUTS:
+        path = out / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def _run(model, out: Path, options: DemoOptions, checkpoint, on_frame, on_note) -> dict:
+    from runtime.davis.evaluate import evaluate_sequence
+    from runtime.fileio import atomic_write
+    from runtime.io.masks import read_mask
+    from runtime.io.video import open_frames
+    from runtime.propagation.observer import CallbackObserver
+    from runtime.propagation.sequence import Reference, propagate_sequence
+
+    started = time.perf_counter()
     video, frames, truth = write_inputs(out, options)
-    propagate = PropagateOptions(memory=options.memory, overlay=out / "overlay.mp4", overwrite=True)
+    propagate = options.propagate_options(out / "overlay.mp4")
     summary = propagate_sequence(model, open_frames(video), [Reference(truth[0])], out / "masks", propagate,
-                                 on_frame=on_frame, on_note=on_note)
+                                 observer=CallbackObserver(on_frame, on_note))
     scores = {name: evaluate_sequence(out / folder, out / "gt")
               for name, folder in (("propagated", "masks"), ("identity baseline", "identity"))}
     propagated = [read_mask(path)[0] for path in sorted((out / "masks").glob("*.png"))]
@@ -112,8 +150,6 @@ def run_demo(model, out, options: DemoOptions = DemoOptions(), *, checkpoint: st
               **{name: {"J_mean": s["J_mean"], "F_mean": s["F_mean"]} for name, s in scores.items()},
               "outputs": {"video": str(video), "ground_truth": str(out / "gt"), "masks": str(out / "masks"),
                           "overlay": str(propagate.overlay), "picture": str(out / "strip.png")}}
-    from runtime.fileio import atomic_write
-
     with atomic_write(out / "demo.json", "w") as f:
         json.dump(result, f, indent=2)
         f.write("\n")

@@ -16,9 +16,15 @@ from coordgan.demo import SHIPPED_CKPT
 from coordgan.models import build
 
 
-def test_demo_writes_every_output(tmp_path, monkeypatch, capsys):
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory):
     torch.manual_seed(0)
-    ckpt = save(tmp_path / "tiny.safetensors", PRESETS["tiny"], build(PRESETS["tiny"], which=("g", "e")))
+    return save(tmp_path_factory.mktemp("ckpt") / "tiny.safetensors", PRESETS["tiny"],
+                build(PRESETS["tiny"], which=("g", "e")))
+
+
+def test_demo_writes_every_output(tiny_ckpt, tmp_path, monkeypatch, capsys):
+    ckpt = tiny_ckpt
     out = tmp_path / "demo"
     code, stdout, err = run_main(monkeypatch, capsys, "demo", "--ckpt", ckpt, "--out", out, "--frames", 6,
                                  "--size", 64)
@@ -54,6 +60,51 @@ def test_demo_without_checkpoint_is_one_sentence(tmp_path, monkeypatch, capsys):
     assert code == 1
     assert err.startswith("Error:") and "does not exist" in err and err.count("\n") == 1
     assert not (tmp_path / "demo").exists()
+
+
+@pytest.mark.skipif(SHIPPED_CKPT.is_file(), reason="the shipped checkpoint is in this checkout")
+def test_demo_without_the_shipped_checkpoint_says_none_ships_and_what_to_run(tmp_path, monkeypatch, capsys):
+    code, _, err = run_main(monkeypatch, capsys, "demo", "--out", tmp_path / "demo")
+    assert code == 1 and err.count("\n") == 1, err
+    assert err.startswith("Error: No trained checkpoint ships yet (checkpoints/README.md says why and how")
+    assert "--ckpt CKPT" in err and "coordgan train-encoder" in err and "make demo" in err
+    assert not (tmp_path / "demo").exists()
+
+
+def test_demo_options_are_checked_before_any_work(tiny_ckpt, tmp_path, monkeypatch, capsys):
+    """A bad option is refused before the export (nothing made in --out), not after the whole run."""
+    (tmp_path / "file").write_text("not a folder")
+    out = tmp_path / "demo"
+    for args, sentence in (
+            (("--size", 33), "--size must be even (the demo video's codec needs even sides), got 33."),
+            (("--memory", -1), "memory must be"),
+            (("--frames", 2), "--frames 3 or more"),
+            (("--out", tmp_path / "file"), f"--out {tmp_path / 'file'} is a file; give a folder for the demo's "
+                                           "outputs.")):
+        code, _, err = run_main(monkeypatch, capsys, "demo", "--ckpt", tiny_ckpt, "--out", out, *args)
+        assert code == 1 and sentence in err and err.count("\n") == 1, (args, err)
+        assert not out.exists(), args
+
+
+def test_an_interrupted_demo_leaves_no_demo_behind(tiny_ckpt, tmp_path):
+    """A run stopped midway (Ctrl-C, here in the progress callback) removes what it wrote, and what the
+    run before it left: no folder of a half demo, nor one of two runs' files."""
+    from coordgan.demo import OUTPUTS, DemoOptions, run_demo
+    from export.cache import encoder_onnx
+    from runtime.propagation.model import open_model
+
+    def stop_at_frame_2(done, total):
+        if done >= 2:
+            raise KeyboardInterrupt
+
+    out = tmp_path / "demo"
+    encoder = encoder_onnx(tiny_ckpt, cache=tmp_path / "export")
+    with open_model(str(encoder), backend="onnxruntime", device="cpu") as model:
+        run_demo(model, out, DemoOptions(frames=4, size=32))
+        assert all((out / name).exists() for name in OUTPUTS)
+        with pytest.raises(KeyboardInterrupt):
+            run_demo(model, out, DemoOptions(frames=6, size=32), on_frame=stop_at_frame_2)
+    assert list(out.iterdir()) == []
 
 
 @pytest.mark.skipif(not SHIPPED_CKPT.is_file(), reason="the shipped checkpoint is not in this checkout")

@@ -12,6 +12,11 @@ from coordgan.demo import SHIPPED_CKPT
 from runtime.terminal import console, tagged
 
 
+NO_SHIPPED_CKPT = ("No trained checkpoint ships yet (checkpoints/README.md says why and how to train one): pass "
+                   "a checkpoint with an encoder as --ckpt CKPT (from `coordgan train`, then `coordgan "
+                   "train-encoder`), or run `make demo`, which meanwhile draws the tiny preset's swap grid.")
+
+
 def demo(
     ckpt: Path = typer.Option(SHIPPED_CKPT, "--ckpt", help="Checkpoint (default: the shipped tiny one)."),
     out: Path = typer.Option(Path("demo-out"), "--out", help="Output folder (its demo outputs are replaced)."),
@@ -22,15 +27,17 @@ def demo(
 ):
     """Propagate a synthetic face's part masks through a video and score them against ground truth."""
     from coordgan.data.synthetic_faces import PART_NAMES
-    from coordgan.demo import DemoOptions, run_demo
+    from coordgan.demo import DemoOptions, check_out, run_demo
     from export.cache import encoder_onnx
     from runtime.errors import CoordGANError
     from runtime.propagation.model import open_model
 
-    if not ckpt.is_file():
-        raise CoordGANError(f"Checkpoint {ckpt} does not exist; pass one with --ckpt.")
     options = DemoOptions(frames=frames, size=size, seed=seed, memory=memory)
-    options.validate()
+    options.validate()  # all of them before the export: none is found out after minutes of work
+    check_out(out)
+    if not ckpt.is_file():
+        raise CoordGANError(NO_SHIPPED_CKPT if ckpt == SHIPPED_CKPT else
+                            f"Checkpoint {ckpt} does not exist; pass one with --ckpt.")
     out_console = console()
     started = time.perf_counter()
     encoder = encoder_onnx(ckpt, cache=out / "export", progress=out_console.print)
