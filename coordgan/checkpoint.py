@@ -3,18 +3,22 @@
 Our format is one `.safetensors` file: tensors keyed `<net>.<param>` for the networks present
 (g, g_ema, e, d, d_patch) and the model config as JSON in the header metadata, so nothing is
 ever unpickled. Public checkpoints (top-level keys g_ema, g, e, d, d_patch, optimizer states)
-are read with `torch.load(weights_only=True)`; their architecture is recognised by matching
-parameter names and shapes against the presets. The file kind is told by its first bytes,
-not its extension.
+are read with `torch.load(weights_only=True)` (`read_torch_file`, which also reads the LPIPS
+backbone); their architecture is recognised by matching parameter names and shapes against the
+presets. The file kind is told by its first bytes, not its extension, and a file that holds
+pickled Python objects is told by the opcodes of its pickle and refused.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import pickle
+import pickletools
 import re
 import struct
 import warnings
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -130,23 +134,84 @@ def _read_safetensors(path: Path):
     return cfg, states, json.loads(meta.get("extra", "{}"))
 
 
-def _read_public(path: Path) -> dict[str, dict]:
+def read_torch_file(path: Path, what: str = "Checkpoint"):
+    """`torch.load(weights_only=True)` of `path` (a zip or legacy PyTorch file), quietly; `what` names the
+    file in errors. Why it failed is told by the file's bytes, never by torch's wording, and torch's
+    advice to turn the safety off is never passed on."""
+    with open(path, "rb") as f:
+        head = f.read(2)
+    if head != b"PK" and head[:1] != b"\x80":
+        raise CoordGANError(f"{what} {path} is not a PyTorch weights file (neither a zip nor a pickle).")
     try:
         # a file object: torch.load must not pick a reader by the file's name; its pickle-protocol
         # warnings are about files it then refuses or reads anyway
         with open(path, "rb") as f, warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            obj = torch.load(f, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
-        if found:
-            raise CoordGANError(f"Refusing to load {path}: it holds pickled Python objects (such as "
-                                f"{found.group(1)}), not only tensors, and checkpoints are never unpickled.") from None
-        reason = re.search(r"WeightsUnpickler error:\s*(.+)", str(exc))
-        raise CoordGANError(f"Checkpoint {path} is truncated or corrupt "
-                            f"({reason.group(1).strip().rstrip('.') if reason else first_line(exc)}).") from None
+            return torch.load(f, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for damaged files (RuntimeError, EOFError, zip errors...)
-        raise CoordGANError(f"Checkpoint {path} is truncated or corrupt ({first_line(exc)}).") from None
+        objects = pickled_objects(path)
+        if objects:
+            raise CoordGANError(f"Refusing to load {path}: it holds pickled Python objects (such as {objects[0]}), "
+                                "not only tensors, and unpickling them could run arbitrary code, so they are never "
+                                "loaded.") from None
+        # torch's text for a refused pickle recommends weights_only=False: never repeat it
+        reason = ("its pickle data is damaged or not written by torch.save"
+                  if isinstance(exc, pickle.UnpicklingError) or "weights_only" in str(exc) else first_line(exc))
+        raise CoordGANError(f"{what} {path} is truncated or corrupt ({reason}).") from None
+
+
+# What torch.save pickles to rebuild tensors and plain containers: any other global is a Python object.
+_TENSOR_GLOBALS = re.compile(r"collections\.OrderedDict|_codecs\.encode|torch\._utils\._rebuild_\w+"
+                             r"|torch\.(storage\.)?\w*Storage|torch\.(Size|device)"
+                             r"|builtins\.(set|frozenset|bytearray|complex)")
+_PICKLE_STRINGS = {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "STRING", "BINSTRING",
+                   "SHORT_BINSTRING"}
+
+
+def pickled_objects(path: Path) -> list[str]:
+    """The Python objects (module.name, in order) that a PyTorch file's pickle names besides tensors,
+    read from its opcodes alone: nothing is unpickled. Empty for a file of tensors and containers, and
+    for bytes that hold no readable pickle."""
+    found: list[str] = []
+    try:
+        with open(path, "rb") as f:
+            if f.read(2) == b"PK":  # torch.save's format: the object's pickle is <archive>/data.pkl
+                with zipfile.ZipFile(f) as z:
+                    names = [n for n in z.namelist() if n == "data.pkl" or n.endswith("/data.pkl")]
+                    if names:
+                        _pickle_globals(io.BytesIO(z.read(names[0])), found)
+            else:  # the legacy format: five pickles (magic, protocol, system, the object, storage keys), then data
+                f.seek(0)
+                for _ in range(5):
+                    _pickle_globals(f, found)
+    except (ValueError, EOFError, OSError, zipfile.BadZipFile):
+        pass  # a pickle cut short or bytes that are none: what it named up to there still counts
+    return [g for g in dict.fromkeys(found) if not _TENSOR_GLOBALS.fullmatch(g)
+            and not (g.startswith("torch.") and isinstance(getattr(torch, g[6:], None), torch.dtype))]
+
+
+def _pickle_globals(stream, found: list[str]) -> None:
+    """Append the globals (module.name) one pickle in `stream` names; reads up to its STOP."""
+    strings, memo, last = [], {}, None  # strings pushed, memoized ones: STACK_GLOBAL takes the last two
+    for op, arg, _ in pickletools.genops(stream):
+        if op.name in _PICKLE_STRINGS:
+            strings.append(arg)
+        elif op.name == "MEMOIZE":
+            memo[len(memo)] = last
+        elif op.name in ("PUT", "BINPUT", "LONG_BINPUT"):
+            memo[arg] = last
+        elif op.name in ("GET", "BINGET", "LONG_BINGET") and isinstance(memo.get(arg), str):
+            strings.append(memo[arg])
+        elif op.name == "GLOBAL":
+            module, name = arg.split(" ", 1)
+            found.append(f"{'builtins' if module == '__builtin__' else module}.{name}")  # protocols 0-2: Python 2's name
+        elif op.name == "STACK_GLOBAL":
+            found.append(".".join(strings[-2:]))
+        last = arg if op.name in _PICKLE_STRINGS else None
+
+
+def _read_public(path: Path) -> dict[str, dict]:
+    obj = read_torch_file(path)
     if not isinstance(obj, dict) or not any(k in obj for k in NETWORK_KEYS):
         raise CoordGANError(f"{path} is not a CoordGAN checkpoint: expected top-level keys among {', '.join(NETWORK_KEYS)}.")
     states = {}

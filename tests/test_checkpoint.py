@@ -1,6 +1,7 @@
 """Checkpoints: our safetensors round trip, the public .pt layout, and every bad file."""
 
 import pickle
+import struct
 
 import pytest
 import torch
@@ -168,17 +169,47 @@ class Payload:
         return (print, ("this must never run",))
 
 
-def test_pickle_payload_is_refused(tmp_path, capsys):
-    torch.save({"g_ema": Generator(TINY).state_dict(), "evil": Payload()}, tmp_path / "evil.pt")
-    with pytest.raises(CoordGANError, match=r"^Refusing to load .*evil.pt: it holds pickled Python objects "
-                                            r"\(such as print\), not only tensors, and checkpoints "
-                                            r"are never unpickled\.$"):
+_PICKLES = {  # how a file of Python objects gets made, and the first object it names
+    "zip": (lambda p: torch.save({"g_ema": Generator(TINY).state_dict(), "evil": Payload()}, p), "builtins.print"),
+    "legacy torch.save": (lambda p: torch.save({"g_ema": Payload()}, p, _use_new_zipfile_serialization=False),
+                          "builtins.print"),
+    "plain pickle": (lambda p: p.write_bytes(pickle.dumps({"g_ema": Payload()})), "builtins.print"),
+    "whole module": (lambda p: torch.save({"g_ema": Generator(TINY)}, p), "coordgan.models.generator.Generator"),
+}
+
+
+@pytest.mark.parametrize("kind", list(_PICKLES))
+def test_a_pickle_of_objects_is_refused_as_such(tmp_path, capsys, kind):
+    """Told by the file's bytes (the opcodes of its pickle), whatever torch's message says; torch's advice
+    to load with weights_only=False is never passed on (a plain pickle was once called truncated)."""
+    make, first = _PICKLES[kind]
+    make(tmp_path / "evil.pt")
+    with pytest.raises(CoordGANError) as info:
         load(tmp_path / "evil.pt")
-    # a legacy (non-zip) pickle stream is refused the same way
-    (tmp_path / "legacy.pt").write_bytes(pickle.dumps({"g_ema": Payload()}))
-    with pytest.raises(CoordGANError, match="pickled Python objects|truncated or corrupt"):
-        load(tmp_path / "legacy.pt")
+    assert str(info.value) == (f"Refusing to load {tmp_path / 'evil.pt'}: it holds pickled Python objects (such as "
+                               f"{first}), not only tensors, and unpickling them could run arbitrary code, so they "
+                               "are never loaded.")
     assert "this must never run" not in capsys.readouterr().out
+
+
+def test_a_damaged_pickle_is_corrupt_without_torch_advice(tmp_path):
+    import zipfile
+
+    pt = _public_file(tmp_path / "p.pt", build(TINY, which=("g", "e", "d")))
+    with zipfile.ZipFile(pt) as z:  # torch stores data.pkl uncompressed: its bytes lie in the file as they are
+        info = next(i for i in z.infolist() if i.filename.endswith("/data.pkl"))
+    blob = bytearray(pt.read_bytes())
+    name_len, extra_len = struct.unpack_from("<HH", blob, info.header_offset + 26)  # the local header's own
+    start = info.header_offset + 30 + name_len + extra_len
+    assert blob[start:start + 2] == b"\x80\x02"  # PROTO 2, then the first opcode
+    blob[start + 2] = 0xFF  # no such opcode
+    (tmp_path / "bad.pt").write_bytes(bytes(blob))
+    with pytest.raises(CoordGANError, match=r"bad.pt is truncated or corrupt \(its pickle data is damaged") as exc:
+        load(tmp_path / "bad.pt")
+    assert "weights_only" not in str(exc.value)
+    # tensors in the legacy (non-zip) layout still load
+    torch.save({"g_ema": Generator(TINY).state_dict()}, tmp_path / "legacy.pt", _use_new_zipfile_serialization=False)
+    assert set(load(tmp_path / "legacy.pt").networks) == {"g_ema"}
 
 
 def test_not_a_checkpoint(tmp_path):

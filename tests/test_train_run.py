@@ -317,8 +317,26 @@ def test_missing_lpips_weights_stop_before_step_0(tmp_path, monkeypatch):
     assert str(tmp_path / "torch-home" / "hub" / "checkpoints") in message and "--lpips-weights" in message
     assert not out.exists()
     (tmp_path / "junk.pt").write_bytes(b"not a state dict" * 10)
-    with pytest.raises(CoordGANError, match="junk.pt: it is not a PyTorch weights file"):
+    with pytest.raises(CoordGANError, match="junk.pt is not a PyTorch weights file"):
         build_lpips("vgg", weights=tmp_path / "junk.pt")
+
+
+class _Payload:
+    def __reduce__(self):
+        return (print, ("this must never run",))
+
+
+def test_a_pickle_as_lpips_weights_is_one_clean_sentence(tmp_path, recwarn):
+    """torch's warning about the pickle protocol (with its source line) was printed before the error."""
+    torch.save({"features.0.weight": torch.zeros(1), "evil": _Payload()}, tmp_path / "vgg.pth")
+    result = CliRunner().invoke(app, ["train", "--preset", "tiny", "--data", "synthetic-faces", "--out",
+                                      str(tmp_path / "run"), "--steps", "1", "--batch", "2", "--workers", "0",
+                                      "--device", "cpu", "--lpips-weights", str(tmp_path / "vgg.pth")])
+    assert isinstance(result.exception, CoordGANError)
+    assert str(result.exception) == (f"Refusing to load {tmp_path / 'vgg.pth'}: it holds pickled Python objects "
+                                     "(such as builtins.print), not only tensors, and unpickling them could run "
+                                     "arbitrary code, so they are never loaded.")
+    assert [str(w.message) for w in recwarn] == [] and "this must never run" not in result.output
 
 
 def test_lpips_backbone_from_the_hub_cache(tmp_path, monkeypatch):

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from coordgan.checkpoint import read_torch_file
 from runtime.errors import CoordGANError
 
 NETS = ("vgg", "alex")  # NVlabs/CoordGAN uses the VGG LPIPS
@@ -83,11 +84,7 @@ def _resolve_backbone(net: str, weights) -> Path:
 
 def _load_backbone(trunk: nn.Module, path: Path, net: str) -> None:
     """Load torchvision `features.<i>.*` weights into lpips' sliced trunk (`slice<k>.<i>.*`)."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
-        raise CoordGANError(f"Cannot read LPIPS backbone weights {path}: it is not a PyTorch weights file that "
-                            f"torch.load reads ({type(exc).__name__}).") from None
+    state = read_torch_file(path, "LPIPS backbone weights file")
     if not isinstance(state, dict):
         raise CoordGANError(f"LPIPS backbone weights {path} are not a state dict.")
     by_index = {}
