@@ -307,3 +307,43 @@ def test_sparse_lookup_path_agrees_with_the_reference():
     assert (got == want).float().mean() >= 0.999
     with pytest.raises(CoordGANError, match="--lookup must be one of"):
         propagate(queries, ref_map, ref_labels, 5, lookup="fast")
+
+
+def test_preset_gives_random_weights_instead_of_a_checkpoint(ckpts, tmp_path):
+    """--preset NAME scores a preset's random weights (seeded by --seed), as sample and bench take it;
+    exactly one of CKPT and --preset."""
+    out = tmp_path / "r.json"
+    result = run_cli("eval-propagation", "--preset", "tiny", "--data", "synthetic-faces", "--n", "7",
+                     "--max-queries", "2", "--device", "cpu", "--json", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "weights: preset tiny, random (seed 0)" in result.stdout
+    record = json.loads(out.read_text())
+    assert record["checkpoint"] is None and record["weights"] == "random (seed 0)" and record["preset"] == "tiny"
+    assert math.isfinite(record["miou"]) and record["num_queries"] == 2
+    full, _ = ckpts
+    for args in ((), (str(full), "--preset", "tiny")):
+        result = run_cli("eval-propagation", *args, "--data", "synthetic-faces", "--device", "cpu")
+        assert result.returncode == 1 and result.stderr == (
+            "Error: Give exactly one of a checkpoint CKPT and --preset NAME (random weights).\n"), args
+    result = run_cli("eval-propagation", "--preset", "huge", "--data", "synthetic-faces", "--device", "cpu")
+    assert result.returncode == 1 and "Unknown preset 'huge'" in result.stderr
+
+
+@pytest.mark.parametrize("lookup", ["cuda", "cuda-sparse"])
+def test_a_kernel_lookup_on_the_cpu_is_refused_in_the_commands_words(ckpts, lookup):
+    """--lookup cuda with --device cpu: one sentence naming the options, before the maps are made
+    (it was runtime.lookup's 'impl=...' refusal, after them)."""
+    from coordgan.evaluation.run import EvalOptions, run_eval
+
+    full, _ = ckpts
+    stages = []
+    sentence = (f"--lookup {lookup} runs a CUDA kernel, so it needs --device cuda; on the CPU use --lookup sparse, "
+                "dense or reference.")
+    with pytest.raises(CoordGANError) as refused:
+        run_eval(full, EvalOptions(data="synthetic-faces", n=4, device="cpu", lookup=lookup),
+                 lambda stage, done, total: stages.append(stage))
+    assert str(refused.value) == sentence and stages == []
+    base = canonical_grid(8, 8)  # the library function says the same
+    with pytest.raises(CoordGANError) as refused:
+        ev.propagate(base[None], base, torch.zeros(8, 8, dtype=torch.long), 2, lookup=lookup)
+    assert str(refused.value) == sentence

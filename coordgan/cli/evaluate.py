@@ -23,7 +23,9 @@ _HELP = {
     "max_queries": "Use at most this many query images (the first by sorted name).",
     "batch": "Images per encoder / lookup batch.",
     "n": "Number of synthetic faces (with --data synthetic-faces).",
-    "seed": "Seed of the synthetic faces.",
+    "seed": "Seed of the synthetic faces (and of --preset's random weights).",
+    "preset": "Random weights of this preset instead of CKPT: a quick try of the whole evaluation (the scores "
+              "then say nothing about a model).",
     "json": "Write the full result (per class, per reference) as JSON to this file.",
     "vis": "Write a PNG: queries and ground truth on top, then each reference with its labels propagated.",
     "device": "cpu or cuda (default: cuda when available).",
@@ -34,8 +36,10 @@ _HELP = {
 
 
 def eval_propagation(
-    ckpt: Path = typer.Argument(..., help="Checkpoint with an encoder (ours or the authors' .pt)."),
+    ckpt: Optional[Path] = typer.Argument(None, help="Checkpoint with an encoder (ours or the authors' .pt); omit "
+                                          "it and pass --preset for random weights."),
     data: str = typer.Option(..., "--data", help=_HELP["data"]),
+    preset: Optional[str] = typer.Option(None, "--preset", help=_HELP["preset"]),
     refs: Optional[str] = typer.Option(None, "--refs", help=_HELP["refs"]),
     num_refs: int = typer.Option(5, "--num-refs", help=_HELP["num_refs"]),
     tau: float = typer.Option(0.01, "--tau", help=_HELP["tau"]),
@@ -58,7 +62,7 @@ def eval_propagation(
     options = EvalOptions(
         data=data, refs=tuple(r.strip() for r in refs.split(",") if r.strip()) if refs else (), num_refs=num_refs,
         tau=tau, exclude=parse_ids(exclude, "--exclude"), ignore=ignore, max_queries=max_queries, batch=batch, n=n,
-        seed=seed, json_out=json_out, vis=vis, device=device, lookup=lookup)
+        seed=seed, json_out=json_out, vis=vis, device=device, lookup=lookup, preset=preset)
     labels = {"maps": "correspondence maps", "propagation": "propagation (ref x query)"}
     columns = (TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     bar = Progress(*columns, console=console(stderr=True), transient=False)
@@ -108,6 +112,8 @@ def _print_propagation(report, options) -> None:
         beside += f"; ground-truth correspondence {_pct(ceiling.miou)} %"
     print(f"mIoU {_pct(result.miou)} % ({beside}) over {report.refs} reference(s), {report.queries} queries; "
           f"excluded classes {list(options.exclude) or 'none'}")
+    if options.preset is not None:
+        print(f"weights: preset {options.preset}, random (seed {options.seed}); the scores say nothing about a model")
     if errors is not None:
         print(f"matches land {errors['model']:.2f} px from the ground truth's on average "
               f"(identity baseline {errors['identity']:.2f} px)")

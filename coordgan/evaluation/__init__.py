@@ -30,11 +30,18 @@ CoordGAN adapter (encoder -> w_struct -> generator.warp).
     maps.py      correspondence maps of a model, the identity grid, the match error
     scoring.py   propagation and per-class IoU beside the identity baseline
     picture.py   the PNG of it
-    run.py       `coordgan eval-propagation` as a function: checkpoint + options -> report
+    run.py       `coordgan eval-propagation` as a function: checkpoint (or a preset) + options -> report
 """
 
 from coordgan.evaluation.data import SYNTHETIC, LabelledImages, load_folder, split_refs, synthetic_faces
-from coordgan.evaluation.maps import checkpoint_corr_fn, correspondence_maps, identity_corr, match_error, to_tensor
+from coordgan.evaluation.maps import (
+    checkpoint_corr_fn,
+    correspondence_maps,
+    identity_corr,
+    match_error,
+    networks_corr_fn,
+    to_tensor,
+)
 from coordgan.evaluation.picture import visualize
 from coordgan.evaluation.scoring import (
     IoUAccumulator,
@@ -52,6 +59,7 @@ __all__ = [
     "IoUAccumulator",
     "identity_corr",
     "checkpoint_corr_fn",
+    "networks_corr_fn",
     "propagate",
     "evaluate",
     "evaluate_maps",

@@ -28,8 +28,13 @@ def identity_corr(images: torch.Tensor) -> torch.Tensor:
 
 def checkpoint_corr_fn(ck, device: str | torch.device = "cpu") -> CorrFn:
     """encoder -> w_struct -> generator.warp of a loaded Checkpoint, as a corr_fn."""
-    encoder = ck.encoder.to(device).eval()  # CoordGANError (one sentence) when it has none
-    generator = ck.generator.to(device).eval()
+    return networks_corr_fn(ck.encoder, ck.generator, device)  # CoordGANError (one sentence) without an encoder
+
+
+def networks_corr_fn(encoder, generator, device: str | torch.device = "cpu") -> CorrFn:
+    """encoder -> w_struct -> generator.warp, as a corr_fn."""
+    encoder = encoder.to(device).eval()
+    generator = generator.to(device).eval()
 
     @torch.no_grad()
     def corr(images: torch.Tensor) -> torch.Tensor:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from coordgan.evaluation.scoring import LOOKUPS
+from coordgan.evaluation.scoring import LOOKUPS, check_lookup
 from runtime.errors import CoordGANError
 
 
@@ -31,6 +31,7 @@ class EvalOptions:
     json_out: Path | None = None
     vis: Path | None = None
     device: str | None = None  # cpu | cuda[:N]; None: cuda when available
+    preset: str | None = None  # random weights of this preset (seeded by `seed`) instead of a checkpoint
     lookup: str = "auto"  # a path of coordgan.correspondence.lookup; auto here: the exact reference on a GPU,
     #                        the sparse numpy path on the CPU (the benchmark's numbers, not the fastest path)
 
@@ -62,15 +63,39 @@ def parse_ids(text: str, what: str) -> tuple[int, ...]:
         raise CoordGANError(f"{what} must be comma-separated class ids, got {text!r}.") from None
 
 
+def _model(ckpt, options: EvalOptions, device):
+    """(config, corr_fn, what the record says of the weights) of CKPT, or of --preset's random weights."""
+    import torch
+
+    from coordgan import evaluation as ev
+
+    if (ckpt is None) == (options.preset is None):
+        raise CoordGANError("Give exactly one of a checkpoint CKPT and --preset NAME (random weights).")
+    if options.preset is None:
+        from coordgan.checkpoint import load
+
+        ck = load(ckpt)
+        corr_fn = ev.checkpoint_corr_fn(ck, device)  # one sentence when the checkpoint has no encoder
+        return ck.config, corr_fn, {"checkpoint": str(ck.path), "sha256": ck.sha256}
+    from coordgan.config import get_preset
+    from coordgan.models import build
+
+    cfg = get_preset(options.preset)
+    torch.manual_seed(options.seed)
+    nets = build(cfg, which=("g", "e"))
+    return cfg, ev.networks_corr_fn(nets["e"], nets["g"], device), {"checkpoint": None,
+                                                                     "weights": f"random (seed {options.seed})"}
+
+
 def run_eval(ckpt, options: EvalOptions, progress: Callable[[str, int, int], None] | None = None) -> EvalReport:
-    """Score the checkpoint's encoder maps on the options' data; write --json / --vis if asked.
+    """Score the encoder maps of the checkpoint (None: options.preset's random weights) on the options'
+    data; write --json / --vis if asked.
 
     progress(stage, done, total): stages "maps", "propagation", "ground-truth propagation".
     """
     import torch
 
     from coordgan import evaluation as ev
-    from coordgan.checkpoint import load
     from coordgan.devices import torch_device
     from runtime.fileio import atomic_write
 
@@ -80,11 +105,11 @@ def run_eval(ckpt, options: EvalOptions, progress: Callable[[str, int, int], Non
     lookup = options.lookup
     if lookup == "auto":
         lookup = "reference" if str(device).startswith("cuda") else "sparse"
+    check_lookup(lookup, device)  # before the maps: a kernel this run cannot use is refused now
     report = progress or (lambda stage, done, total: None)
 
-    ck = load(ckpt)
-    corr_fn = ev.checkpoint_corr_fn(ck, device)  # one sentence when the checkpoint has no encoder
-    size = ck.config.base_size
+    config, corr_fn, weights = _model(ckpt, options, device)
+    size = config.base_size
     synthetic = options.data == ev.SYNTHETIC
     if synthetic:
         if options.n < 2:
@@ -112,8 +137,7 @@ def run_eval(ckpt, options: EvalOptions, progress: Callable[[str, int, int], Non
         gt = ceiling.to_json()
         record.update({"ground_truth_miou": gt["miou"], "ground_truth_class_iou": gt["class_iou"],
                        "match_error_px": errors["model"], "identity_match_error_px": errors["identity"]})
-    record.update({"checkpoint": str(ck.path), "sha256": ck.sha256, "preset": ck.config.name,
-                   "data": str(options.data), "size": size})
+    record.update({**weights, "preset": config.name, "data": str(options.data), "size": size})
     if synthetic:
         record.update({"n": options.n, "seed": options.seed})
     if options.json_out is not None:

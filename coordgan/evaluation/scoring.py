@@ -55,6 +55,28 @@ class IoUAccumulator:
 
 
 LOOKUPS = IMPLS  # reference, auto, dense, sparse, cuda, cuda-sparse
+KERNELS = ("cuda", "cuda-sparse")
+
+
+def check_lookup(lookup: str, device, classes: int | None = None, mode: str = "soft") -> None:
+    """--lookup against the device (and the classes, once known), before any work and in the command's
+    words: the lookup's own refusals speak its API (impl=, tensors)."""
+    if lookup not in LOOKUPS:
+        raise CoordGANError(f"--lookup must be one of {', '.join(LOOKUPS)}, not {lookup!r}.")
+    if lookup not in KERNELS:
+        return  # reference runs anywhere; the numpy paths take host copies of GPU maps
+    if not str(device).startswith("cuda"):
+        raise CoordGANError(f"--lookup {lookup} runs a CUDA kernel, so it needs --device cuda; on the CPU use "
+                            "--lookup sparse, dense or reference.")
+    from runtime.lookup import cuda_available
+    from runtime.lookup.spec import kernel_limit
+
+    if not cuda_available():
+        raise CoordGANError(f"--lookup {lookup} needs cuda-python to reach the GPU, and it is not installed or "
+                            "finds no GPU; use --lookup reference (PyTorch) instead.")
+    limit = kernel_limit(classes, mode, None) if classes is not None else None
+    if limit:
+        raise CoordGANError(f"--lookup {lookup} cannot score this data ({limit}); use --lookup reference.")
 
 
 def propagate(query_maps: torch.Tensor, ref_map: torch.Tensor, ref_labels: torch.Tensor, num_classes: int,
@@ -66,8 +88,7 @@ def propagate(query_maps: torch.Tensor, ref_map: torch.Tensor, ref_labels: torch
     (the runtime's numpy path: exact up to a neglected softmax mass of 1e-4, and far faster on a CPU
     at 128 px), "dense", "cuda" or "auto". The numpy paths run on host copies of GPU maps.
     """
-    if lookup not in LOOKUPS:
-        raise CoordGANError(f"--lookup must be one of {', '.join(LOOKUPS)}, not {lookup!r}.")
+    check_lookup(lookup, query_maps.device, num_classes, mode)
     device = query_maps.device
     n = query_maps.shape[0]
     onehot = torch.nn.functional.one_hot(ref_labels.long(), num_classes).permute(2, 0, 1).float()
