@@ -191,3 +191,32 @@ def test_names_print_as_written(tmp_path):
     result = run_cli("info", str(ckpt))
     assert result.returncode == 0, result.stderr
     assert "tiny[v2].safetensors" in result.stdout
+
+
+def test_help_reads_as_users_expect():
+    """Usage lines name arguments in capitals (CKPT, [CKPT]), not Typer 0.2x's {ckpt}; options show
+    click's value words (PATH, INTEGER, TEXT); flags and --help carry no <bool> tag. Every command."""
+    import re
+
+    import typer
+    from typer.testing import CliRunner
+
+    from coordgan.cli import app
+
+    def walk(command, path):
+        yield path, command
+        for name, sub in getattr(command, "commands", {}).items():
+            yield from walk(sub, [*path, name])
+
+    runner = CliRunner(env={"COLUMNS": "200"})
+    for path, command in walk(typer.main.get_command(app), []):
+        output = runner.invoke(app, [*path, "--help"]).output
+        usage = next(line for line in output.splitlines() if "Usage:" in line)
+        assert "{" not in usage and not re.search(r"<(bool|int|float|str|path|list)\b", output), (path, output)
+        for param in command.params:
+            if param.param_type_name == "argument" and param.required:
+                assert re.search(rf"\s{(param.metavar or param.name).upper()}\b", usage), (path, usage)
+    output = runner.invoke(app, ["export", "lookup", "--help"]).output
+    assert re.search(r"--out\s+-o\s+PATH", output) and re.search(r"--classes\s+INTEGER", output), output
+    assert re.search(r"--tau\s+FLOAT", output) and re.search(r"--mode\s+TEXT", output), output
+    assert re.search(r"--fp16\s+float16", output) and re.search(r"--help\s+Show", output), output

@@ -9,7 +9,7 @@
     triton.py     triton build, serve
     bench.py      bench encoder | generator | lookup | pipeline | triton | compare
     errors.py     how every command ends (user errors, Ctrl-C, SIGTERM); never imports the app
-    common.py     consoles, progress displays and option parsing the modules share
+    common.py     help formatting, progress displays and option parsing the modules share
 
 Each module adds its commands with `register(app)`. Commands parse options, call library code
 (runtime/, coordgan/, export/, triton_models/) and print; they import that code inside their
@@ -22,8 +22,10 @@ from __future__ import annotations
 import typer
 
 from coordgan.cli import bench, demo, evaluate, export, model, propagate, train, triton
+from coordgan.cli.common import conventional_help
 from coordgan.cli.errors import run_app
 
+conventional_help()
 app = typer.Typer(
     help="CoordGAN from PyTorch training to production inference.",
     no_args_is_help=True,

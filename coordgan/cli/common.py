@@ -1,4 +1,5 @@
-"""What the command modules share: progress displays and option parsing (consoles: runtime.terminal).
+"""What the command modules share: help formatting, progress displays and option parsing (consoles:
+runtime.terminal).
 
 Only typer and rich load here; each command imports its own work inside its function.
 """
@@ -6,8 +7,43 @@ Only typer and rich load here; each command imports its own work inside its func
 from __future__ import annotations
 
 import contextlib
+import functools
+
+import typer.core
 
 from runtime.errors import CoordGANError
+
+_TYPE_WORDS = {"int": "INTEGER", "float": "FLOAT", "str": "TEXT", "path": "PATH", "file": "FILE", "dir": "DIRECTORY",
+               "int range": "INTEGER RANGE", "float range": "FLOAT RANGE"}
+
+
+@functools.cache  # once: a second patch would wrap the first
+def conventional_help() -> None:
+    """Help that reads as click's and most tools' does: `Usage: coordgan export onnx [OPTIONS] CKPT`,
+    `--out PATH`, `--threads INTEGER`, flags (and --help) without a type.
+
+    Typer 0.2x writes a required argument as {ckpt} in usage lines and tags every option with its
+    Python type, flags included (`--overwrite <bool>`), and has no setting for it: its two renderers
+    are replaced once, for every command (the CLI package calls this before building its app).
+    Earlier Typers have no `display_type` and already print the conventional form."""
+    core = typer.core
+    typer_type = getattr(core.TyperArgument, "display_type", None)
+    if typer_type is None:
+        return
+
+    def type_word(param, ctx) -> str:
+        label = typer_type(param, ctx).strip("<>")  # "<int>", "<list[str]>" (repeatable), "<a|b>" (choices)
+        if label.startswith("list[") and label.endswith("]"):
+            label = label[5:-1]
+        return _TYPE_WORDS.get(label, f"[{label}]" if "|" in label else label.upper())
+
+    def usage_pieces(argument, ctx) -> list[str]:
+        name = (argument.metavar or argument.name).upper() + ("..." if argument.nargs != 1 else "")
+        return [name if argument.required else f"[{name}]"]
+
+    core.TyperArgument.display_type = type_word
+    core.TyperArgument.get_usage_pieces = usage_pieces
+    core.TyperOption.display_type = lambda option, ctx: "" if option.is_flag else type_word(option, ctx)
 
 
 def positive_ints(text: str, option: str) -> tuple[int, ...]:
@@ -25,7 +61,6 @@ def positive_ints(text: str, option: str) -> tuple[int, ...]:
 def status(out):
     """A spinner line for a long command's steps: yields say(message), which shows the current one."""
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
     with Progress(SpinnerColumn(), TextColumn("{task.description}", markup=False), TimeElapsedColumn(), console=out,
                   transient=True) as progress:
         task = progress.add_task("starting", total=None)
