@@ -8,13 +8,14 @@ for `device="cuda"` where CUDA did not load is an error in one sentence; `auto` 
 from __future__ import annotations
 
 import ctypes
+import re
 from pathlib import Path
 
 import numpy as np
 
 from runtime.backends.base import Backend, TensorSpec
 from runtime.devices import check_device, cpu_threads
-from runtime.errors import CoordGANError, first_line
+from runtime.errors import CoordGANError
 
 _ORT_TYPES = {
     "tensor(float)": np.float32,
@@ -26,6 +27,40 @@ _ORT_TYPES = {
     "tensor(int64)": np.int64,
     "tensor(bool)": np.bool_,
 }
+
+
+_STATUS = re.compile(r"\[ONNXRuntimeError\] : \d+ : \w+ : ")  # "[ONNXRuntimeError] : 1 : FAIL : "
+_LOADING = re.compile(r"Load model from .*? failed:")  # the caller's sentence names the file
+_FRAME = re.compile(r"\S+\.(?:cc|cpp|cu|h|hpp):\d+ ")  # "/onnxruntime_src/.../model.cc:256 " + C++ signature
+_IR_VERSION = re.compile(r"max supported IR version: (\d+)")
+
+
+def ort_reason(exc: BaseException) -> str:
+    """ONNX Runtime's error as a clause for one sentence: its status prefix, the file it names and its C++
+    source frames (a location and a whole signature each, often 200 characters before the cause) dropped,
+    the cause kept whole; for a model newer than this ONNX Runtime reads, what to do about it."""
+    text = _LOADING.sub("", _STATUS.sub("", str(exc)))
+    while frame := _FRAME.search(text):
+        text = text[:frame.start()] + text[_signature_end(text, frame.end()):]
+    text = " ".join(text.split()).rstrip(".") or type(exc).__name__
+    newest = _IR_VERSION.search(text)
+    if newest:  # the newer `onnx` package writes a newer IR by default (onnx.save of helper.make_model)
+        text += (f"; re-save the model at IR version {newest[1]} (model.ir_version = {newest[1]}, then onnx.save) "
+                 "or install a newer onnxruntime")
+    return text
+
+
+def _signature_end(text: str, start: int) -> int:
+    """Where the C++ signature that begins at `start` ends: after its balanced argument list (and a const)."""
+    depth, i = 0, text.find("(", start)
+    if i < 0:
+        return start
+    for i in range(i, len(text)):
+        depth += {"(": 1, ")": -1}.get(text[i], 0)
+        if depth == 0:
+            break
+    end = i + 1
+    return end + len(" const") if text.startswith(" const", end) else end
 
 
 def _import_ort():
@@ -90,7 +125,7 @@ class OrtBackend(Backend):
         try:
             self.session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
         except Exception as exc:  # ORT raises its own exception types for bad files
-            raise CoordGANError(f"ONNX Runtime cannot load {path}: {first_line(exc)}.") from None
+            raise CoordGANError(f"ONNX Runtime cannot load {path}: {ort_reason(exc)}.") from None
         finally:
             ort.set_default_logger_severity(3)
         got_cuda = self.session.get_providers()[0] == "CUDAExecutionProvider"
