@@ -282,8 +282,9 @@ class VideoWriter:
     Deterministic: the same frames give the same bytes on every run (and after a resume, which
     rebuilds the video from frame 0) with the same PyAV build. The encoder runs on one thread (a
     threaded x264 or MPEG-4 encoder decides differently with the core count, and x264 with many threads
-    even between runs), timestamps are the frame indices, and the container is written bit-exact (no
-    muxer version string, a fixed Matroska segment id and no creation date).
+    even between runs), x264 without its macroblock tree (which differed between runs even on one
+    thread), timestamps are the frame indices, and the container is written bit-exact (no muxer
+    version string, a fixed Matroska segment id and no creation date).
     """
 
     WRITABLE = (".mp4", ".m4v", ".mkv", ".mov", ".avi")
@@ -319,7 +320,9 @@ class VideoWriter:
         stream.codec_context.thread_count = 1  # see the class docstring: threads change the bytes
         options = {"flags": "+bitexact"}  # no encoder version string in the stream (MPEG-4 writes one)
         if self.codec in ("libx264", "h264"):
-            options.update(crf="20", preset="veryfast")
+            # mbtree off: x264's macroblock-tree rate control gave other bytes run to run on one thread
+            # for some small frames (reads of uninitialised memory in its assembly, it seems)
+            options.update(crf="20", preset="veryfast", mbtree="0")
         else:
             stream.bit_rate = max(2_000_000, int(4 * width * height * float(self.fps)))
         stream.options = options
