@@ -6,7 +6,7 @@
 Runs the real command (`coordgan propagate VIDEO --model ENCODER --ref FIRST.png --out DIR`, its
 default options: batch 8, memory 3, tau 0.01) in a fresh process on a synthetic-faces video this
 script writes, and reads where the time went from the run's summary.json (runtime.propagation.
-timing.StageTimer): decode, preprocess, encoder (+ the coordinate warping network: one ONNX graph),
+observer.Observer): decode, preprocess, encoder (+ the coordinate warping network: one ONNX graph),
 lookup, upsample + argmax, write (PNGs and the resume state). Encoders of the celeba-128 size,
 random weights (seed 0), exported with `coordgan export onnx` through the export cache:
 

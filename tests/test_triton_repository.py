@@ -197,7 +197,7 @@ def test_video_model(tmp_path, exported):
     (dict(backend="tensorrt", kind="cpu"), "TensorRT plans run on a GPU only"),
     (dict(backend="tensorrt"), "--backend tensorrt needs encoder.plan"),
     (dict(instances=0), "--instances must be at least 1"),
-    (dict(tau=0), "--tau must be positive"),
+    (dict(tau=0), "tau must be a finite number > 0, got 0"),
 ])
 def test_bad_options_are_refused_before_writing(tmp_path, exported, options, message):
     with pytest.raises(CoordGANError, match=message):

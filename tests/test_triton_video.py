@@ -19,7 +19,7 @@ from coordgan.data.synthetic_faces import make_sequence
 from export_helpers import export_tiny
 from runtime.errors import CoordGANError
 from runtime.io.masks import read_mask
-from runtime.lookup import lookup
+from runtime.lookup.spec import LookupParams
 from runtime.propagation.model import CorrespondenceModel
 from runtime.propagation.sequence import PropagateOptions, Reference, propagate_sequence
 from runtime.propagation.step import Propagator
@@ -152,8 +152,8 @@ def test_a_label_learnt_mid_sequence_changes_nothing_else():
     first[4:12, 4:14], first[14:20, 6:20] = 3, 200
     later = first.copy()
     later[2:8, 16:22] = 7  # a label the first mask lacks, below 200: channels shift
-    cpu = lambda *a, **kw: lookup(*a, impl="sparse", **kw)  # noqa: E731
-    runs = [Propagator(cpu, memory=1, labels=[0, 3, 7, 200]), Propagator(cpu, memory=1)]
+    runs = [Propagator(LookupParams(memory=1), impl="sparse", labels=[0, 3, 7, 200]),
+            Propagator(LookupParams(memory=1), impl="sparse")]
     masks = []
     for step in runs:
         step.annotate("0", maps[0], first)

@@ -21,6 +21,7 @@ from pathlib import Path
 from export.manifest import read_manifest
 from export.staging import check_target, staged_directory
 from runtime.errors import CoordGANError, first_line
+from runtime.lookup.spec import LookupParams
 from triton_models import pbtxt
 
 BACKENDS = ("onnxruntime", "tensorrt", "python")
@@ -73,12 +74,7 @@ class BuildOptions:
             raise CoordGANError("TensorRT plans run on a GPU only: use --kind gpu with --backend tensorrt.")
         if not self.video_idle_s > 0:
             raise CoordGANError(f"--video-idle-s must be positive, not {self.video_idle_s}.")
-        if self.memory < 0:
-            raise CoordGANError(f"--memory must not be negative, not {self.memory}.")
-        if not self.tau > 0:
-            raise CoordGANError(f"--tau must be positive, not {self.tau}.")
-        if self.topk is not None and self.topk < 1:
-            raise CoordGANError(f"--topk must be at least 1, not {self.topk}.")
+        LookupParams.with_topk(memory=self.memory, tau=self.tau, topk=self.topk)  # the video model's lookup
 
     @property
     def instance_kind(self) -> str:

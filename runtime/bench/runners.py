@@ -81,6 +81,7 @@ class BackendRunner(Runner):
             self._call = self._pipeline_call(batch)
 
     def _pipeline_call(self, batch: int):
+        from runtime.lookup.spec import LookupParams
         from runtime.propagation.memory import STATE_FILE
         from runtime.propagation.model import CorrespondenceModel
         from runtime.propagation.sequence import propagate_batch
@@ -89,10 +90,10 @@ class BackendRunner(Runner):
         wl = self.workload
         scratch = self._scratch.path
         video = wl.video(batch, scratch)
-        model = CorrespondenceModel(self.model, batch=batch, lookup_impl=self.lookup_impl)
+        model = CorrespondenceModel(self.model, batch=batch)
         # the memory holds the workload's R reference frames and keeps them (no recent window), so
         # every call looks up the same memory
-        step = Propagator(model.lookup, memory=0, tau=wl.tau, labels=range(wl.classes))
+        step = Propagator(LookupParams(memory=0, tau=wl.tau), impl=self.lookup_impl, labels=range(wl.classes))
         k, v = wl.reference_memory()
         for r in range(wl.refs):
             step.memory.add_reference(f"ref{r}", k[0, r], v[0, r])
@@ -102,7 +103,7 @@ class BackendRunner(Runner):
             frames = wl.decode(video)
             propagate_batch(model, step, frames, frames[0][2].shape[:2], out)
             out.flush()  # as propagate, every batch: the masks on disk, then the state
-            step.memory.save(scratch / STATE_FILE, next_frame=len(frames), meta={})
+            step.save(scratch / STATE_FILE, next_frame=len(frames), meta={})
 
         return call
 

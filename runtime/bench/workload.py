@@ -158,7 +158,7 @@ class PipelineScratch:
         """A new MaskWriter for label values `values` (the previous one, of another batch size, closed)."""
         from runtime.devices import cpu_threads
         from runtime.io.masks import DAVIS_PALETTE
-        from runtime.propagation.sequence import MaskWriter
+        from runtime.propagation.output import MaskWriter
 
         if self._writer is not None:
             self._writer.close()

@@ -46,7 +46,8 @@ def impl_for_device(device: str) -> str:
 
 def choose_impl(impl: str, *, classes: int, mode: str = "soft", k: int | None = None,
                 on_gpu: bool | None = None) -> str:
-    """The path that runs: dense, sparse or cuda.
+    """The path that runs for `impl`, one of the five in spec.IMPLS: "dense", "sparse", "cuda" and
+    "cuda-sparse" run as named (after the checks below); "auto" resolves to cuda or sparse.
 
     "auto" is the fused kernel when the data is on a GPU (on_gpu True), or when it is on the host
     (on_gpu None) and cuda-python finds a GPU, as long as the op fits the kernel (C <= 64, k <= 64);

@@ -20,19 +20,23 @@ w_ij``. The published evaluation (NVlabs/CoordGAN ``eval_corr.py``) is the soft 
 
 Implementations, all tested against the torch reference (``coordgan.correspondence.lookup``):
 
-    dense    runtime/lookup/dense.py    numpy, every pair, exact
-    sparse   runtime/lookup/sparse.py   numba, only the pairs that can carry weight (bound: its docstring)
-    cuda     runtime/lookup/cuda.py     the fused kernel corr_lookup.cu (also the TensorRT plugin)
+    dense        runtime/lookup/dense.py        numpy, every pair, exact
+    sparse       runtime/lookup/sparse.py       numba, only the pairs that can carry weight (bound: its docstring)
+    cuda         runtime/lookup/cuda.py         the fused kernel corr_lookup.cu (also the TensorRT plugin)
+    cuda-sparse  runtime/lookup/cuda_sparse.py  sparse's bound on a GPU (corr_lookup_sparse.cu)
 
-``runtime.lookup.lookup(..., impl=...)`` chooses among them; this module holds what they share:
-the names, the kernel's limits and one sentence for every argument a caller can get wrong. Value
-checks (NaN, range, sign) are stated here as sentences over statistics each framework computes.
+``runtime.lookup.lookup(..., impl=...)`` chooses among them (``auto``: ``choose_impl``); this module
+holds what they share: the names, the kernel's limits and one sentence for every argument a caller
+can get wrong. Value checks (NaN, range, sign) are stated here as sentences over statistics each
+framework computes. ``LookupParams`` is what a user asks of a propagation's lookup (memory, tau,
+mode, k), checked once here for every command and server that takes them.
 """
 
 from __future__ import annotations
 
 import math
 import operator
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -159,3 +163,51 @@ def check_impl(impl: object) -> str:
     if impl not in IMPLS:
         raise CoordGANError(f"impl must be one of {', '.join(map(repr, IMPLS))}, got {impl!r}.")
     return impl
+
+
+def check_memory(memory: object) -> int:
+    number = as_int(memory)
+    if number is None or number < 0:
+        raise CoordGANError(f"memory must be a whole number of frames, 0 or more, got {memory!r}.")
+    return number
+
+
+@dataclass(frozen=True)
+class LookupParams:
+    """What a propagation asks of its lookup, checked on creation (one wording for every caller):
+
+    memory  recent propagated frames kept as references besides the annotated ones (M >= 0)
+    tau     the softmax temperature (finite, > 0)
+    mode    soft, hard or topk
+    k       the neighbours kept in topk mode (>= 1; None otherwise)
+
+    The bound k <= R*Hk*Wk depends on the memory's size and is applied per lookup (`args`)."""
+
+    memory: int = 3
+    tau: float = 0.01
+    mode: str = "soft"
+    k: int | None = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "memory", check_memory(self.memory))
+        object.__setattr__(self, "tau", check_tau(self.tau))
+        if self.mode not in MODES:
+            raise CoordGANError(f"mode must be one of 'soft', 'hard' or 'topk', got {self.mode!r}.")
+        if self.mode == "topk":
+            object.__setattr__(self, "k", check_positive_int("k (--topk)", self.k))
+        elif self.k is not None:
+            raise CoordGANError(f"k (--k, --topk) is only used with mode topk, but it was given ({self.k!r}) with "
+                                f"mode {self.mode}.")
+
+    @classmethod
+    def with_topk(cls, *, memory: int = 3, tau: float = 0.01, topk: int | None = None) -> "LookupParams":
+        """The propagation options' form: topk None is the soft lookup over every reference pixel."""
+        return cls(memory, tau, "soft" if topk is None else "topk", topk)
+
+    @property
+    def topk(self) -> int | None:
+        return self.k if self.mode == "topk" else None
+
+    def args(self, m: int) -> dict:
+        """tau, mode and k for a lookup over m = R*Hk*Wk reference pixels (k capped at m)."""
+        return {"tau": self.tau, "mode": self.mode, "k": None if self.k is None else min(self.k, m)}

@@ -16,6 +16,7 @@ from typing import Callable, Iterator
 from runtime.davis import layout as davis
 from runtime.errors import CoordGANError
 from runtime.io.video import FrameSource, open_frames
+from runtime.propagation.observer import CallbackObserver
 from runtime.propagation.sequence import PropagateOptions, Reference, propagate_sequence
 
 
@@ -43,9 +44,9 @@ def run_jobs(model, jobs: list[SequenceJob], options: PropagateOptions, *,
     opened = [job.open() for job in jobs]
     for job, (source, refs) in zip(jobs, opened):
         with (frames_bar(job.name) if frames_bar else contextlib.nullcontext()) as on_frame:
+            observer = CallbackObserver(on_frame, (lambda text, name=job.name: on_note(name, text)) if on_note else None)
             summary = propagate_sequence(model, source, refs, job.out_dir, replace(options, overlay=job.overlay),
-                                         name=job.name, on_frame=on_frame,
-                                         on_note=(lambda text, name=job.name: on_note(name, text)) if on_note else None)
+                                         name=job.name, observer=observer)
         yield job, summary
 
 

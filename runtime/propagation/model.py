@@ -1,8 +1,7 @@
-"""Frames -> correspondence maps through an exported encoder, and the lookup behind one call.
+"""Frames -> correspondence maps through an exported encoder (the lookup is the step's: step.py).
 
     model = open_model(resolve_encoder("export/"))               # or encoder.onnx, a .plan, triton://...
     corr = model.correspondence(frames)                          # (N, 2, S, S) float32
-    probs, labels = model.lookup(corr, ref_maps, ref_probs)      # lookup_impl: auto, cuda, sparse or dense
 
 The encoder graph takes either float images (`image`, NCHW in [-1, 1]) or uint8 frames
 (`frames`, NHWC); the model reads which from the backend's input and feeds it accordingly.
@@ -10,23 +9,21 @@ The encoder graph takes either float images (`image`, NCHW in [-1, 1]) or uint8 
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
 
-from runtime import lookup as lookup_ops
 from runtime.backends import Backend, backend_for, open_backend
 from runtime.backends.triton_backend import is_address
 from runtime.devices import check_device
 from runtime.errors import CoordGANError
+from runtime.fileio import sha256_file
+from runtime.propagation.observer import Observer
 from runtime.propagation.preprocess import check_frames, resize_frames, to_unit_range
-from runtime.propagation.timing import StageTimer
 
 
 class CorrespondenceModel:
-    def __init__(self, encoder, *, backend: str | None = None, batch: int = 8, lookup_impl: str = "auto",
-                 **backend_options):
+    def __init__(self, encoder, *, backend: str | None = None, batch: int = 8, **backend_options):
         self.backend: Backend = encoder if isinstance(encoder, Backend) else open_backend(
             encoder, backend=backend, **backend_options)
         outputs = {o.name: o for o in self.backend.outputs}
@@ -39,6 +36,9 @@ class CorrespondenceModel:
             raise CoordGANError(f"{self.name} is not a CoordGAN encoder: its corr_map is {outputs['corr_map'].dims()}, "
                                 "not (N, 2, H, W) correspondence maps.")
         spec = self.backend.inputs[0]
+        if spec.dtype not in (np.float32, np.uint8):
+            raise CoordGANError(f"{self.name} is not a CoordGAN encoder: its input {spec.describe()} is neither float32 "
+                                "images (N, 3, S, S) nor uint8 frames (N, S, S, 3).")
         self.input_name = spec.name
         self.uint8_input = spec.dtype == np.uint8
         size = spec.shape[1] if self.uint8_input else spec.shape[2]
@@ -46,34 +46,38 @@ class CorrespondenceModel:
             raise CoordGANError(f"The encoder's input {spec.describe()} has no fixed size.")
         self.size = int(size)
         self.batch = max(1, int(batch))
-        self.lookup_impl = lookup_ops.spec.check_impl(lookup_impl)
+        self.path = None if isinstance(encoder, Backend) or is_address(str(encoder)) else Path(encoder)
+        self._identity: str | None = None
 
-    def encode(self, frames: np.ndarray, timer: StageTimer | None = None) -> dict[str, np.ndarray]:
-        """uint8 frames (N, H, W, 3), any size -> corr_map, w_struct, w_texture, in batches; `timer`
-        books the preprocessing and the encoder apart."""
-        timer = timer or StageTimer()
-        tick = time.perf_counter()
-        frames = resize_frames(check_frames(frames), self.size)
+    def identity(self) -> str:
+        """What identifies the model's results: the SHA-256 of its file (an exported ONNX graph or engine;
+        computed once), or the served model's description for a Triton address."""
+        if self._identity is None:
+            self._identity = f"sha256:{sha256_file(self.path)}" if self.path else self.backend.describe()
+        return self._identity
+
+    def encode(self, frames: np.ndarray, observer: Observer | None = None) -> dict[str, np.ndarray]:
+        """uint8 frames (N, H, W, 3), any size -> corr_map, w_struct, w_texture, in batches; `observer`
+        hears the preprocessing and the encoder apart."""
+        observer = observer or Observer()
+        with observer.stage("preprocess"):
+            frames = resize_frames(check_frames(frames), self.size)
         parts: dict[str, list] = {}
         for start in range(0, len(frames), self.batch):
-            chunk = frames[start:start + self.batch]
-            feed = chunk if self.uint8_input else to_unit_range(chunk)
-            tick = timer.add("preprocess", tick)
-            for name, value in self.backend.run({self.input_name: feed}).items():
-                parts.setdefault(name, []).append(value)
-            tick = timer.add("encoder", tick)
+            with observer.stage("preprocess"):
+                chunk = frames[start:start + self.batch]
+                feed = chunk if self.uint8_input else to_unit_range(chunk)
+            with observer.stage("encoder"):
+                for name, value in self.backend.run({self.input_name: feed}).items():
+                    parts.setdefault(name, []).append(value)
         return {name: np.concatenate(values) for name, values in parts.items()}
 
-    def correspondence(self, frames: np.ndarray, timer: StageTimer | None = None) -> np.ndarray:
-        corr = self.encode(frames, timer)["corr_map"]
+    def correspondence(self, frames: np.ndarray, observer: Observer | None = None) -> np.ndarray:
+        corr = self.encode(frames, observer)["corr_map"]
         if corr.ndim != 4 or corr.shape[1] != 2:
             raise CoordGANError(f"{self.name} gave corr_map of shape {list(corr.shape)}, not (N, 2, H, W) "
                                 "correspondence maps; it is not a CoordGAN encoder.")
         return corr.astype(np.float32, copy=False)
-
-    def lookup(self, query, ref_maps, ref_probs, *, tau: float = 0.01, mode: str = "soft", k: int | None = None):
-        """Label probabilities and labels for query maps, through the model's lookup path (runtime.lookup)."""
-        return lookup_ops.lookup(query, ref_maps, ref_probs, tau=tau, mode=mode, k=k, impl=self.lookup_impl)
 
     def close(self):
         self.backend.close()
@@ -109,16 +113,17 @@ def resolve_encoder(model: str | None, backend: str | None = None, url: str | No
         for name in names:
             if (path / name).is_file():
                 return str(path / name)
-        raise CoordGANError(f"{path} holds no {' or '.join(names)}; export one with `coordgan export onnx`.")
+        how = ("build the engine with `coordgan export trt`" if backend == "tensorrt"
+               else "export one with `coordgan export onnx`")
+        raise CoordGANError(f"{path} holds no {' or '.join(names)}; {how}.")
     return str(path)
 
 
 def open_model(artifact: str, *, backend: str | None = None, device: str = "auto", batch: int = 8
                ) -> CorrespondenceModel:
     """The correspondence model of an encoder artifact; `device` (auto, cpu, cuda) places ONNX Runtime
-    and the lookup (cpu: the sparse numpy path; cuda: the fused kernel)."""
+    (the lookup's place follows from the same value: runtime.lookup.impl_for_device)."""
     check_device(device)
     kind = backend or backend_for(artifact)
     options = {"device": device} if kind == "onnxruntime" else {}
-    return CorrespondenceModel(artifact, backend=backend, batch=batch, lookup_impl=lookup_ops.impl_for_device(device),
-                               **options)
+    return CorrespondenceModel(artifact, backend=backend, batch=batch, **options)

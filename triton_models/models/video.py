@@ -30,6 +30,7 @@ import numpy as np
 from runtime.backends.base import Backend, TensorSpec
 from runtime.errors import CoordGANError
 from runtime.io.masks import resize_mask
+from runtime.lookup.spec import LookupParams
 from runtime.propagation.model import CorrespondenceModel
 from runtime.propagation.step import Propagator
 
@@ -43,9 +44,7 @@ def config(*, name: str = "coordgan_video", encoder_model: str = "coordgan_encod
            tau: float = 0.01, topk: int | None = None, idle_us: int = 60_000_000, instances: int = 1,
            sequences: int = 16) -> str:
     """config.pbtxt of the video model. sequences: videos one instance keeps active at once (more wait)."""
-    if memory < 0 or not tau > 0 or (topk is not None and topk < 1):
-        raise CoordGANError(f"The video model needs memory >= 0, tau > 0 and topk >= 1 or none; got memory "
-                            f"{memory}, tau {tau}, topk {topk}.")
+    LookupParams.with_topk(memory=memory, tau=tau, topk=topk)
     if idle_us < 1 or instances < 1 or sequences < 1:
         raise CoordGANError(f"The video model needs a positive idle time, instance count and sequence count; got "
                             f"{idle_us} us, {instances}, {sequences}.")
@@ -131,9 +130,9 @@ class BlsBackend(Backend):
 class _Video:
     """One sequence: its propagation step, frame size and count, and when it was last used."""
 
-    def __init__(self, corrid: int, options: dict, model: CorrespondenceModel):
+    def __init__(self, corrid: int, params: LookupParams, model: CorrespondenceModel):
         self.corrid, self.model = corrid, model
-        self.step = Propagator(model.lookup, **options)
+        self.step = Propagator(params)
         self.size: tuple[int, int] | None = None
         self.frames = 0
         self.used = time.monotonic()
@@ -168,8 +167,8 @@ class TritonPythonModel:
         quiet_used_capsules()
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
-        self.options = {"memory": int(params.get("memory", "3")), "tau": float(params.get("tau", "0.01")),
-                        "topk": int(params.get("topk", "0")) or None}
+        self.params = LookupParams.with_topk(memory=int(params.get("memory", "3")), tau=float(params.get("tau", "0.01")),
+                                             topk=int(params.get("topk", "0")) or None)
         idle_us = int(config.get("sequence_batching", {}).get("max_sequence_idle_microseconds", 0) or 0)
         self.idle_s = (idle_us or DEFAULT_IDLE_US) / 1e6
         encoder = params.get("encoder_model", "coordgan_encoder")
@@ -209,7 +208,7 @@ class TritonPythonModel:
                 if ref is None:
                     raise CoordGANError(f"The START request of sequence {corrid} needs REF_MASK, the label mask "
                                         "of its first frame.")
-                video = _Video(corrid, self.options, self.model)
+                video = _Video(corrid, self.params, self.model)
             else:
                 video = self.videos.get(corrid)
                 if video is None:
