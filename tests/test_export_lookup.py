@@ -58,6 +58,24 @@ def test_cli_writes_and_refuses_to_overwrite(tmp_path):
         write_lookup_model(tmp_path / "missing" / "x.onnx", 8)
 
 
+def test_cli_refuses_k_without_topk(tmp_path, monkeypatch, capsys):
+    """`--k 5` without `--mode topk` wrote a soft lookup with k = 0, silently."""
+    from cli_helpers import run_main
+
+    out = tmp_path / "corr_lookup.onnx"
+    for mode in ("soft", "hard"):
+        code, _, err = run_main(monkeypatch, capsys, "export", "lookup", "--out", out, "--classes", 8, "--k", 5,
+                                "--mode", mode)
+        assert code == 1 and err == (f"Error: --k sets the neighbours of --mode topk; give --mode topk or drop --k "
+                                     f"(mode is {mode}).\n")
+    assert not out.exists()
+    code, _, err = run_main(monkeypatch, capsys, "export", "lookup", "--out", out, "--classes", 8, "--k", 5,
+                            "--mode", "topk")
+    assert code == 0, err
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in onnx.load(out).graph.node[0].attribute}
+    assert attrs["mode"] == b"topk" and attrs["k"] == 5
+
+
 def test_engine_profile_of_the_lookup_graph(tmp_path):
     """`export trt` builds corr_lookup.onnx beside the models: refs 1..max_refs, the export's grid fixed."""
     from export.tensorrt_build import EngineOptions, model_files, profile_ranges

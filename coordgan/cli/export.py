@@ -120,7 +120,7 @@ def lookup(
     classes: int = typer.Option(..., "--classes", help="Class count C of the label probabilities (1 to 64)."),
     tau: float = typer.Option(0.01, "--tau", help="Softmax temperature of the soft lookup."),
     mode: str = typer.Option("soft", "--mode", help="soft, hard or topk."),
-    k: int = typer.Option(0, "--k", help="Neighbours kept in topk mode (1 to 64)."),
+    k: Optional[int] = typer.Option(None, "--k", help="Neighbours kept in topk mode (1 to 64); only with --mode topk."),
     fp16: bool = typer.Option(False, "--fp16", help="float16 inputs (outputs stay float32 / int32)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing file."),
 ):
@@ -128,6 +128,9 @@ def lookup(
     from export.lookup_onnx import lookup_model, write_lookup_model
     from export.tensorrt_build import LOOKUP
 
+    if k is not None and mode != "topk":  # k would be dropped from the graph without a word
+        raise CoordGANError(f"--k sets the neighbours of --mode topk; give --mode topk or drop --k (mode is {mode}).")
+    k = k or 0
     if out.suffix.lower() != ".onnx":  # a folder, as `--out exported/` names one: made once the op is valid
         lookup_model(classes, tau=tau, mode=mode, k=k, fp16=fp16)
         out.mkdir(parents=True, exist_ok=True)
