@@ -12,6 +12,7 @@ from typing import List, Optional
 import typer
 
 from coordgan.cli.common import frames_bar
+from runtime.errors import CoordGANError
 from runtime.terminal import console, tagged
 
 _HELP = {
@@ -41,6 +42,14 @@ _HELP = {
     "backend": "onnxruntime, tensorrt or triton (default: from --model).",
     "url": "Triton address triton://host:port/model (with --backend triton).",
     "device": "auto, cpu or cuda, for ONNX Runtime and the lookup.",
+    "cluster": "Fan the sequences out over Ray workers: local (an embedded instance on this machine, on "
+               "127.0.0.1), auto (RAY_ADDRESS or this machine's running cluster) or HOST:PORT of a running "
+               "cluster. INPUT, OUT and --model must be paths every node sees. Needs the [cluster] extra.",
+    "workers": "Ray workers, each holding the model (default: as many as the cluster's CPUs/GPUs fit, at most "
+               "one per sequence). With --cluster.",
+    "cpus_per_worker": "CPUs (and threads) each worker reserves. With --cluster.",
+    "gpus_per_worker": "GPUs each worker reserves (e.g. 1, or 0.5 for two workers per GPU). With --cluster.",
+    "max_retries": "Run a sequence again (resumed) up to this many times when its worker dies. With --cluster.",
 }
 
 
@@ -70,6 +79,11 @@ def propagate(
     backend: Optional[str] = _opt(None, "--backend"),
     url: Optional[str] = _opt(None, "--url"),
     device: str = _opt("auto", "--device"),
+    cluster: Optional[str] = _opt(None, "--cluster"),
+    workers: Optional[int] = _opt(None, "--workers"),
+    cpus_per_worker: float = _opt(1.0, "--cpus-per-worker"),
+    gpus_per_worker: float = _opt(0.0, "--gpus-per-worker"),
+    max_retries: int = _opt(2, "--max-retries"),
 ):
     """Propagate label masks from annotated frames to every frame through CoordGAN correspondence maps."""
     from runtime.devices import check_device
@@ -80,6 +94,8 @@ def propagate(
     options = PropagateOptions(batch=batch, memory=memory, tau=tau, topk=topk, save_probs=save_probs,
                                overwrite=overwrite, resume=resume, overlap=overlap)
     options.validate()
+    if cluster is None and (workers is not None or cpus_per_worker != 1.0 or gpus_per_worker or max_retries != 2):
+        raise CoordGANError("--workers, --cpus-per-worker, --gpus-per-worker and --max-retries apply with --cluster.")
     jobs = plan(input_path, out, refs=ref or (), seqs=seq or (), resolution=resolution, split=split,
                 ref_frames=ref_frames, shard=shard, overlay=overlay)
     err = console(stderr=True)
@@ -88,6 +104,12 @@ def propagate(
         return
     check_device(device)  # before an on-the-fly export
     artifact = encoder_artifact(model, backend, url, err.print)
+    if cluster is not None:  # Ray is imported only on this path
+        from runtime.propagation.cluster import ClusterOptions, ModelSpec
+
+        propagate_on_cluster(jobs, options, ModelSpec(artifact, backend, device, batch),
+                             ClusterOptions(cluster, workers, cpus_per_worker, gpus_per_worker, max_retries), out, err)
+        return
     with open_model(artifact, backend=backend, device=device, batch=batch) as corr_model:
         for job, summary in run_jobs(corr_model, jobs, options, frames_bar=lambda name: frames_bar(err, name),
                                      on_note=lambda name, text: err.print(tagged("warning", f" {name}: {text}"),
@@ -98,6 +120,68 @@ def propagate(
             resumed = f", resumed at frame {summary['resumed_from']}" if summary.get("resumed_from") else ""
             err.print(f"{job.name}: {summary['frames']} frames, {summary['frames_per_s']} frames/s{resumed} -> "
                       f"{job.out_dir}")
+
+
+def propagate_on_cluster(jobs, options, spec, cluster, out: Path, err) -> None:
+    """runtime.propagation.cluster.run_cluster with a progress display, then the table of sequences."""
+    from rich.table import Table
+
+    from runtime.propagation.cluster import SUMMARY_FILE, run_cluster
+
+    with _ClusterDisplay(err) as display:
+        result = run_cluster(jobs, options, spec, cluster, out, observer=display)
+    table = Table("sequence", "status", "attempts", "worker", "frames", "seconds", "reason", title="cluster run")
+    for r in result.sequences:
+        where = f"{r.worker} on {r.node}" if r.node else ("" if r.worker is None else str(r.worker))
+        resumed = f" (from {r.resumed_from})" if r.resumed_from else ""
+        table.add_row(r.sequence, r.status, str(r.attempts), where, f"{r.frames or 0}{resumed}",
+                      "" if r.seconds is None else f"{r.seconds:.1f}", r.reason or "")
+    err.print(table)
+    err.print(f"{result.frames_processed} frames in {result.seconds:.1f} s ({result.frames_per_s} frames/s) on "
+              f"{result.workers} workers of {result.threads_per_worker} threads; start-up {result.startup_s:.1f} s -> "
+              f"{out / SUMMARY_FILE}")
+    if result.failed:
+        raise CoordGANError(f"{len(result.failed)} of {len(result.sequences)} sequences failed (the table above, "
+                            f"{out / SUMMARY_FILE}); fix them and run again with --resume.")
+
+
+class _ClusterDisplay:
+    """One Rich display in the driver: frames done of the total across workers, sequences done,
+    workers alive, retries; a line per finished sequence above it (a runtime.propagation.cluster
+    ClusterObserver by its two methods, so the CLI module loads without the runtime)."""
+
+    def __init__(self, err):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.err = err
+        self.bar = Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
+                            TextColumn("{task.fields[status]}", markup=False), TimeElapsedColumn(), console=err)
+        self.task = self.bar.add_task("starting Ray", total=None, status="")
+
+    def __enter__(self):
+        self.bar.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.bar.stop()
+
+    def progress(self, p) -> None:
+        status = f"sequences {p.sequences_done}/{p.sequences}  workers {p.workers_alive}/{p.workers}  retries {p.retries}"
+        self.bar.update(self.task, description="frames" if p.started else "starting workers",
+                        completed=p.frames_done, total=p.frames_total if p.started else None, status=status)
+
+    def finished(self, r) -> None:
+        if r.status == "failed":
+            self.err.print(tagged("failed", f" {r.sequence}: {r.reason}", "red"), soft_wrap=True)
+            return
+        for text in r.warnings:
+            self.err.print(tagged("warning", f" {r.sequence}: {text}"), soft_wrap=True)
+        if r.status == "skipped":
+            self.err.print(f"{r.sequence}: already complete, skipped")
+            return
+        resumed = f", resumed at frame {r.resumed_from}" if r.resumed_from else ""
+        self.err.print(f"{r.sequence}: {r.frames} frames in {r.seconds:.1f} s on worker {r.worker}, attempt "
+                       f"{r.attempts}{resumed}")
 
 
 def encoder_artifact(model: str | None, backend: str | None, url: str | None, say) -> str:
