@@ -169,9 +169,9 @@ def _on_cuda_kernel(q, kmap, v, tau: float, mode: str, k: int | None, sparse: bo
     """The fused (or the sparse) kernel on the tensors' memory, launched on torch's current stream
     (nothing copied; the sparse one neglects at most 1e-4 of each query's softmax mass)."""
     if sparse:
-        from runtime.lookup import cuda_sparse as fused  # cuda-python, imported only here
+        from runtime.lookup import cuda_sparse as kernel  # cuda-python, imported only here
     else:
-        from runtime.lookup import cuda as fused
+        from runtime.lookup import cuda as kernel
 
     n, r, c, hk, wk = v.shape
     q, kmap, v = (t.contiguous() for t in (q, kmap, v))
@@ -180,7 +180,7 @@ def _on_cuda_kernel(q, kmap, v, tau: float, mode: str, k: int | None, sparse: bo
     labels = torch.empty(n, hq, wq, dtype=torch.int32, device=q.device)
     with torch.cuda.device(q.device):
         dtype = {} if sparse else {"dtype": "float32"}  # (the sparse kernel takes float32 only)
-        fused.lookup_device(q.data_ptr(), kmap.data_ptr(), v.data_ptr(), p.data_ptr(), labels.data_ptr(), n=n,
+        kernel.lookup_device(q.data_ptr(), kmap.data_ptr(), v.data_ptr(), p.data_ptr(), labels.data_ptr(), n=n,
                             hq=hq, wq=wq, r=r, hk=hk, wk=wk, c=c, tau=tau, mode=mode, k=k,
                             stream=torch.cuda.current_stream().cuda_stream, **dtype)
     return p, labels

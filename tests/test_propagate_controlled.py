@@ -105,8 +105,9 @@ def test_resume_after_interruption_gives_the_same_outputs(models, tmp_path):
     refs = [Reference(objects(G), PALETTE)]
     overlay = tmp_path / "overlay.mp4"
     opts = PropagateOptions(batch=3, memory=2, save_probs=True, overlay=overlay)
-    propagate_sequence(models["right"], frames, refs, tmp_path / "straight", PropagateOptions(batch=3, memory=2,
-                                                                                             save_probs=True))
+    straight_overlay = tmp_path / "straight.mp4"
+    propagate_sequence(models["right"], frames, refs, tmp_path / "straight",
+                       PropagateOptions(batch=3, memory=2, save_probs=True, overlay=straight_overlay))
     with pytest.raises(KeyboardInterrupt):
         propagate_sequence(models["right"], frames, refs, tmp_path / "resumed", opts, observer=interrupt_after(5))
     out = tmp_path / "resumed"
@@ -121,6 +122,7 @@ def test_resume_after_interruption_gives_the_same_outputs(models, tmp_path):
                                  PropagateOptions(batch=3, memory=2, save_probs=True, resume=True, overlay=overlay))
     assert summary["resumed_from"] == 3 and summary["frames"] == 9 and summary["frames_processed"] == 6
     assert open_frames(overlay).count == 9  # rebuilt from frame 0: earlier frames with their masks on disk
+    assert overlay.read_bytes() == straight_overlay.read_bytes()  # the README promises the same bytes
     for t in range(9):
         name = f"{t:05d}"
         assert (out / f"{name}.png").read_bytes() == (tmp_path / "straight" / f"{name}.png").read_bytes()

@@ -1,11 +1,53 @@
 """The sparse CPU lookup: per query, only the reference pixels whose softmax weight can matter.
 
 Soft weights decay as exp(-d / tau), so at tau = 0.01 a reference pixel 0.15 farther than the
-nearest one weighs exp(-15) ~ 3e-7 of it. Reference pixels are bucketed into a grid of cells and
-each query grows a disk until the weight of everything outside it is provably below a tolerance
-(the bound is written down in :func:`lookup_sparse`). The per-query loops are compiled with numba
+nearest one weighs exp(-15) ~ 3e-7 of it. The per-query loops are compiled with numba
 (``runtime/lookup/kernels/``); where numba is missing, or where the cut would keep most pairs
 anyway, the dense path runs instead (same result).
+
+Reference pixels are bucketed into a grid of cells (row bands x narrow columns) over their
+bounding box, sorted by cell; a summed-area table counts the pixels of any cell rectangle in O(1).
+Each query grows a disk around itself, adding the cells the disk can reach (one contiguous slice of
+pixels per row band), in compiled code (numba) over the queries on ``threads`` threads.
+
+Soft mode, and its error bound. For a query q let d0 be the distance to its nearest reference
+pixel (found exactly: the disk grows until it holds a pixel closer than its radius), and weigh
+pixel j by w_j = exp(-(d_j - d0)/tau), the reference's softmax before normalisation (with the
+same logit floor: w >= e^-50). Let A be the evaluated pixels (all cells the disk of radius rho
+reaches, so every pixel closer than rho is in A), U the rest, Z_A and Z_U their weight sums.
+The exact result is P = (Z_A P_A + Z_U P_U) / (Z_A + Z_U), hence
+
+    |P_sparse - P| = eps |P_A - P_U| <= eps * max(V),  eps = Z_U / (Z_A + Z_U) <= Z_U / Z_A,
+
+eps being the neglected probability mass. Z_U is bounded without looking at U: every u in U has
+d_u >= rho. Take radii r_0 = rho - 1e-5 (a float32 rounding margin) < r_1 < ... < r_K, with
+r_i = r_0 + (0.5, 1, 1.5, 2, 3, 4.5, 7, 10) tau, and e_i = exp(-(r_i - d0)/tau). If
+F(r) = #{u in U : d_u < r}, grouping U by shells gives
+
+    Z_U <= sum_{i=1..K} (F(r_i) - F(r_{i-1})) e_{i-1} + (|U| - F(r_K)) e_K
+         = sum_{i=1..K} F(r_i) (e_{i-1} - e_i) + |U| e_K          (summation by parts, F(r_0) = 0)
+         <= sum_{i=1..K} Fhat(r_i) (e_{i-1} - e_i) + |U| e_K + |U| e^-50 =: B,
+
+since e_{i-1} > e_i: any upper bound Fhat >= F may replace F (the last term is the logit floor).
+Fhat(r) = (pixels in the cells meeting the square of half-width max(r, rho) around q, an O(1)
+summed-area-table count) - |A|: those cells hold A and every pixel within r. The query is done
+when B <= tol * Z_A, so eps <= tol (default 1e-4) and |dP| <= tol * max(V), plus float32
+rounding (the weights use a polynomial exp, relative error < 3e-6). Otherwise rho grows by
+tau (ln(B / (tol Z_A)) + 0.3) and the newly reached cells are added. Where the bound cannot be
+met before the disk holds every pixel, U is empty and that query is computed exactly: the dense
+computation, per query. On smooth 128x128 maps at tau = 0.01 this evaluates ~245 pixels per
+query (of 16384; the ideal per-query cut, with the exact tail known, is ~170: the square counts
+overestimate the shells) and the error seen is ~1e-5 of max(V).
+
+hard / topk: the disk grows until at least k pixels (hard: 1) are closer than its radius (less a
+1e-5 rounding margin), so the k nearest pixels and every pixel tied with the k-th are evaluated;
+distances use the dense path's float32 arithmetic and ties go to the lowest pixel index, so the
+result is the dense one (to float32 rounding of the weighted sum).
+
+The dense numpy path is used instead (``info["path"] == "dense"``) when it is faster: soft mode
+with a tau so large that the simple radius tau ln(M / tol) covers more than ``dense_above`` of
+the reference area, topk with k > dense_above * M, or when numba is not installed (a warning
+says so; the result is the same).
 """
 
 from __future__ import annotations
@@ -201,49 +243,7 @@ def lookup_sparse(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Lookup that evaluates, per query, only the reference pixels whose weight can matter.
 
-    Reference pixels are bucketed into a grid of cells (row bands x narrow columns) over their
-    bounding box, sorted by cell; a summed-area table counts the pixels of any cell rectangle in O(1).
-    Each query grows a disk around itself, adding the cells the disk can reach (one contiguous slice of
-    pixels per row band), in compiled code (numba) over the queries on ``threads`` threads.
-
-    Soft mode, and its error bound. For a query q let d0 be the distance to its nearest reference
-    pixel (found exactly: the disk grows until it holds a pixel closer than its radius), and weigh
-    pixel j by w_j = exp(-(d_j - d0)/tau), the reference's softmax before normalisation (with the
-    same logit floor: w >= e^-50). Let A be the evaluated pixels (all cells the disk of radius rho
-    reaches, so every pixel closer than rho is in A), U the rest, Z_A and Z_U their weight sums.
-    The exact result is P = (Z_A P_A + Z_U P_U) / (Z_A + Z_U), hence
-
-        |P_sparse - P| = eps |P_A - P_U| <= eps * max(V),  eps = Z_U / (Z_A + Z_U) <= Z_U / Z_A,
-
-    eps being the neglected probability mass. Z_U is bounded without looking at U: every u in U has
-    d_u >= rho. Take radii r_0 = rho - 1e-5 (a float32 rounding margin) < r_1 < ... < r_K, with
-    r_i = r_0 + (0.5, 1, 1.5, 2, 3, 4.5, 7, 10) tau, and e_i = exp(-(r_i - d0)/tau). If
-    F(r) = #{u in U : d_u < r}, grouping U by shells gives
-
-        Z_U <= sum_{i=1..K} (F(r_i) - F(r_{i-1})) e_{i-1} + (|U| - F(r_K)) e_K
-             = sum_{i=1..K} F(r_i) (e_{i-1} - e_i) + |U| e_K          (summation by parts, F(r_0) = 0)
-             <= sum_{i=1..K} Fhat(r_i) (e_{i-1} - e_i) + |U| e_K + |U| e^-50 =: B,
-
-    since e_{i-1} > e_i: any upper bound Fhat >= F may replace F (the last term is the logit floor).
-    Fhat(r) = (pixels in the cells meeting the square of half-width max(r, rho) around q, an O(1)
-    summed-area-table count) - |A|: those cells hold A and every pixel within r. The query is done
-    when B <= tol * Z_A, so eps <= tol (default 1e-4) and |dP| <= tol * max(V), plus float32
-    rounding (the weights use a polynomial exp, relative error < 3e-6). Otherwise rho grows by
-    tau (ln(B / (tol Z_A)) + 0.3) and the newly reached cells are added. Where the bound cannot be
-    met before the disk holds every pixel, U is empty and that query is computed exactly: the dense
-    computation, per query. On smooth 128x128 maps at tau = 0.01 this evaluates ~245 pixels per
-    query (of 16384; the ideal per-query cut, with the exact tail known, is ~170: the square counts
-    overestimate the shells) and the error seen is ~1e-5 of max(V).
-
-    hard / topk: the disk grows until at least k pixels (hard: 1) are closer than its radius (less a
-    1e-5 rounding margin), so the k nearest pixels and every pixel tied with the k-th are evaluated;
-    distances use the dense path's float32 arithmetic and ties go to the lowest pixel index, so the
-    result is the dense one (to float32 rounding of the weighted sum).
-
-    The dense numpy path is used instead (``info["path"] == "dense"``) when it is faster: soft mode
-    with a tau so large that the simple radius tau ln(M / tol) covers more than ``dense_above`` of
-    the reference area, topk with k > dense_above * M, or when numba is not installed (a warning
-    says so; the result is the same).
+    The bound, the cut and when the dense path runs instead: the module docstring.
 
     Args:
         tau, mode, k: as in runtime.lookup.spec.

@@ -21,7 +21,7 @@ w_ij``. The published evaluation (NVlabs/CoordGAN ``eval_corr.py``) is the soft 
 Implementations, all tested against the torch reference (``coordgan.correspondence.lookup``):
 
     dense        runtime/lookup/dense.py        numpy, every pair, exact
-    sparse       runtime/lookup/sparse.py       numba, only the pairs that can carry weight (bound: its docstring)
+    sparse       runtime/lookup/sparse.py       numba, only the pairs that can carry weight (the bound: its module docstring)
     cuda         runtime/lookup/cuda.py         the fused kernel corr_lookup.cu (also the TensorRT plugin)
     cuda-sparse  runtime/lookup/cuda_sparse.py  sparse's bound on a GPU (corr_lookup_sparse.cu)
 

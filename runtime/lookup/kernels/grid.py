@@ -14,7 +14,7 @@ contiguous slice of the pixel arrays. Arrays:
 
 A query grows a disk of radius rho around itself; :func:`grow` adds, row band by row band, the
 cells that can hold a pixel closer than rho, as contiguous pixel ranges; :func:`tail_bound` bounds
-the weight of the pixels outside it (the derivation: ``runtime.lookup.sparse.lookup_sparse``).
+the weight of the pixels outside it (the derivation: the module docstring of ``runtime.lookup.sparse``).
 
 Cell of a coordinate: min(n - 1, int(max(v - lo, 0) / s)), the same float64 arithmetic as the
 bucketing, so a pixel at v lies in the cell the kernel computes for v, and the cell index is
@@ -121,7 +121,7 @@ def square_count(x, y, h, geo, sat):
 def tail_bound(x, y, rho, n_eval, m, d0, tau, geo, sat):
     """Upper bound on the sum over the not-evaluated pixels u of exp(-(d_u - d0)/tau) (each floored at
     e^-50), given that every one of them is farther than rho and the n_eval evaluated ones lie in the
-    cells the disk of radius rho reaches (see lookup_sparse for the derivation)."""
+    cells the disk of radius rho reaches (the derivation: runtime.lookup.sparse)."""
     u = m - n_eval
     if u == 0:
         return 0.0
