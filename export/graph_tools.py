@@ -162,6 +162,11 @@ def control_flow_nodes(model: onnx.ModelProto) -> list[str]:
     return [f"{n.op_type} {n.name}" for n in nodes if n.op_type in CONTROL_FLOW_OPS]
 
 
+def opset(model: onnx.ModelProto) -> int | None:
+    """The model's ai.onnx opset (None if it imports none)."""
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+
+
 def op_counts(model: onnx.ModelProto) -> collections.Counter:
     return collections.Counter(n.op_type for n in model.graph.node)
 

@@ -1,9 +1,10 @@
 """`coordgan export onnx`: checkpoint -> encoder.onnx, generator.onnx, manifest.json (verified).
 
-One entry point, `export_onnx`. Each model is traced with the dynamo exporter (opset 18, dynamic
-batch axis "batch"), then shaped for deployment: every constant subgraph of reasonable size folded,
-the exporter's debug annotations dropped, optionally converted to float16 with float32 I/O,
-stamped with the manifest's facts in metadata_props. Everything is built in a temp directory beside
+One entry point, `export_onnx`. Each model is traced with the dynamo exporter (opset 18, converted
+to a newer one within `opset_range` on request; dynamic batch axis "batch"), then shaped for
+deployment: every constant subgraph of reasonable size folded, the exporter's debug annotations
+dropped, optionally converted to float16 with float32 I/O, stamped with the manifest's facts (the
+opset as written) in metadata_props. Everything is built in a temp directory beside
 the target and renamed into place only after verification passed.
 """
 
@@ -11,8 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import io
 import json
+import logging
 import warnings
 from pathlib import Path
 
@@ -23,7 +26,45 @@ from runtime.errors import CoordGANError
 
 MODELS = tuple(MODEL_FILES)
 GENERATOR_INPUTS = ("w", "z")
-DEFAULT_OPSET = 18
+DEFAULT_OPSET = 18  # the dynamo exporter's own opset, and the oldest it writes
+
+
+@functools.cache
+def opset_range() -> tuple[int, int, str]:
+    """(oldest, newest, what limits the newest): the opsets an export can be written at and verified.
+
+    Newer than 18 the exporter converts with onnx's version converter, which stops at the installed
+    onnx's newest opset; ONNX Runtime (which verifies and runs the export) refuses opsets newer than
+    it knows, so the newest it loads is found by loading a one-node model at each candidate."""
+    import onnx
+
+    newest, limit = onnx.defs.onnx_opset_version(), f"onnx {onnx.__version__}"
+    try:
+        import onnxruntime
+    except ImportError:
+        return DEFAULT_OPSET, newest, limit
+    for opset in range(newest, DEFAULT_OPSET - 1, -1):
+        if _ort_loads(onnxruntime, opset):
+            break
+    if opset < newest:
+        limit = f"ONNX Runtime {onnxruntime.__version__}"
+    return DEFAULT_OPSET, opset, limit
+
+
+def _ort_loads(onnxruntime, opset: int) -> bool:
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "probe", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
+    opts = onnxruntime.SessionOptions()
+    opts.log_severity_level = 3
+    try:
+        onnxruntime.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    except Exception:  # onnxruntime's own types: "Opset N is under development ... support is till opset M"
+        return False
+    return True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,8 +89,10 @@ class ExportOptions:
             raise CoordGANError(f"--only must be one of {', '.join(MODELS)}, not {self.only!r}.")
         if self.generator_input not in GENERATOR_INPUTS:
             raise CoordGANError(f"--generator-input must be w or z, not {self.generator_input!r}.")
-        if self.opset < 18:
-            raise CoordGANError(f"Opset {self.opset} is too old: the exporter needs opset 18 or newer.")
+        oldest, newest, limit = opset_range()
+        if not oldest <= self.opset <= newest:
+            raise CoordGANError(f"--opset must be {oldest} to {newest}, not {self.opset}: the exporter writes opset "
+                                f"{oldest} and newer, and {limit} goes up to opset {newest}.")
         if self.warp_grid is not None and self.warp_grid < 2:
             raise CoordGANError(f"--warp-grid must be at least 2 pixels, got {self.warp_grid}.")
         if self.int8 and self.fp16:
@@ -100,8 +143,12 @@ def export_onnx(ckpt, out, options: ExportOptions = ExportOptions(), *, preset: 
         for name in options.models():
             step(f"exporting {name}")
             protos[name], entries[name] = _export_model(name, encoder, generator, ck.config, options)
+            written = graph_tools.opset(protos[name])
+            if written != options.opset:  # the exporter logs a failed conversion and keeps opset 18
+                raise CoordGANError(f"The exporter could not convert the {name} to opset {options.opset} (it wrote "
+                                    f"opset {written}); export at opset {written} or another --opset.")
         manifest = build_manifest(config=ck.config, checkpoint_path=ck.path.absolute(), checkpoint_sha256=ck.sha256,
-                                  checkpoint_source=ck.source, opset=options.opset, fp16=options.fp16,
+                                  checkpoint_source=ck.source, opset=written, fp16=options.fp16,  # as saved
                                   models=entries)
         for name, proto in protos.items():
             graph_tools.set_metadata(proto, model_metadata(manifest, name))
@@ -194,7 +241,11 @@ def _trace(module, example, input_names, output_names, opset):
 
     batch = torch.export.Dim("batch", min=1)
     dynamic = tuple({0: batch} for _ in example)
-    # The exporter narrates each stage on stdout and warns about internals: keep the CLI output ours.
+    # The exporter narrates each stage on stdout, warns about internals and logs a failed opset
+    # conversion with its traceback (export_onnx checks the opset written): keep the CLI output ours.
+    converter_log = logging.getLogger("onnxscript")
+    level = converter_log.level
+    converter_log.setLevel(logging.ERROR)
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         try:
@@ -203,4 +254,6 @@ def _trace(module, example, input_names, output_names, opset):
                                         dynamic_shapes=dynamic, optimize=True, verbose=False)
         except Exception as exc:  # an exporter failure is a bug here, but say what failed in one line
             raise RuntimeError(f"torch.onnx.export failed for {type(module).__name__}: {exc}") from exc
+        finally:
+            converter_log.setLevel(level)
     return program.model_proto

@@ -186,6 +186,8 @@ def _verify_model(directory, manifest, name, entry, encoder, generator, bounds, 
         for spec in declared[key]:
             if spec["shape"][:1] != [graph_tools.BATCH]:
                 rep.problems.append(f"{spec['name']} has no dynamic '{graph_tools.BATCH}' axis 0.")
+    if graph_tools.opset(model) != manifest["opset"]:
+        rep.problems.append(f"it is opset {graph_tools.opset(model)}, not the manifest's {manifest['opset']}.")
     flow = graph_tools.control_flow_nodes(model)
     if flow:
         rep.problems.append(f"it has control flow nodes ({', '.join(flow[:3])}).")
@@ -201,7 +203,7 @@ def _verify_model(directory, manifest, name, entry, encoder, generator, bounds, 
         rep.problems.append(f"its metadata_props disagree with manifest.json ({', '.join(stale[:3])}).")
     if rep.problems:
         return rep
-    from runtime.backends.ort_backend import OrtBackend
+    from runtime.backends.ort_backend import OrtBackend, ort_reason
 
     try:
         backend = OrtBackend(path, device="cpu")
@@ -214,7 +216,7 @@ def _verify_model(directory, manifest, name, entry, encoder, generator, bounds, 
     except Exception as exc:  # onnxruntime's own exception types: run failures
         if not type(exc).__module__.startswith("onnxruntime"):
             raise
-        rep.problems.append(f"ONNX Runtime cannot run it ({first_line(exc)}).")
+        rep.problems.append(f"ONNX Runtime cannot run it ({ort_reason(exc)}).")
     return rep
 
 

@@ -32,7 +32,9 @@ def onnx_command(
                                         "encoder gives) or z (through the mapping networks)."),
     fp16: bool = typer.Option(False, "--fp16", help="Half-precision weights and activations, float32 I/O."),
     only: Optional[str] = typer.Option(None, "--only", help="Export one model: encoder or generator."),
-    opset: int = typer.Option(18, "--opset", help="ONNX opset (18 or newer)."),
+    opset: int = typer.Option(18, "--opset", help="ONNX opset: 18 (the exporter's own) up to the newest that "
+                              "both the installed onnx and ONNX Runtime support (a value out of range is refused "
+                              "with the range)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output directory."),
     verify: bool = typer.Option(True, "--verify/--no-verify", help="Compare with PyTorch before publishing."),
     verify_batches: str = typer.Option("1,8", "--verify-batches", help="Batch sizes the verification runs at."),

@@ -1,0 +1,51 @@
+"""`coordgan export onnx` as a newcomer meets it: --opset within what the installed tools support, the
+manifest's facts as written, and refusals in one sentence before any work. Real exports of the tiny preset."""
+
+import json
+
+import onnx
+import pytest
+import torch
+
+from cli_helpers import run_main
+from coordgan.checkpoint import save
+from coordgan.config import PRESETS
+from coordgan.models import build
+from export import graph_tools
+from export.onnx_export import ExportOptions, export_onnx, opset_range
+from export.verify import verify_directory
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory):
+    torch.manual_seed(0)
+    return save(tmp_path_factory.mktemp("ck") / "tiny.safetensors", PRESETS["tiny"],
+                build(PRESETS["tiny"], which=("g", "e")))
+
+
+def test_opset_outside_what_the_tools_support_is_refused_first(tmp_path, monkeypatch, capsys, tiny_ckpt):
+    """--opset 999 exported an opset-18 model after two exporter tracebacks, exit 0, "verified", and a
+    manifest saying 999."""
+    oldest, newest, limit = opset_range()
+    assert oldest == 18 and newest >= 18 and limit
+    for opset in (17, newest + 1, 999):
+        code, stdout, err = run_main(monkeypatch, capsys, "export", "onnx", tiny_ckpt, "--out", tmp_path / "x",
+                                     "--opset", opset)
+        assert code == 1 and stdout == "", (opset, stdout)
+        assert err == (f"Error: --opset must be 18 to {newest}, not {opset}: the exporter writes opset 18 and newer, "
+                       f"and {limit} goes up to opset {newest}.\n")
+    assert not (tmp_path / "x").exists()
+
+
+def test_manifest_states_the_opset_written_and_verify_checks_it(tmp_path, tiny_ckpt):
+    """The newest opset in range exports, runs in ONNX Runtime and verifies; a manifest that names
+    another opset than its model's fails verification."""
+    newest = opset_range()[1]
+    out = export_onnx(tiny_ckpt, tmp_path / "exp", ExportOptions(only="encoder", opset=newest,
+                                                                 verify_batches=(1,))).directory
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["opset"] == graph_tools.opset(onnx.load(out / "encoder.onnx")) == newest
+    manifest["opset"] = 999
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    failures = verify_directory(out, batches=(1,)).failures
+    assert f"encoder: it is opset {newest}, not the manifest's 999." in failures, failures
