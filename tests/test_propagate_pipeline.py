@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from cli_helpers import run_cli, run_main
+from mask_helpers import png_with_short_palette
 from coordgan.checkpoint import save
 from coordgan.config import PRESETS
 from coordgan.data.synthetic_faces import PALETTE, make_sequence
@@ -226,42 +227,62 @@ def test_python_api_resume_with_a_hook(exported, data, tmp_path):
         assert np.array_equal(read_mask(tmp_path / "a" / name)[0], read_mask(tmp_path / "b" / name)[0])
 
 
-def test_user_errors_are_one_sentence(exported, data, tmp_path, monkeypatch, capsys):
+@pytest.fixture(scope="module")
+def bad(exported, data, tmp_path_factory):
+    """The inputs of the refusal cases below, made once."""
     root, _, masks = data
-    model = exported / "export"
-    junk = tmp_path / "junk.mp4"
-    junk.write_bytes(b"\x00garbage" * 100)
-    bad_png = tmp_path / "bad.png"
-    bad_png.write_bytes(b"\x89PNG\r\n\x1a\nnot really")
-    wide = tmp_path / "wide.png"
-    write_mask(wide, np.zeros((32, 64), np.uint8), DAVIS_PALETTE)
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    from test_video import png_with_short_palette
+    tmp = tmp_path_factory.mktemp("bad")
+    (tmp / "junk.mp4").write_bytes(b"\x00garbage" * 100)
+    (tmp / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    write_mask(tmp / "wide.png", np.zeros((32, 64), np.uint8), DAVIS_PALETTE)
+    (tmp / "empty").mkdir()
+    png_with_short_palette(tmp / "short.png", masks[0], 3)
+    return {"tmp": tmp, "root": root, "model": exported / "export", "ref": root / "ref.png",
+            "clip": root / "clip.mp4"}
 
-    short = tmp_path / "short.png"
-    png_with_short_palette(short, masks[0], 3)
+
+# Each case: the arguments of `coordgan propagate` (given the paths of `bad`) and what its one sentence says.
+REFUSALS = {
+    "junk video": (lambda b: [b["tmp"] / "junk.mp4", "--model", b["model"], "--ref", b["ref"]],
+                   "junk.mp4 cannot be read (Invalid data"),
+    "broken reference png": (lambda b: [b["clip"], "--model", b["model"], "--ref", b["tmp"] / "bad.png"],
+                             "bad.png cannot be read as an image"),
+    "reference of another aspect": (lambda b: [b["clip"], "--model", b["model"], "--ref", b["tmp"] / "wide.png"],
+                                    "is 64x32 but the frames are 64x64"),
+    "folder without frames": (lambda b: [b["tmp"] / "empty", "--model", b["model"], "--ref", b["ref"]],
+                              "holds no .jpg or .png frames"),
+    "missing model": (lambda b: [b["clip"], "--model", b["tmp"] / "nope.onnx", "--ref", b["ref"]],
+                      "nope.onnx does not exist"),
+    "no model": (lambda b: [b["clip"], "--ref", b["ref"]], "Give the encoder with --model"),
+    "palette too short": (lambda b: [b["clip"], "--model", b["model"], "--ref", b["tmp"] / "short.png"],
+                          "uses label 7 but its palette has only 3 colours"),
+    "no reference": (lambda b: [b["clip"], "--model", b["model"]], "Give the first frame's label mask with --ref"),
+    "--ref with a DAVIS root": (lambda b: [b["root"] / "davis", "--model", b["model"], "--ref", b["ref"]],
+                                "--ref applies to a video or a frame folder"),
+    "reference beyond the video": (lambda b: [b["clip"], "--model", b["model"], "--ref", f"00020={b['ref']}"],
+                                   "beyond the last frame"),
+    "unreachable Triton": (lambda b: [b["clip"], "--backend", "triton", "--url", "triton+http://127.0.0.1:9/enc",
+                                      "--ref", b["ref"]], "Cannot reach a Triton server"),
+    "tensorrt without a plan": (lambda b: [b["clip"], "--model", b["model"], "--backend", "tensorrt", "--ref", b["ref"]],
+                                "build the engine with `coordgan export trt`"),
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSALS))
+def test_bad_input_is_refused_in_one_sentence_before_any_output(case, bad, monkeypatch, capsys):
+    args, message = REFUSALS[case]
+    out = bad["tmp"] / f"out-{case}"
+    code, _, err = run_main(monkeypatch, capsys, "propagate", *args(bad), "--out", out)
+    assert code == 1 and message in err and "Traceback" not in err, err
+    assert err.startswith("Error: ") and err.count("\n") == 1, err
+    assert not out.exists()  # nothing made, or the empty folder removed
+
+
+def test_output_folders_that_are_not_ours_are_never_written(exported, data, tmp_path, monkeypatch, capsys):
+    root = data[0]
+    model, ref = exported / "export", root / "ref.png"
     (tmp_path / "done").mkdir()
     (tmp_path / "done" / "00000.png").write_bytes(b"x")
-    ref = root / "ref.png"
-    cases = [
-        ([junk, "--model", model, "--ref", ref], "junk.mp4 cannot be read (Invalid data"),
-        ([root / "clip.mp4", "--model", model, "--ref", bad_png], "bad.png cannot be read as an image"),
-        ([root / "clip.mp4", "--model", model, "--ref", wide], "is 64x32 but the frames are 64x64"),
-        ([empty, "--model", model, "--ref", ref], "holds no .jpg or .png frames"),
-        ([root / "clip.mp4", "--model", tmp_path / "nope.onnx", "--ref", ref], f"Model {tmp_path / 'nope.onnx'} does"),
-        ([root / "clip.mp4", "--ref", ref], "Give the encoder with --model"),
-        ([root / "clip.mp4", "--model", model, "--ref", short], "uses label 7 but its palette has only 3 colours"),
-        ([root / "clip.mp4", "--model", model], "Give the first frame's label mask with --ref"),
-        ([root / "davis", "--model", model, "--ref", ref], "--ref applies to a video or a frame folder"),
-        ([root / "clip.mp4", "--model", model, "--ref", f"00020={ref}"], "beyond the last frame"),
-        ([root / "clip.mp4", "--backend", "triton", "--url", "triton+http://127.0.0.1:9/enc", "--ref", ref],
-         "Cannot reach a Triton server"),
-    ]
-    for i, (args, message) in enumerate(cases):
-        code, _, err = run_main(monkeypatch, capsys, "propagate", *args, "--out", tmp_path / f"o{i}")
-        assert code == 1 and message in err and "Traceback" not in err, (args, err)
-        assert err.startswith("Error: ") and err.count("\n") == 1, err
     run = ["propagate", root / "clip.mp4", "--model", model, "--ref", ref, "--out"]
     for extra in ((), ("--overwrite",)):  # PNGs no run left there are never deleted
         code, _, err = run_main(monkeypatch, capsys, *run, tmp_path / "done", *extra)

@@ -4,10 +4,8 @@ Real PyAV encoders and decoders and real PNG files; the synthetic faces give the
 """
 
 import os
-import struct
 import subprocess
 import sys
-import zlib
 from pathlib import Path
 
 import av
@@ -20,6 +18,7 @@ from runtime.errors import CoordGANError
 from runtime.io import masks, video
 from runtime.io.images import read_image
 from runtime.io.masks import DAVIS_PALETTE, write_mask
+from mask_helpers import png_with_short_palette
 from runtime.io.video import ArrayFrames, FolderFrames, VideoFrames, VideoWriter, natural_key, open_frames, pick_codec
 
 
@@ -222,17 +221,6 @@ def test_the_overlay_bytes_do_not_depend_on_the_cores(tmp_path):
         subprocess.run([sys.executable, "-c", WRITE_ON_CPUS, str(cpus), str(tmp_path / "frames.npy"),
                         str(tmp_path / f"cpus{cpus}.mp4")], cwd=root, check=True)
     assert (tmp_path / "cpus1.mp4").read_bytes() == (tmp_path / "cpus2.mp4").read_bytes()
-
-def png_with_short_palette(path, labels, n_colors):
-    """An 8-bit palette PNG whose PLTE has fewer colours than the labels need (Pillow won't write one)."""
-    def chunk(kind, data):
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    h, w = labels.shape
-    raw = b"".join(b"\x00" + row.tobytes() for row in labels.astype(np.uint8))
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 3, 0, 0, 0))
-                     + chunk(b"PLTE", bytes(PALETTE[: 3 * n_colors])) + chunk(b"IDAT", zlib.compress(raw))
-                     + chunk(b"IEND", b""))
-
 
 def test_masks_read_palette_grayscale_binary_and_refuse_bad_ones(tmp_path, sequence):
     _, labels = sequence
