@@ -195,7 +195,7 @@ def test_compare_ratios(tmp_path, cache_dir):
 
 
 def test_user_errors_are_one_sentence(tmp_path):
-    for args, words in ((("encoder",), "--ckpt"),
+    for args, words in ((("encoder",), "--preset NAME"),
                         (("encoder", "--preset", "tiny", "--backends", "cuda-magic"), "Unknown backend"),
                         (("encoder", "--preset", "tiny", "--batch", "0,x"), "--batch"),
                         (("lookup", "--preset", "tiny", "--gpu-lookup", "cuda-dense"), "--gpu-lookup must be"),

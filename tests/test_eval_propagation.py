@@ -324,7 +324,7 @@ def test_preset_gives_random_weights_instead_of_a_checkpoint(ckpts, tmp_path):
     for args in ((), (str(full), "--preset", "tiny")):
         result = run_cli("eval-propagation", *args, "--data", "synthetic-faces", "--device", "cpu")
         assert result.returncode == 1 and result.stderr == (
-            "Error: Give exactly one of a checkpoint CKPT and --preset NAME (random weights).\n"), args
+            "Error: Give exactly one of a checkpoint and --preset NAME (random weights).\n"), args
     result = run_cli("eval-propagation", "--preset", "huge", "--data", "synthetic-faces", "--device", "cpu")
     assert result.returncode == 1 and "Unknown preset 'huge'" in result.stderr
 

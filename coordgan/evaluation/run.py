@@ -70,7 +70,7 @@ def _model(ckpt, options: EvalOptions, device):
     from coordgan import evaluation as ev
 
     if (ckpt is None) == (options.preset is None):
-        raise CoordGANError("Give exactly one of a checkpoint CKPT and --preset NAME (random weights).")
+        raise CoordGANError("Give exactly one of a checkpoint and --preset NAME (random weights).")
     if options.preset is None:
         from coordgan.checkpoint import load
 
