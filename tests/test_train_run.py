@@ -99,6 +99,40 @@ def test_run_folder_guards(tmp_path):
         train_generator(common(tmp_path / "odd", batch=3), preset="tiny")
 
 
+def test_resume_refuses_another_data_set_preset_or_run_kind(tmp_path, monkeypatch):
+    """Each went on silently (another --data) or ended in a traceback (KeyError 'g' / 'e')."""
+    folder = tmp_path / "faces"
+    folder.mkdir()
+    for i in range(2):
+        Image.fromarray(np.full((40, 40, 3), 60 * i, np.uint8)).save(folder / f"{i}.png")
+    gen, enc = tmp_path / "gen", tmp_path / "enc"
+    monkeypatch.chdir(tmp_path)
+    train_generator(common(gen, steps=1, data="faces"), preset="tiny")  # a folder named relative to tmp_path
+    train_encoder(common(enc, steps=1, data="faces"), gen_ckpt=gen / "checkpoints" / "step_000001.safetensors")
+    logs = {out: (out / "train.log").read_text() for out in (gen, enc)}
+    refusals = [
+        (lambda: train_generator(common(gen, steps=2, resume=True)),
+         f"The run in {gen} trains on --data {folder}, not synthetic-faces: resume it with the same data, "
+         "or start a new run in another --out."),
+        (lambda: train_generator(common(gen, steps=2, resume=True, data="faces"), preset="celeba-128"),
+         f"The run in {gen} is of preset 'tiny', not 'celeba-128': resume it without --preset, or start a new "
+         "run in another --out."),
+        (lambda: train_encoder(common(gen, steps=2, resume=True, data="faces")),
+         f"{gen} holds generator training (`coordgan train`), not encoder training: resume it with "
+         "`coordgan train --resume`, or give another --out."),
+        (lambda: train_generator(common(enc, steps=2, resume=True, data="faces")),
+         f"{enc} holds encoder training (`coordgan train-encoder`), not generator training: resume it with "
+         "`coordgan train-encoder --resume`, or give another --out."),
+    ]
+    for resume, message in refusals:
+        with pytest.raises(CoordGANError) as info:
+            resume()
+        assert str(info.value) == message
+    assert logs == {out: (out / "train.log").read_text() for out in (gen, enc)}  # refused before any write
+    monkeypatch.chdir(folder)  # the same folder named from elsewhere is the same data (at its last step: no step runs)
+    assert train_generator(common(gen, steps=1, resume=True, data="."))["start"] == 1
+
+
 def test_loss_flag_changes_weights_on_a_new_run_and_on_resume(tmp_path):
     out = tmp_path / "run"
     train_generator(common(out, steps=1, losses=("chamfer=50",)), preset="tiny")
@@ -108,6 +142,12 @@ def test_loss_flag_changes_weights_on_a_new_run_and_on_resume(tmp_path):
     losses = load(out / "checkpoints" / "step_000002.safetensors").config.losses
     assert (losses.chamfer, losses.r1, losses.texture_swap) == (50.0, 0.05, TINY.losses.texture_swap)
     assert "loss weights set by --loss: r1=0.05" in (out / "train.log").read_text()
+    info = json.loads((out / "run.json").read_text())  # the run as it trains now, and what each resume changed
+    assert info["config"]["losses"]["r1"] == 0.05 and info["notes"][0].startswith("batch 2 instead")
+    (resume,) = info["resumes"]
+    assert resume["step"] == 1 and resume["changed"]["config.losses.r1"][1] == 0.05
+    assert resume["changed"]["options.steps"] == [1, 2] and "config.losses.chamfer" not in resume["changed"]
+    assert any(note.startswith("loss weights set by --loss: r1=0.05") for note in resume["notes"])
     # another batch than the preset's: StyleGAN2-ADA's rule (r1 ~ 1/batch, EMA images ~ batch), then --loss
     scaled = tmp_path / "scaled"
     train_generator(common(scaled, steps=1, batch=8, losses=("chamfer=50",)), preset="tiny")

@@ -146,8 +146,8 @@ def _session(c: Common, cfg: ModelConfig, kind: str, build_task, info: dict, hoo
         _seed_all(c.seed + 1_000_003 * (d.rank + 1))  # per-rank latents, noise and crops
         run_info = {"kind": kind, "config": dataclasses.asdict(cfg), "options": options_record(opts),
                     "global_batch": per_rank * d.world, "world_size": d.world, "lpips": dataclasses.asdict(source),
-                    "data": c.data, "torch": torch.__version__, "python": platform.python_version(),
-                    "notes": notes, **info}
+                    "data": data_mod.data_source(c.data), "torch": torch.__version__,
+                    "python": platform.python_version(), "notes": notes, **info}
         summary = train_loop(task, run, loader, record, run_info, console)
         # Rank 0 may still be writing its last checkpoint: no rank tears the group down before all are
         # done (a gloo process aborted at exit once in CI without this; 60 local runs did not repeat it).
@@ -159,14 +159,29 @@ def _session(c: Common, cfg: ModelConfig, kind: str, build_task, info: dict, hoo
         ddp.shutdown(d)
 
 
-def _resume_checkpoint(out: Path):
+_COMMAND = {"generator": "train", "encoder": "train-encoder"}
+
+
+def _resume_checkpoint(c: Common, kind: str):
+    """The checkpoint --resume continues, refused when it is another kind of run or trained on other data
+    (what may change on a resume, such as --loss or --steps, is recorded in train.log and run.json)."""
     from coordgan.checkpoint import load
     from coordgan.train.loop import latest
 
-    record = latest(Path(out)) if Path(out).exists() else None
+    record = latest(Path(c.out)) if Path(c.out).exists() else None
     if record is None:
-        raise CoordGANError(f"Nothing to resume in {out}: no checkpoint was written there.")
-    return load(record["networks"])
+        raise CoordGANError(f"Nothing to resume in {c.out}: no checkpoint was written there.")
+    ck = load(record["networks"])
+    made = ck.metadata.get("kind")
+    if made != kind:
+        command = f"coordgan {_COMMAND.get(made, made)}"
+        raise CoordGANError(f"{c.out} holds {made} training (`{command}`), not {kind} training: resume it with "
+                            f"`{command} --resume`, or give another --out.")
+    data = (ck.metadata.get("trained") or {}).get("data")
+    if data is not None and data_mod.data_source(data) != data_mod.data_source(c.data):
+        raise CoordGANError(f"The run in {c.out} trains on --data {data}, not {c.data}: resume it with the same "
+                            "data, or start a new run in another --out.")
+    return ck
 
 
 def train_generator(c: Common, preset: str | None = None, init_from: Path | None = None,
@@ -176,10 +191,11 @@ def train_generator(c: Common, preset: str | None = None, init_from: Path | None
     from coordgan.train.trainer import GeneratorTraining
     from coordgan.train.trainer import init_from as apply_init
 
-    resumed = _resume_checkpoint(c.out) if c.resume else None
+    resumed = _resume_checkpoint(c, "generator") if c.resume else None
     if resumed is not None:
         if preset is not None and get_preset(preset).name != resumed.config.name:
-            raise CoordGANError(f"{c.out} is a {resumed.config.name!r} run, not {preset!r}.")
+            raise CoordGANError(f"The run in {c.out} is of preset {resumed.config.name!r}, not {preset!r}: resume it "
+                                "without --preset, or start a new run in another --out.")
         cfg = resumed.config
         freeze = bool(resumed.metadata.get("freeze_structure", False))
     else:
@@ -214,7 +230,7 @@ def train_encoder(c: Common, gen_ckpt: Path | None = None, hooks: dict | None = 
     from coordgan.checkpoint import load
     from coordgan.train.encoder_trainer import EncoderTraining
 
-    resumed = _resume_checkpoint(c.out) if c.resume else None
+    resumed = _resume_checkpoint(c, "encoder") if c.resume else None
     if resumed is not None:
         generator, cfg = resumed.require("g_ema"), resumed.config
         made_by = resumed.metadata.get("generator")

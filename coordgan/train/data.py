@@ -110,6 +110,12 @@ class SyntheticFacesData(Dataset):
         return _to_tensor(self.raw(index)[0], flip), "", True
 
 
+def data_source(data: str) -> str:
+    """--data as a run records it: the procedural faces by name, a folder by its absolute path (the same
+    folder named from another working directory is the same data)."""
+    return data if data == SYNTHETIC else str(Path(data).resolve())
+
+
 def make_dataset(data: str, size: int) -> Dataset:
     if data == SYNTHETIC:
         return SyntheticFacesData(size)

@@ -7,7 +7,7 @@ exact resume, the finite-loss guard, SIGTERM / Ctrl-C, the JSONL log, sample gri
 bar and the data-parallel collectives.
 
 Run folder:
-    run.json                    config, options, LPIPS source (written when the run starts)
+    run.json                    config, options, LPIPS source, data (as the run trains now; each resume's changes)
     train.log                   human-readable events (start, resume, checkpoints, skips, stops)
     log.jsonl                   one line per step: every loss term, learning rates, step time
     samples/step_000100.png     sample grids
@@ -354,6 +354,32 @@ def prepare_out(opts: RunOptions, d: ddp.Dist) -> dict | None:
     return record
 
 
+def _record_resume(path: Path, run_info: dict, start: int) -> None:
+    """run.json holds the run as it trains now, the notes of its start, and per resume its step, its notes
+    and what it changed (a --loss weight, --steps, the LPIPS source...): every deliberate change stays on record."""
+    try:
+        before = json.loads(path.read_text())
+    except (OSError, ValueError):
+        before = {}  # the record was lost: every value of this session counts as changed
+    now = json.loads(json.dumps(run_info, default=str))
+    resume = {"step": start, "changed": _changes(before, now), "notes": now.pop("notes", [])}
+    with atomic_write(path, "w") as f:
+        json.dump({**now, "notes": before.get("notes", []), "resumes": before.get("resumes", []) + [resume]},
+                  f, indent=2)
+
+
+def _changes(before: dict, now: dict, prefix: str = "") -> dict:
+    """{dotted key: [before, now]} for every value of `now` that differs from `before`."""
+    changed = {}
+    for key, value in now.items():
+        old = before.get(key)
+        if isinstance(old, dict) and isinstance(value, dict):
+            changed.update(_changes(old, value, f"{prefix}{key}."))
+        elif old != value and key not in ("notes", "resumes"):
+            changed[f"{prefix}{key}"] = [old, value]
+    return changed
+
+
 def train_loop(task: Task, run: Run, loader, record: dict | None, run_info: dict, console=None) -> dict:
     """Run steps until opts.steps; returns a summary. Raises TrainingInterrupted or CoordGANError."""
     opts, d = run.opts, run.dist
@@ -370,6 +396,8 @@ def train_loop(task: Task, run: Run, loader, record: dict | None, run_info: dict
         skipped = set(state["extra"].get("skipped", []))
         seen = state["extra"].get("images_seen", start * opts.batch * d.world)  # runs older than the tally
         seconds = state["extra"].get("train_seconds", 0.0)
+        if d.is_main:
+            _record_resume(out / "run.json", run_info, start)
         log.truncate_steps(start)
         log.event(f"resumed from {record['networks']} at step {start}", console)
         if len(state["rng"]) != d.world:
