@@ -67,7 +67,7 @@ class ModelSource:
     def __init__(self, ckpt=None, preset: str | None = None, seed: int = 0, cache: Path | None = None,
                  progress: Callable[[str], None] | None = None):
         if (ckpt is None) == (preset is None):
-            raise CoordGANError("Give exactly one of --ckpt CKPT and --preset NAME (random weights).")
+            raise CoordGANError("Give exactly one of a checkpoint and --preset NAME (random weights).")
         self.cache = Path(cache) if cache is not None else cache_dir()
         self.seed = seed
         self.progress = progress or (lambda message: None)

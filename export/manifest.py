@@ -19,14 +19,21 @@ MODEL_FILES = {"encoder": "encoder.onnx", "generator": "generator.onnx"}
 
 
 def tool_versions() -> dict:
+    """The versions of what made the export. Modules report their own: onnxruntime comes from the
+    onnxruntime or the onnxruntime-gpu distribution, under one module name."""
+    import importlib
     from importlib import metadata
 
     versions = {}
-    for dist in ("torch", "onnx", "onnxscript", "onnxruntime", "coordgan-deploy"):
+    for module in ("torch", "onnx", "onnxscript", "onnxruntime"):
         try:
-            versions[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            versions[dist] = None
+            versions[module] = importlib.import_module(module).__version__
+        except (ImportError, AttributeError):
+            versions[module] = None
+    try:
+        versions["coordgan-deploy"] = metadata.version("coordgan-deploy")
+    except metadata.PackageNotFoundError:
+        versions["coordgan-deploy"] = None
     return versions
 
 
@@ -54,6 +61,10 @@ def model_metadata(manifest: dict, name: str) -> dict:
 
 
 def read_manifest(directory: Path) -> dict:
+    if not Path(directory).exists():
+        raise CoordGANError(f"Export directory {directory} does not exist.")
+    if not Path(directory).is_dir():
+        raise CoordGANError(f"{directory} is a file, not an export directory (a folder with {MANIFEST}).")
     path = Path(directory) / MANIFEST
     if not path.is_file():
         raise CoordGANError(f"{directory} is not an export directory: it has no {MANIFEST}.")

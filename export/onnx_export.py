@@ -16,6 +16,7 @@ import functools
 import io
 import json
 import logging
+import os
 import warnings
 from pathlib import Path
 
@@ -118,21 +119,27 @@ def export_onnx(ckpt, out, options: ExportOptions = ExportOptions(), *, preset: 
                 on_report=None, progress=None) -> ExportResult:
     """Export the checkpoint's encoder (+ warp network) and/or generator to ONNX under `out`.
 
-    `ckpt` is a checkpoint file or a loaded coordgan.checkpoint.Checkpoint.
+    `ckpt` is a checkpoint file or a loaded coordgan.checkpoint.Checkpoint; or None, and `preset`
+    names a preset to export with random weights (seed 0, saved once in the export cache, where the
+    manifest points `coordgan export verify`).
 
     `on_report(report)` sees the verification report before the directory is published (the CLI
     prints it); a failed bound raises CoordGANError and leaves nothing behind.
     """
+    from export.cache import ModelSource
+
     options.validate()
     out = Path(out).absolute()
     step = progress or (lambda message: None)
+    loaded = ckpt if ckpt is not None and not isinstance(ckpt, (str, os.PathLike)) else None
+    source = None if loaded else ModelSource(ckpt, preset, progress=step)  # a missing file or preset fails now
     # The staging directory comes first: an unwritable destination fails before the slow part.
     with staged_directory(out, options.overwrite) as staging:
         import onnx
 
-        from coordgan.checkpoint import Checkpoint, load
-
-        ck = ckpt if isinstance(ckpt, Checkpoint) else load(ckpt, preset=preset)
+        if source:
+            step(f"loading {source.describe()}")
+        ck = loaded or source.checkpoint()
         generator = ck.generator
         if "encoder" in options.models() and "e" not in ck.networks:
             hint = ("train one with `coordgan train-encoder --gen-ckpt CKPT`" if options.only == "encoder"

@@ -1,9 +1,11 @@
-"""`coordgan export onnx` as a newcomer meets it: --opset within what the installed tools support, the
-manifest's facts as written, and refusals in one sentence before any work. Real exports of the tiny preset."""
+"""`coordgan export onnx` as a newcomer meets it: --preset instead of a checkpoint, a line per stage
+when the output is no terminal, --opset within what the installed tools support, the manifest's facts
+as written, and refusals in one sentence before any work. Real exports of the tiny preset."""
 
 import json
 
 import onnx
+import onnxruntime
 import pytest
 import torch
 
@@ -21,6 +23,42 @@ def tiny_ckpt(tmp_path_factory):
     torch.manual_seed(0)
     return save(tmp_path_factory.mktemp("ck") / "tiny.safetensors", PRESETS["tiny"],
                 build(PRESETS["tiny"], which=("g", "e")))
+
+
+def test_preset_exports_random_weights_with_a_line_per_stage(tmp_path, monkeypatch, capsys):
+    """No checkpoint needed to try the export; the random weights are saved once in the cache, where the
+    manifest points `export verify`. Captured output is no terminal: each stage is a line."""
+    monkeypatch.setenv("COORDGAN_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "exp"
+    code, stdout, err = run_main(monkeypatch, capsys, "export", "onnx", "--preset", "tiny", "--out", out,
+                                 "--only", "encoder", "--verify-batches", 1)
+    assert code == 0, err
+    stages = [line for line in stdout.splitlines() if line.endswith(" ...")]
+    assert stages == ["loading preset tiny, random weights (seed 0) ...", "making tiny with random weights (seed 0) ...",
+                      "exporting encoder ...", "verifying against PyTorch ..."], stdout
+    assert f"wrote {out}: encoder.onnx, manifest.json" in " ".join(stdout.split())  # Rich wraps at 80 columns
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["preset"] == "tiny"
+    assert manifest["checkpoint"]["path"] == str(tmp_path / "cache" / "presets" / "tiny-seed0.safetensors")
+    # the versions of what made it, onnxruntime under whichever distribution (onnxruntime-gpu here) installed it
+    assert manifest["tool_versions"]["onnxruntime"] == onnxruntime.__version__
+    assert all(manifest["tool_versions"].values()), manifest["tool_versions"]
+    code, stdout, err = run_main(monkeypatch, capsys, "export", "verify", out, "--batches", 1)
+    assert code == 0 and f"verified {out}" in " ".join(stdout.split()), err
+
+
+def test_checkpoint_or_preset_and_a_missing_directory_are_one_sentence(tmp_path, monkeypatch, capsys, tiny_ckpt):
+    monkeypatch.setenv("COORDGAN_CACHE", str(tmp_path / "cache"))
+    exactly_one = "Give exactly one of a checkpoint and --preset NAME (random weights)."
+    for args, message in [(("export", "onnx", "--out", tmp_path / "a"), exactly_one),
+                          (("export", "onnx", tiny_ckpt, "--preset", "tiny", "--out", tmp_path / "a"), exactly_one),
+                          (("export", "onnx", "--preset", "huge", "--out", tmp_path / "a"), "Unknown preset 'huge'"),
+                          (("export", "verify", tmp_path / "nodir"), f"Export directory {tmp_path / 'nodir'} does "
+                                                                      "not exist."),
+                          (("export", "verify", tiny_ckpt), f"{tiny_ckpt} is a file, not an export directory")]:
+        code, stdout, err = run_main(monkeypatch, capsys, *args)
+        assert code == 1 and err.startswith(f"Error: {message}") and err.count("\n") == 1, (args, err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # refused before any work: no cache, no folder
 
 
 def test_opset_outside_what_the_tools_support_is_refused_first(tmp_path, monkeypatch, capsys, tiny_ckpt):

@@ -59,8 +59,13 @@ def positive_ints(text: str, option: str) -> tuple[int, ...]:
 
 @contextlib.contextmanager
 def status(out):
-    """A spinner line for a long command's steps: yields say(message), which shows the current one."""
+    """A spinner line for a long command's steps: yields say(message), which shows the current one.
+    Where `out` is no terminal (a log, a pipe, CI) a spinner shows nothing, so each step is a line."""
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    if not out.is_terminal:
+        yield lambda message: out.print(f"{message} ...", highlight=False)
+        return
     with Progress(SpinnerColumn(), TextColumn("{task.description}", markup=False), TimeElapsedColumn(), console=out,
                   transient=True) as progress:
         task = progress.add_task("starting", total=None)

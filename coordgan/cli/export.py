@@ -24,7 +24,8 @@ app = typer.Typer(
 
 @app.command("onnx")
 def onnx_command(
-    ckpt: Path = typer.Argument(..., help="Checkpoint: ours (.safetensors) or the authors' public .pt."),
+    ckpt: Optional[Path] = typer.Argument(None, help="Checkpoint: ours (.safetensors) or the authors' public .pt; "
+                                          "or omit it and pass --preset."),
     out: Path = typer.Option(..., "--out", "-o", help="Directory to create (encoder.onnx, generator.onnx, manifest.json)."),
     uint8_input: bool = typer.Option(False, "--uint8-input", help="Encoder takes uint8 NHWC frames (base x base), "
                                      "scaled to [-1, 1] inside the graph."),
@@ -38,7 +39,8 @@ def onnx_command(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output directory."),
     verify: bool = typer.Option(True, "--verify/--no-verify", help="Compare with PyTorch before publishing."),
     verify_batches: str = typer.Option("1,8", "--verify-batches", help="Batch sizes the verification runs at."),
-    preset: Optional[str] = typer.Option(None, help="Preset to check a public checkpoint against."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="Instead of a checkpoint: this preset with random "
+                                         "weights (seed 0), to try the export without training."),
     warp_grid: Optional[int] = typer.Option(None, "--warp-grid", help="Faster, approximate encoder: run the "
                                             "coordinate warping network on an N x N grid and upsample its map "
                                             "(default: the model's own grid, exact). Its cost in quality: "
@@ -49,7 +51,8 @@ def onnx_command(
     calibration: Optional[Path] = typer.Option(None, "--calibration", help="With --int8: calibrate on up to 64 "
                                                "frames of this video or frame folder (your footage) instead."),
 ):
-    """Export the encoder (+ warp network) and the generator to ONNX, verified against PyTorch."""
+    """Export the encoder (+ warp network) and the generator of a checkpoint, or of a preset with random
+    weights, to ONNX, verified against PyTorch."""
     from export.onnx_export import ExportOptions, export_onnx
     from export.verify import print_report
 
