@@ -24,7 +24,7 @@ venv: $(PY)
 SHIPPED := checkpoints/tiny-synthetic-faces.safetensors
 demo: $(PY)
 	@if [ -f $(SHIPPED) ]; then $(VENV)/bin/coordgan demo; \
-	else $(VENV)/bin/coordgan sample --preset tiny --out demo-out/sample.png; fi
+	else $(VENV)/bin/coordgan sample --preset tiny --out demo-out/sample.png --overwrite; fi
 
 test: $(PY)
 	$(PY) -m pytest -q
