@@ -13,12 +13,23 @@ and then keeps its own backends. Facts about the wheel's server this module work
   `python3` first on PATH, so this environment's bin directory goes first.
 The server runs in its own process group: stopping it (SIGTERM, then SIGKILL after a timeout)
 also takes down its python-backend stubs.
+
+Before starting, the ports are checked (1..65535, distinct, free on the host), so a server already
+on them is refused in one sentence. "Ready" means this process's server answered: Triton loads its
+models before it binds its ports, and until then another server on the same port would answer
+health checks. So each server gets its own --id, which its HTTP metadata must report, and on Linux
+every port must be a listening socket of our process (the metrics port is bound after HTTP answers).
+The python backend's shared-memory regions get a prefix of their own, so that what a killed server
+leaves in /dev/shm is removed without touching other servers' regions.
 """
 
 from __future__ import annotations
 
+import errno
 import importlib.util
+import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -28,6 +39,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+import uuid
 from pathlib import Path
 
 from runtime.errors import CoordGANError
@@ -36,6 +48,7 @@ _INSTALL_HINT = "pip install --no-deps 'nvidia-pytriton>=0.5' (its binary is all
 
 
 EXIT_TIMEOUT_S = 5  # seconds Triton gives in-flight requests once asked to stop
+SHM_DIR = Path("/dev/shm")
 
 
 def pytriton_server_dir() -> Path:
@@ -70,6 +83,52 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+def _bind(host: str, port: int) -> socket.socket:
+    """A socket bound as Triton binds (SO_REUSEADDR: a port in TIME_WAIT is free, a listening one is not)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    s = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind((host, port))
+    except BaseException:
+        s.close()
+        raise
+    return s
+
+
+def check_ports(host: str, ports: dict[str, int | None]) -> dict[str, int | None]:
+    """{option: port} with each 0 replaced by a free port; one sentence for a port out of range,
+    given twice or not free on `host`. None (an endpoint turned off) stays None."""
+    for option, port in ports.items():
+        if port is not None and not 0 <= port <= 65535:
+            raise CoordGANError(f"{option} must be a TCP port from 1 to 65535 (0: any free one), got {port}.")
+    seen: dict[int, str] = {}
+    for option, port in ports.items():
+        if port:
+            if port in seen:
+                raise CoordGANError(f"{seen[port]} and {option} are both {port}: each endpoint needs a port of its own.")
+            seen[port] = option
+    held = []  # free ports stay bound until all are chosen, so that no two are the same
+    try:
+        for option, port in ports.items():
+            if port is None:
+                continue
+            try:
+                held.append(_bind(host, port))
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise CoordGANError(f"{option} {port} is in use on {host} (another server?): stop what holds "
+                                        "it or pick another port (0: any free one).") from None
+                if exc.errno == errno.EADDRNOTAVAIL:
+                    raise CoordGANError(f"--host {host} is not an address of this machine.") from None
+                raise CoordGANError(f"{option} {port} cannot be used on {host}: {exc.strerror or exc}.") from None
+        chosen = iter(s.getsockname()[1] for s in held)
+        return {option: None if port is None else next(chosen) for option, port in ports.items()}
+    finally:
+        for s in held:
+            s.close()
+
+
 def check_repository(repo: Path) -> list[str]:
     """The model names of a repository (folders with a config.pbtxt); one sentence if there are none."""
     repo = Path(repo)
@@ -82,6 +141,75 @@ def check_repository(repo: Path) -> list[str]:
     return models
 
 
+def listening_ports(pid: int) -> set[int] | None:
+    """The TCP ports process `pid` listens on (Linux /proc), None where that cannot be read."""
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return None
+    sockets = set()
+    for fd in fds:
+        try:
+            sockets.add(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        except OSError:  # closed meanwhile
+            pass
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()  # sl local_address rem_address st ... inode
+            if fields[3] == "0A" and f"socket:[{fields[9]}]" in sockets:  # 0A: LISTEN
+                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+# Triton's log lines: E1207 09:20:53.552333 10975 model_lifecycle.cc:642] "message"
+_LOG_LINE = re.compile(r"^([EWI])\d{4} [\d:.]+\s+\d+ [\w.-]+:\d+\]\s*(.*)$")
+_LOAD_FAILURE = re.compile(r"failed to load '([^']+)' version \d+: (?:[A-Z][a-z]+(?: [a-z]+)*: )?(.*)", re.S)
+_NOISE = ("CudaDriverHelper has not been initialized",)  # every start without a GPU logs it
+
+
+def _message(raw: str) -> str:
+    """A logged message as text: Triton quotes its messages with JSON escapes (\\n inside)."""
+    if len(raw) > 1 and raw[0] == raw[-1] == '"':
+        try:
+            return json.loads(raw)
+        except ValueError:
+            return raw[1:-1].replace("\\n", "\n")
+    return raw
+
+
+def _clause(text: str, limit: int = 600) -> str:
+    """The cause alone: its first line (the python backend appends 'At:' and the stack), without our
+    exception type's name."""
+    text = text.strip().splitlines()[0] if text.strip() else text
+    text = text.removeprefix("CoordGANError: ").strip()
+    return text[:limit].rstrip(" .;")
+
+
+def first_error(log_text: str) -> str | None:
+    """The real first error of a Triton log as a clause: a model that failed to load (named, with its
+    cause), else Triton's own first error line, else grpc's or the server's last 'error:' line."""
+    own, other = [], []
+    for line in log_text.splitlines():
+        match = _LOG_LINE.match(line)
+        if match and match.group(1) == "E":
+            raw = match.group(2)
+            text = _message(raw)
+            if not any(noise in text for noise in _NOISE):
+                (own if raw.startswith('"') else other).append(text)  # grpc's own lines are not quoted
+        elif line.startswith("error: "):  # tritonserver's last word, e.g. "error: creating server: ..."
+            other.append(line.removeprefix("error: "))
+    for text in own:
+        match = _LOAD_FAILURE.search(text)
+        if match:
+            return f"model {match.group(1)} failed to load: {_clause(match.group(2))}"
+    return _clause((own + other)[0]) if own + other else None
+
+
 class TritonServer:
     def __init__(self, repo, *, binary=None, host: str = "127.0.0.1", http_port: int = 8000,
                  grpc_port: int = 8001, metrics_port: int | None = None, log_path=None,
@@ -92,12 +220,16 @@ class TritonServer:
         if self.binary and not (self.binary.is_file() and os.access(self.binary, os.X_OK)):
             raise CoordGANError(f"{self.binary} is not an executable tritonserver.")
         self.host = host
-        self.http_port = http_port or free_port(host)
-        self.grpc_port = grpc_port or free_port(host)
-        self.metrics_port = metrics_port if metrics_port is None else (metrics_port or free_port(host))
+        ports = check_ports(host, {"--http-port": http_port, "--grpc-port": grpc_port,
+                                   "--metrics-port": metrics_port})
+        self.http_port, self.grpc_port, self.metrics_port = ports.values()
         self.extra_args = tuple(extra_args)
+        token = uuid.uuid4().hex[:12]
+        self.server_id = f"coordgan-{token}"  # what our server's metadata reports (see the module doc)
+        self.shm_prefix = f"coordgan_{token}_"
         self._scratch = Path(tempfile.mkdtemp(prefix="coordgan-triton-"))
         self.log_path = Path(log_path) if log_path else self._scratch / "tritonserver.log"
+        self._log_start = 0  # an appended log's earlier runs are not this run's errors
         self.process: subprocess.Popen | None = None
 
     @property
@@ -114,9 +246,10 @@ class TritonServer:
 
     def command(self) -> list[str]:
         binary = self.binary or pytriton_server_dir() / "bin" / "tritonserver"
-        cmd = [str(binary), f"--model-repository={self.repo}",
+        cmd = [str(binary), f"--model-repository={self.repo}", f"--id={self.server_id}",
                f"--http-address={self.host}", f"--http-port={self.http_port}",
-               f"--grpc-address={self.host}", f"--grpc-port={self.grpc_port}"]
+               f"--grpc-address={self.host}", f"--grpc-port={self.grpc_port}",
+               f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}"]
         if self.metrics_port is None:
             cmd.append("--allow-metrics=false")
         else:
@@ -134,71 +267,103 @@ class TritonServer:
         return env
 
     def start(self, timeout_s: float = 120.0) -> "TritonServer":
+        if not timeout_s > 0:
+            raise CoordGANError(f"The start-up timeout must be greater than 0 seconds, got {timeout_s:g}.")
         cmd = self.command()
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
+            self._log_start = log.tell()
             self.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                             env=self._environment(), start_new_session=True)
         deadline = time.monotonic() + timeout_s
-        while not self.is_ready():
+        while True:
             code = self.process.poll()
             if code is not None:
-                self.stop()
-                raise CoordGANError(f"tritonserver exited during startup (code {code}): {self.first_error()} "
-                                    f"(log: {self.log_path}).")
+                self._fail(f"tritonserver exited during startup (code {code}): {self.first_error()}")
+            waiting_for = self.not_ready_because()
+            if waiting_for is None:
+                return self
             if time.monotonic() > deadline:
-                self.stop()
-                raise CoordGANError(f"tritonserver was not ready after {timeout_s:.0f} s (log: {self.log_path}).")
+                self._fail(f"tritonserver was not ready after {timeout_s:g} s ({waiting_for})")
             time.sleep(0.2)
-        return self
 
-    def is_ready(self) -> bool:
+    def _fail(self, clause: str):
+        self.stop()
+        self.cleanup(keep_log=True)  # the sentence names it
+        raise CoordGANError(f"{clause} (log: {self.log_path}).")
+
+    def not_ready_because(self) -> str | None:
+        """None once our own server is ready on every port, else what it waits for."""
+        if not self.alive():
+            return "it is not running"
         try:
             with urllib.request.urlopen(f"http://{self.http_url}/v2/health/ready", timeout=1) as r:
-                return r.status == 200
-        except (urllib.error.URLError, OSError):
-            return False
+                if r.status != 200:
+                    return "its models are not ready yet"
+            with urllib.request.urlopen(f"http://{self.http_url}/v2", timeout=1) as r:
+                name = json.load(r).get("name")
+        except (urllib.error.URLError, OSError, ValueError):
+            return f"nothing ready answers on {self.http_url} yet"
+        if name != self.server_id:
+            return f"another server ({name!r}) answers on {self.http_url}"
+        listening = listening_ports(self.process.pid)
+        if listening is not None:
+            missing = [p for p in (self.http_port, self.grpc_port, self.metrics_port) if p and p not in listening]
+            if missing:
+                return f"it does not listen on port {missing[0]} yet"
+        return None
+
+    def is_ready(self) -> bool:
+        return self.not_ready_because() is None
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
     def log_text(self) -> str:
+        """This run's part of the log."""
         try:
-            return self.log_path.read_text(errors="replace")
+            with open(self.log_path, "rb") as log:
+                log.seek(self._log_start)
+                return log.read().decode(errors="replace")
         except OSError:
             return ""
 
     def first_error(self) -> str:
-        """The server's first real error line (its CPU-only CUDA notice is not one)."""
-        for line in self.log_text().splitlines():
-            if (line.startswith("E") or line.startswith("error:")) and "CudaDriverHelper" not in line:
-                return line.split("] ", 1)[-1].strip().strip('"')[:300]
-        return "no error line in its log"
+        """The server's real first error (see `first_error`), as a clause for one sentence."""
+        return first_error(self.log_text()) or "its log has no error line"
 
     def stop(self, timeout_s: float = 30.0) -> int | None:
         """SIGTERM (Triton finishes in-flight requests and unloads), SIGKILL after timeout_s; returns the exit code."""
-        code = None
-        if self.process is not None:
+        if self.process is None:
+            return None
+        try:
             if self.process.poll() is None:
                 self.process.send_signal(signal.SIGTERM)
                 try:
                     self.process.wait(timeout_s)
                 except subprocess.TimeoutExpired:
                     pass
+        finally:  # also after a second Ctrl-C: nothing of ours outlives this
             try:  # whatever is left of the group: the server if it hung, stubs if they outlived it
                 os.killpg(self.process.pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
             code = self.process.wait()
+            # a killed server or stub cannot unlink its regions; the prefix makes them ours alone
+            for region in SHM_DIR.glob(f"{self.shm_prefix}*"):
+                region.unlink(missing_ok=True)
         return code
 
-    def cleanup(self) -> None:
-        """Remove the scratch folder (backend links, and the log unless log_path was given)."""
-        shutil.rmtree(self._scratch, ignore_errors=True)
+    def cleanup(self, keep_log: bool = False) -> None:
+        """Remove the scratch folder: backend links, and the log unless it is kept (or was given)."""
+        if keep_log and self.log_path.parent == self._scratch:
+            shutil.rmtree(self._scratch / "backends", ignore_errors=True)
+        else:
+            shutil.rmtree(self._scratch, ignore_errors=True)
 
     def __enter__(self) -> "TritonServer":
         return self.start()
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, *exc) -> None:
         self.stop()
-        self.cleanup()
+        self.cleanup(keep_log=exc_type is not None)

@@ -19,8 +19,8 @@ _terminated: list[bool] = []
 
 def _on_sigterm(signum, frame):
     # Unwind like Ctrl-C (temp files removed, no half-written output left); Python's default would
-    # end the process on the spot. A second SIGTERM must not cut that cleanup short. Training and
-    # `serve` install their own handlers while they run.
+    # end the process on the spot. A second SIGTERM must not cut that cleanup short. Training
+    # installs its own handler while it runs; `serve` stops its server as this unwinds it.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _terminated.append(True)
     raise KeyboardInterrupt

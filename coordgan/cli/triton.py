@@ -4,7 +4,6 @@ tritonserver in the foreground until Ctrl-C or SIGTERM). The work is in triton_m
 from __future__ import annotations
 
 import json
-import signal
 import time
 import urllib.request
 from pathlib import Path
@@ -67,18 +66,14 @@ def build(
         out.print(f"  {plan.name:<24} {plan.variant:<12} {files}")
 
 
-class _Shutdown(Exception):
-    pass
-
-
-def _on_sigterm(signum, frame):
-    raise _Shutdown()
-
-
 def _model_states(server) -> list[tuple[str, str]]:
     request = urllib.request.Request(f"http://{server.http_url}/v2/repository/index", data=b"{}", method="POST")
-    with urllib.request.urlopen(request, timeout=5) as r:
-        index = json.load(r)
+    try:
+        with urllib.request.urlopen(request, timeout=5) as r:
+            index = json.load(r)
+    except (OSError, ValueError):  # it died right after answering ready
+        raise CoordGANError(f"tritonserver stopped answering right after it was ready: {server.first_error()} "
+                            f"(log: {server.log_path}).") from None
     return [(m["name"], m.get("state", "?")) for m in index]
 
 
@@ -87,19 +82,23 @@ def serve(
     tritonserver: Optional[Path] = typer.Option(None, "--tritonserver", help="tritonserver binary (default: the "
                                                 "one in the nvidia-pytriton wheel, python backend, CPU)."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (0.0.0.0 exposes it to the network)."),
-    http_port: int = typer.Option(8000, "--http-port", help="HTTP/REST port (0: a free one)."),
-    grpc_port: int = typer.Option(8001, "--grpc-port", help="gRPC port (0: a free one)."),
+    http_port: int = typer.Option(8000, "--http-port", help="HTTP/REST port, 1-65535, not in use (0: any free one)."),
+    grpc_port: int = typer.Option(8001, "--grpc-port", help="gRPC port, 1-65535, not in use (0: any free one)."),
     metrics_port: Optional[int] = typer.Option(None, "--metrics-port", help="Prometheus metrics port (default: "
-                                               "metrics off)."),
-    log: Optional[Path] = typer.Option(None, "--log", help="Append the server's log here (default: a temp file)."),
+                                               "metrics off; 0: any free one)."),
+    log: Optional[Path] = typer.Option(None, "--log", help="Append the server's log here (default: a temp file, "
+                                       "removed after a clean stop)."),
     startup_timeout: float = typer.Option(120.0, "--startup-timeout", help="Seconds to wait for readiness."),
 ):
     """Serve a model repository with a real tritonserver until Ctrl-C / SIGTERM."""
     from triton_models.server import TritonServer
 
+    if not startup_timeout > 0:
+        raise CoordGANError(f"--startup-timeout must be greater than 0 seconds, got {startup_timeout:g}.")
+    # checks the repository and the ports (range, distinct, free) before anything starts
     server = TritonServer(repo, binary=tritonserver, host=host, http_port=http_port, grpc_port=grpc_port,
                           metrics_port=metrics_port, log_path=log)
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    clean_stop = False
     try:
         server.start(timeout_s=startup_timeout)
         print(f"tritonserver ready (log: {server.log_path})")
@@ -114,14 +113,14 @@ def serve(
             time.sleep(0.5)
         raise CoordGANError(f"tritonserver stopped on its own (code {server.process.returncode}): "
                             f"{server.first_error()} (log: {server.log_path}).")
-    except (KeyboardInterrupt, _Shutdown):
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM through cli.errors, which ends with 130 or 143
         code = server.stop()
-        print(f"tritonserver stopped (exit code {code}).")
+        clean_stop = code == 0
+        print(f"tritonserver stopped (exit code {code}).", flush=True)
+        raise
     finally:
         server.stop()
-        if log is None and server.process is not None and server.process.returncode == 0:
-            server.cleanup()
-        signal.signal(signal.SIGTERM, previous)
+        server.cleanup(keep_log=not clean_stop)  # a log an error names stays
 
 
 def register(parent: typer.Typer) -> None:
