@@ -115,31 +115,33 @@ class ExportResult:
     report: object | None  # export.verify.VerifyReport when verified
 
 
-def export_onnx(ckpt, out, options: ExportOptions = ExportOptions(), *, preset: str | None = None,
-                on_report=None, progress=None) -> ExportResult:
+def export_onnx(ckpt, out, options: ExportOptions = ExportOptions(), *, on_report=None,
+                progress=None) -> ExportResult:
     """Export the checkpoint's encoder (+ warp network) and/or generator to ONNX under `out`.
 
-    `ckpt` is a checkpoint file or a loaded coordgan.checkpoint.Checkpoint; or None, and `preset`
-    names a preset to export with random weights (seed 0, saved once in the export cache, where the
-    manifest points `coordgan export verify`).
+    `ckpt` is a checkpoint file, a loaded coordgan.checkpoint.Checkpoint, or an export.cache.ModelSource
+    (a checkpoint, or a preset's random weights saved once in the cache, where the manifest then points
+    `coordgan export verify`), loaded once the destination is known to be writable.
 
     `on_report(report)` sees the verification report before the directory is published (the CLI
     prints it); a failed bound raises CoordGANError and leaves nothing behind.
     """
-    from export.cache import ModelSource
-
     options.validate()
     out = Path(out).absolute()
     step = progress or (lambda message: None)
-    loaded = ckpt if ckpt is not None and not isinstance(ckpt, (str, os.PathLike)) else None
-    source = None if loaded else ModelSource(ckpt, preset, progress=step)  # a missing file or preset fails now
     # The staging directory comes first: an unwritable destination fails before the slow part.
     with staged_directory(out, options.overwrite) as staging:
         import onnx
 
-        if source:
-            step(f"loading {source.describe()}")
-        ck = loaded or source.checkpoint()
+        from coordgan.checkpoint import load
+
+        if isinstance(ckpt, (str, os.PathLike)):
+            ck = load(ckpt)
+        elif hasattr(ckpt, "describe"):  # a ModelSource (not imported here: export.cache imports this module)
+            step(f"loading {ckpt.describe()}")
+            ck = ckpt.checkpoint()
+        else:
+            ck = ckpt
         generator = ck.generator
         if "encoder" in options.models() and "e" not in ck.networks:
             hint = ("train one with `coordgan train-encoder --gen-ckpt CKPT`" if options.only == "encoder"

@@ -53,6 +53,7 @@ def onnx_command(
 ):
     """Export the encoder (+ warp network) and the generator of a checkpoint, or of a preset with random
     weights, to ONNX, verified against PyTorch."""
+    from export.cache import ModelSource
     from export.onnx_export import ExportOptions, export_onnx
     from export.verify import print_report
 
@@ -62,8 +63,8 @@ def onnx_command(
                             verify_batches=positive_ints(verify_batches, "--verify-batches"), warp_grid=warp_grid,
                             int8=int8, calibration=calibration)
     with status(out_console) as say:
-        result = export_onnx(ckpt, out, options, preset=preset, on_report=lambda r: print_report(r, out_console),
-                             progress=say)
+        source = ModelSource(ckpt, preset, progress=say)  # exactly one; a missing file or unknown preset fails now
+        result = export_onnx(source, out, options, on_report=lambda r: print_report(r, out_console), progress=say)
     files = ", ".join(m["file"] for m in result.manifest["models"].values())
     out_console.print(f"wrote {result.directory}: {files}, manifest.json")
 
