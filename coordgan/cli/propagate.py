@@ -130,7 +130,9 @@ def propagate_on_cluster(jobs, options, spec, cluster, out: Path, err) -> None:
 
     with _ClusterDisplay(err) as display:
         result = run_cluster(jobs, options, spec, cluster, out, observer=display)
-    table = Table("sequence", "status", "attempts", "worker", "frames", "seconds", "reason", title="cluster run")
+    table = Table(title="cluster run")
+    for column in ("sequence", "status", "attempts", "worker", "frames", "seconds", "reason"):
+        table.add_column(column, overflow="fold")  # a reason or a path is read whole, never cut with an ellipsis
     for r in result.sequences:
         where = f"{r.worker} on {r.node}" if r.node else ("" if r.worker is None else str(r.worker))
         resumed = f" (from {r.resumed_from})" if r.resumed_from else ""
@@ -156,16 +158,19 @@ class _ClusterDisplay:
         self.err = err
         self.bar = Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
                             TextColumn("{task.fields[status]}", markup=False), TimeElapsedColumn(), console=err)
-        self.task = self.bar.add_task("starting Ray", total=None, status="")
+        self.task = None  # shown once Ray is up: a refused address leaves one sentence, no empty bar
 
     def __enter__(self):
-        self.bar.start()
         return self
 
     def __exit__(self, *exc):
-        self.bar.stop()
+        if self.task is not None:
+            self.bar.stop()
 
     def progress(self, p) -> None:
+        if self.task is None:
+            self.bar.start()
+            self.task = self.bar.add_task("starting workers", total=None, status="")
         status = f"sequences {p.sequences_done}/{p.sequences}  workers {p.workers_alive}/{p.workers}  retries {p.retries}"
         self.bar.update(self.task, description="frames" if p.started else "starting workers",
                         completed=p.frames_done, total=p.frames_total if p.started else None, status=status)

@@ -1,0 +1,334 @@
+"""`coordgan propagate --cluster` on a real Ray instance on this machine (loopback only), tiny-preset exports.
+
+One head started with `ray start --head --block` serves most tests (Ray takes 4-10 s to start);
+one test runs `--cluster local`, the embedded instance the command starts and stops itself.
+The reference everywhere is the in-process run (no --cluster): the same mask bytes are expected.
+"""
+
+import json
+import os
+import re
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cli_helpers import run_main
+from coordgan.data.synthetic_faces import make_sequence
+from export_helpers import export_tiny
+from runtime.io.masks import DAVIS_PALETTE, write_mask
+
+SIZE, BATCH = 64, 4
+SHORT = {f"s{i}": 6 + i for i in range(6)}  # six sequences of 6..11 frames
+LONG = {"long0": 48, "long1": 40}  # long enough to be stopped part-way
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ray_env(tmp_path_factory):
+    """What the command sets for itself, set for the head too; a token of the tests' own (not ~/.ray)."""
+    token = tmp_path_factory.mktemp("ray") / "auth_token"
+    token.write_text(secrets.token_hex(32))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RAY_USAGE_STATS_ENABLED", "0")
+        mp.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        mp.setenv("RAY_AUTH_MODE", "token")
+        mp.setenv("RAY_AUTH_TOKEN_PATH", str(token))
+        mp.delenv("RAY_ADDRESS", raising=False)
+        yield
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return export_tiny(tmp_path_factory.mktemp("model"))
+
+
+def davis_root(root: Path, lengths: dict, bad: str | None = None) -> Path:
+    """A DAVIS layout of synthetic faces (first frame annotated); `bad`: that sequence's mask is no PNG."""
+    for i, (seq, n) in enumerate(sorted(lengths.items())):
+        frames, masks = make_sequence(n, SIZE, seed=10 + i)
+        images, notes = root / "JPEGImages" / "480p" / seq, root / "Annotations" / "480p" / seq
+        images.mkdir(parents=True)
+        notes.mkdir(parents=True)
+        for t, frame in enumerate(frames):
+            Image.fromarray(frame).save(images / f"{t:05d}.jpg")
+        if seq == bad:
+            (notes / "00000.png").write_bytes(b"not a png")
+        else:
+            write_mask(notes / "00000.png", masks[0], DAVIS_PALETTE)
+    return root
+
+
+def in_process(model, root, out):
+    """The path without --cluster, through the same library calls the command makes."""
+    from runtime.propagation.jobs import plan, run_jobs
+    from runtime.propagation.model import open_model
+    from runtime.propagation.sequence import PropagateOptions
+
+    with open_model(str(model / "encoder.onnx"), device="cpu", batch=BATCH) as m:
+        return dict((job.name, summary) for job, summary in run_jobs(m, plan(root, out), PropagateOptions(batch=BATCH)))
+
+
+@pytest.fixture(scope="module")
+def long_data(model, tmp_path_factory):
+    root = davis_root(tmp_path_factory.mktemp("long"), LONG)
+    reference = tmp_path_factory.mktemp("long_ref")
+    return root, reference, in_process(model, root, reference)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def head(ray_env, tmp_path_factory):
+    """A Ray head on 127.0.0.1 for the module; (address, process). Stopped through its own process (a
+    `ray stop` would end every Ray process of the machine, other people's too)."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("head") / "head.log"
+    cmd = [str(Path(sys.executable).with_name("ray")), "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
+           "--port", str(port), "--ray-client-server-port", str(free_port()), "--num-cpus", "2",
+           "--object-store-memory", str(200 << 20), "--include-dashboard", "false", "--disable-usage-stats"]
+    with open(log, "w") as f:
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"ray start --head did not come up: {log.read_text()[-2000:]}")
+                time.sleep(0.2)
+        yield f"127.0.0.1:{port}", proc
+    finally:
+        proc.terminate()  # the head drains and stops the processes it started
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def descendants(root: int) -> set[int]:
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    found, frontier = {root}, {root}
+    while frontier:
+        frontier = {pid for pid, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def listening(root: int) -> list[tuple[str, str]]:
+    """(local address, process) of every TCP socket that `root` or a process below it listens on."""
+    pids = descendants(root)
+    out = subprocess.run(["ss", "-Hltnp"], capture_output=True, text=True, check=True).stdout
+    found = []
+    for line in out.splitlines():
+        owners = {int(p) for p in re.findall(r"pid=(\d+)", line)}
+        if owners & pids:
+            found.append((line.split()[3], ",".join(re.findall(r'\("([^"]+)"', line))))
+    return found
+
+
+def on_loopback(address: str) -> bool:
+    host = address.rsplit(":", 1)[0].strip("[]")
+    return host.startswith("127.") or host.startswith("::ffff:127.") or host == "::1"
+
+
+def worker_processes(root: int) -> list[int]:
+    return [pid for pid in descendants(root)
+            if "_Worker" in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")] if Path("/proc").exists() else []
+
+
+def pngs(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*.png"))}
+
+
+def without_timings(summary: dict) -> dict:
+    return {k: v for k, v in summary.items() if k not in ("seconds", "frames_per_s", "completed", "outputs")}
+
+
+def test_six_sequences_on_a_local_instance_give_the_in_process_bytes_and_stay_on_loopback(
+        model, tmp_path, monkeypatch, capsys):
+    root = davis_root(tmp_path / "davis", SHORT)
+    code, _, err = run_main(monkeypatch, capsys, "propagate", root, "--model", model, "--out", tmp_path / "ref",
+                            "--batch", BATCH, "--device", "cpu")
+    assert code == 0, err
+    seen, stop = [], threading.Event()
+
+    def watch():  # every port the embedded instance opens, while it runs (its processes are ours)
+        while not stop.is_set():
+            seen.extend(listening(os.getpid()))
+            stop.wait(0.3)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        code, _, err = run_main(monkeypatch, capsys, "propagate", root, "--model", model, "--out", tmp_path / "out",
+                                "--batch", BATCH, "--device", "cpu", "--cluster", "local", "--workers", "2")
+    finally:
+        stop.set()
+        watcher.join()
+    assert code == 0, err
+    assert pngs(tmp_path / "out") == pngs(tmp_path / "ref") and len(pngs(tmp_path / "ref")) == sum(SHORT.values())
+    for seq in SHORT:
+        ours, theirs = (json.loads((tmp_path / d / seq / "summary.json").read_text()) for d in ("out", "ref"))
+        assert without_timings(ours) == without_timings(theirs)
+    record = json.loads((tmp_path / "out" / "cluster_summary.json").read_text())
+    rows = {r["sequence"]: r for r in record["sequences"]}
+    assert record["workers"] == 2 and record["failed"] == 0 and record["frames_processed"] == sum(SHORT.values())
+    assert [r["sequence"] for r in record["sequences"]] == sorted(SHORT, key=lambda s: -SHORT[s])  # longest first
+    assert all(r["status"] == "done" and r["attempts"] == 1 and r["frames"] == SHORT[s] for s, r in rows.items())
+    assert {r["worker"] for r in rows.values()} == {0, 1} and len({r["pid"] for r in rows.values()}) == 2
+    assert "cluster run" in err and "s5" in err
+    ray_ports = [(a, p) for a, p in seen if p in ("gcs_server", "raylet")]
+    assert ray_ports, f"the watcher saw none of the instance's ports: {seen}"
+    assert all(on_loopback(a) for a, _ in seen), f"listening beyond loopback: {seen}"
+
+
+def test_the_head_listens_on_loopback_only(head, model, tmp_path):
+    from runtime.propagation.cluster import ClusterOptions, ModelSpec, run_cluster
+    from runtime.propagation.jobs import plan
+    from runtime.propagation.sequence import PropagateOptions
+
+    address, proc = head
+    root = davis_root(tmp_path / "davis", {"a": 4})
+
+    result = run_cluster(plan(root, tmp_path / "out"), PropagateOptions(batch=BATCH),
+                         ModelSpec(str(model / "encoder.onnx"), device="cpu", batch=BATCH),
+                         ClusterOptions(address, workers=1), tmp_path / "out")
+    assert [r.status for r in result.sequences] == ["done"]
+    ports = listening(proc.pid)
+    assert any(p == "gcs_server" for _, p in ports), ports
+    assert all(on_loopback(a) for a, _ in ports), f"listening beyond loopback: {ports}"
+
+
+def test_a_worker_killed_mid_sequence_is_restarted_and_its_sequence_resumes_to_the_same_bytes(
+        head, model, long_data, tmp_path):
+    from runtime.propagation.cluster import ClusterObserver, ClusterOptions, ModelSpec, run_cluster
+    from runtime.propagation.jobs import plan
+    from runtime.propagation.sequence import PropagateOptions
+
+    root, reference, summaries = long_data
+    killed = []
+
+    class KillOnce(ClusterObserver):
+        def progress(self, p):
+            entry = p.running.get("long0")
+            if not killed and entry and entry["done"] >= 2 * BATCH:
+                os.kill(entry["pid"], signal.SIGKILL)
+                killed.append(entry)
+
+    out = tmp_path / "out"
+    result = run_cluster(plan(root, out), PropagateOptions(batch=BATCH),
+                         ModelSpec(str(model / "encoder.onnx"), device="cpu", batch=BATCH),
+                         ClusterOptions(head[0], workers=2, max_retries=1), out, observer=KillOnce())
+    assert killed and killed[0]["done"] < LONG["long0"]
+    rows = {r.sequence: r for r in result.sequences}
+    assert rows["long0"].status == "done" and rows["long0"].attempts == 2 and rows["long0"].resumed_from > 0
+    assert rows["long1"].status == "done" and rows["long1"].attempts == 1
+    assert pngs(out) == pngs(reference)
+    ours = json.loads((out / "long0" / "summary.json").read_text())
+    assert ours["resumed_from"] == rows["long0"].resumed_from
+    assert ours["warnings"] == summaries["long0"]["warnings"]  # notes kept in the resume state
+    assert not list((out / "long0").rglob("*.tmp")), "the killed writer's temp files are still there"
+    record = json.loads((out / "cluster_summary.json").read_text())
+    assert {r["sequence"]: r["attempts"] for r in record["sequences"]} == {"long0": 2, "long1": 1}
+
+
+def test_a_bad_mask_fails_its_sequence_alone_on_a_head_given_by_address(head, model, tmp_path, monkeypatch, capsys):
+    root = davis_root(tmp_path / "davis", {"a": 4, "b": 5, "c": 4}, bad="b")
+    out = tmp_path / "out"
+    code, _, err = run_main(monkeypatch, capsys, "propagate", root, "--model", model, "--out", out, "--batch", BATCH,
+                            "--device", "cpu", "--cluster", head[0], "--workers", "2")
+    assert code == 1
+    assert "1 of 3 sequences failed" in err and "00000.png" in err
+    assert (out / "a" / "summary.json").is_file() and (out / "c" / "summary.json").is_file()
+    record = json.loads((out / "cluster_summary.json").read_text())
+    rows = {r["sequence"]: r for r in record["sequences"]}
+    assert rows["b"]["status"] == "failed" and rows["b"]["attempts"] == 1 and "00000.png" in rows["b"]["reason"]
+    assert rows["a"]["status"] == rows["c"]["status"] == "done" and record["failed"] == 1
+
+
+def test_ctrl_c_stops_the_workers_and_resume_finishes_with_the_same_bytes(head, model, long_data, tmp_path,
+                                                                         monkeypatch, capsys):
+    root, reference, _ = long_data
+    out = tmp_path / "out"
+    args = ["propagate", root, "--model", model, "--out", out, "--batch", BATCH, "--device", "cpu",
+            "--cluster", head[0], "--workers", "2"]
+    code = "import sys; sys.argv = ['coordgan', *sys.argv[1:]]; from coordgan.cli import main; main()"
+    driver = subprocess.Popen([sys.executable, "-c", code, *map(str, args)], stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (len(list((out / "long0").glob("*.png"))) >= 2 * BATCH and not (out / "long0" / "summary.json").exists()):
+            assert driver.poll() is None and time.monotonic() < deadline, "the run ended before it could be stopped"
+            time.sleep(0.05)
+        driver.send_signal(signal.SIGINT)
+        _, err = driver.communicate(timeout=60)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    assert driver.returncode == 130 and "Interrupted." in err
+    deadline = time.monotonic() + 20
+    while worker_processes(head[1].pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not worker_processes(head[1].pid), "a worker outlived the driver's Ctrl-C"
+    assert not (out / "long0" / "summary.json").exists()
+    code, _, err = run_main(monkeypatch, capsys, *args, "--resume")
+    assert code == 0, err
+    assert pngs(out) == pngs(reference)
+    rows = {r["sequence"]: r for r in json.loads((out / "cluster_summary.json").read_text())["sequences"]}
+    assert rows["long0"]["resumed_from"] > 0 and rows["long0"]["attempts"] == 1
+
+
+def test_an_unreachable_address_is_one_sentence_within_seconds(model, tmp_path, monkeypatch, capsys):
+    root = davis_root(tmp_path / "davis", {"a": 3})
+    port = free_port()  # bound and closed: nothing listens there
+    tick = time.monotonic()
+    code, _, err = run_main(monkeypatch, capsys, "propagate", root, "--model", model, "--out", tmp_path / "out",
+                            "--cluster", f"127.0.0.1:{port}")
+    assert code == 1 and time.monotonic() - tick < 15
+    assert f"Cannot reach a Ray cluster at 127.0.0.1:{port}" in err and len(err.strip().splitlines()) == 1
+
+
+def test_without_cluster_ray_is_never_imported_and_without_ray_cluster_says_how_to_install(model, tmp_path):
+    root = davis_root(tmp_path / "davis", {"a": 3})
+    script = f"""
+import sys
+sys.modules["ray"] = None  # as if not installed: any import of it fails
+from coordgan.cli import main
+for extra in ([], ["--cluster", "local"]):
+    sys.argv = ["coordgan", "propagate", {str(root)!r}, "--model", {str(model)!r}, "--out", {str(tmp_path / 'out')!r},
+                "--device", "cpu", "--resume", *extra]
+    try:
+        main()
+    except SystemExit as exit:
+        print("exit", exit.code, flush=True)
+"""
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert run.stdout.splitlines() == ["exit 0", "exit 1"], run
+    assert (tmp_path / "out" / "a" / "summary.json").is_file()
+    assert "--cluster needs Ray, which is not installed: pip install 'coordgan-deploy[cluster]'" in run.stderr
+
+
+def test_cluster_options_without_cluster_are_refused(model, tmp_path, monkeypatch, capsys):
+    code, _, err = run_main(monkeypatch, capsys, "propagate", tmp_path, "--model", model, "--out", tmp_path / "o",
+                            "--workers", "2")
+    assert code == 1 and "apply with --cluster" in err
