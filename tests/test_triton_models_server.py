@@ -5,6 +5,7 @@ malformed requests get errors while the server keeps serving. One server for the
 
 import contextlib
 import importlib
+import shutil
 import threading
 
 import numpy as np
@@ -13,9 +14,11 @@ from tritonclient.utils import InferenceServerException
 
 from export_helpers import export_tiny
 from runtime.backends.ort_backend import OrtBackend
+from runtime.errors import CoordGANError
 from runtime.lookup import lookup
 from triton_helpers import needs_tritonserver, start_server
 from triton_models.repository import BuildOptions, build_repository
+from triton_models.server import TritonServer
 
 pytestmark = needs_tritonserver
 TRITON_TYPES = {np.dtype(np.float32): "FP32", np.dtype(np.float64): "FP64", np.dtype(np.int32): "INT32",
@@ -196,3 +199,18 @@ def test_a_bad_request_in_a_batch_fails_alone(served, local):
             else:
                 want, _ = lookup(q, ref_maps, ref_probs, tau=0.01, impl="sparse")
                 np.testing.assert_allclose(request.get_result().as_numpy("probs"), want, atol=ATOL, rtol=0)
+
+
+def test_a_corrupt_model_fails_the_start_in_one_sentence_naming_it(served, tmp_path):
+    """The model and the cause from the server's log, without the python backend's stack."""
+    repo = shutil.copytree(served[0].repo, tmp_path / "repo")
+    onnx = repo / "coordgan_encoder" / "1" / "model.onnx"
+    onnx.write_bytes(onnx.read_bytes()[:300])
+    server = TritonServer(repo, http_port=0, grpc_port=0)
+    with pytest.raises(CoordGANError) as info:
+        server.start(timeout_s=120)
+    message = str(info.value)
+    assert message.startswith("tritonserver exited during startup (code 1): model coordgan_encoder failed to load: "
+                              f"ONNX Runtime cannot load {onnx}: "), message
+    assert message.endswith(f"(log: {server.log_path}).") and server.log_path.is_file(), message
+    assert "At:" not in message and "\\n" not in message and "\n" not in message, message
