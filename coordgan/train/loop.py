@@ -252,17 +252,18 @@ def load_training_state(task: Task, run: Run, record: dict) -> dict:
 
 
 class RunLog:
-    def __init__(self, out: Path, enabled: bool):
-        self.out, self.enabled = out, enabled
+    def __init__(self, out: Path, enabled: bool, console=None):
+        self.out, self.enabled, self.console = out, enabled, console
 
-    def event(self, message: str, console=None) -> None:
+    def event(self, message: str, show: bool = False) -> None:
+        """A line of train.log; `show`: printed on the console too."""
         if not self.enabled:
             return
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
         with open(self.out / "train.log", "a") as f:
             f.write(f"{stamp} {message}\n")
-        if console is not None:
-            console.print(message, markup=False, highlight=False)
+        if show and self.console is not None:
+            self.console.print(message, markup=False, highlight=False)
 
     def step(self, record: dict) -> None:
         if self.enabled:
@@ -380,6 +381,84 @@ def _changes(before: dict, now: dict, prefix: str = "") -> dict:
     return changed
 
 
+@dataclass
+class _Tally:
+    """How far the run got: kept in every checkpoint (training state, networks' metadata) and the summary."""
+
+    step: int = 0
+    skipped: set[str] = field(default_factory=set)  # unreadable image files
+    seen: int = 0  # images, over all processes
+    seconds: float = 0.0  # spent in steps
+    checkpoint: Path | None = None  # the last one written or resumed from
+    checkpoint_step: int = 0
+
+    def extra(self) -> dict:
+        return {"skipped": sorted(self.skipped), "images_seen": self.seen, "train_seconds": round(self.seconds, 3)}
+
+
+def _begin(task: Task, run: Run, loader, record: dict | None, run_info: dict, log: RunLog) -> _Tally:
+    """Write run.json of a new run, or restore a resumed one (optimizers, RNGs, loader, tally)."""
+    d = run.dist
+    if record is None:
+        if d.is_main:
+            with atomic_write(run.opts.out / "run.json", "w") as f:
+                json.dump(run_info, f, indent=2, default=str)
+        log.event(f"started {task.kind} training: {json.dumps(run_info, default=str)}")
+        return _Tally()
+    state = load_training_state(task, run, record)
+    loader.load_state(state["loader"])
+    extra = state["extra"]
+    tally = _Tally(state["step"], set(extra["skipped"]), extra["images_seen"], extra["train_seconds"],
+                   record["networks"], state["step"])
+    if d.is_main:
+        _record_resume(run.opts.out / "run.json", run_info, tally.step)
+    log.truncate_steps(tally.step)
+    log.event(f"resumed from {record['networks']} at step {tally.step}", show=True)
+    if len(state["rng"]) != d.world:
+        log.event(f"the run was saved with {len(state['rng'])} process(es) and resumes with {d.world}: "
+                  "it continues, but not bit for bit", show=True)
+    return tally
+
+
+def _trained(task: Task, run: Run, run_info: dict, tally: _Tally) -> dict:
+    """How the networks of a checkpoint were trained, for its metadata (`coordgan info` shows it)."""
+    lpips = run_info.get("lpips") or {}
+    backbone = "random backbone" if lpips.get("backbone") == "random" else "ImageNet backbone"
+    return {"kind": task.kind, "steps": tally.step, "images_seen": tally.seen, "minutes": round(tally.seconds / 60, 2),
+            "device": device_name(run.device), "processes": run.dist.world,
+            "global_batch": run.opts.batch * run.dist.world, "data": run_info.get("data"),
+            "lpips": f"{lpips.get('net')}, {backbone}"}
+
+
+def _after_step(task: Task, run: Run, loader, log: RunLog, run_info: dict, tally: _Tally,
+                signalled: tuple[str, int] | None, out_of_time: bool) -> str | None:
+    """Collective, after every step: the checkpoint (when due, at the last step and before any stop), the
+    sample grid (when due and at the time budget), then the stop: returns why at the time budget, raises
+    TrainingInterrupted at a signal (`signalled`, on any process), else returns None."""
+    opts, d, step = run.opts, run.dist, tally.step
+    due = step % opts.ckpt_every == 0 if opts.ckpt_every > 0 else False
+    if due or signalled or out_of_time or step == opts.steps:
+        trained = _trained(task, run, run_info, tally)
+        tally.checkpoint = save_checkpoint(task, run, step, loader.state(), tally.extra(), trained)
+        tally.checkpoint_step = step
+        log.event(f"checkpoint {tally.checkpoint} (step {step})")
+    sample_due = opts.sample_every > 0 and step % opts.sample_every == 0
+    if (sample_due or out_of_time) and d.is_main:
+        write_png(opts.out / "samples" / f"step_{step:06d}.png", task.sample_grid())
+        if stats := task.sample_stats():
+            log.event(f"step {step}: {stats}")
+    if signalled:
+        name, num = signalled
+        log.event(f"stopped by {name} after step {step}", show=True)
+        exc = TrainingInterrupted(name, num, step, tally.checkpoint)
+        exc.main = d.is_main
+        raise exc
+    if out_of_time:
+        log.event(f"stopped at the time budget of {opts.max_minutes:g} min after step {step}", show=True)
+        return f"time budget ({opts.max_minutes:g} min)"
+    return None
+
+
 def train_loop(task: Task, run: Run, loader, record: dict | None, run_info: dict, console=None) -> dict:
     """Run steps until opts.steps; returns a summary. Raises TrainingInterrupted or CoordGANError."""
     opts, d = run.opts, run.dist
@@ -387,106 +466,61 @@ def train_loop(task: Task, run: Run, loader, record: dict | None, run_info: dict
     if d.is_main:
         out.mkdir(parents=True, exist_ok=True)
     ddp.barrier(d)
-    log = RunLog(out, d.is_main)
-    start, skipped, seen, seconds = 0, set(), 0, 0.0
-    if record is not None:
-        state = load_training_state(task, run, record)
-        loader.load_state(state["loader"])
-        start = state["step"]
-        skipped = set(state["extra"].get("skipped", []))
-        seen = state["extra"].get("images_seen", start * opts.batch * d.world)  # runs older than the tally
-        seconds = state["extra"].get("train_seconds", 0.0)
-        if d.is_main:
-            _record_resume(out / "run.json", run_info, start)
-        log.truncate_steps(start)
-        log.event(f"resumed from {record['networks']} at step {start}", console)
-        if len(state["rng"]) != d.world:
-            log.event(f"the run was saved with {len(state['rng'])} process(es) and resumes with {d.world}: "
-                      "it continues, but not bit for bit", console)
-    else:
-        if d.is_main:
-            with atomic_write(out / "run.json", "w") as f:
-                json.dump(run_info, f, indent=2, default=str)
-        log.event(f"started {task.kind} training: {json.dumps(run_info, default=str)}")
+    log = RunLog(out, d.is_main, console)
+    tally = _begin(task, run, loader, record, run_info, log)
     for line in run_info.get("notes", []):
-        log.event(line, console)
+        log.event(line, show=True)
 
-    last_ckpt = record["networks"] if record else None
-    last_ckpt_step = start
-    summary = {"start": start, "steps": opts.steps, "stopped": None}
-    step_times = []
+    start, stopped, step_times = tally.step, None, []
     images_per_step = opts.batch * d.world
-    lpips = run_info.get("lpips") or {}
-    lpips_note = f"{lpips.get('net')}, {'random backbone' if lpips.get('backbone') == 'random' else 'ImageNet backbone'}"
     deadline = time.monotonic() + 60 * opts.max_minutes if opts.max_minutes else None
     with _Signals() as signals, _progress(opts.progress and d.is_main) as bar:
         bar_task = bar.add_task(f"{task.kind}", total=opts.steps, completed=start, losses="")
-        step = start
         try:
             for it in range(start, opts.steps):
-                step = it + 1
+                tally.step = step = it + 1
                 if "before_step" in run.hooks:
                     run.hooks["before_step"](step, task)
                 t0 = time.perf_counter()
                 images, bad = loader.next()
                 t_data = time.perf_counter() - t0
                 for path in bad:
-                    if path not in skipped:
-                        skipped.add(path)
-                        log.event(f"skipped unreadable image file {path}", console)
+                    if path not in tally.skipped:
+                        tally.skipped.add(path)
+                        log.event(f"skipped unreadable image file {path}", show=True)
                 record_step = task.train_step(it, images.to(run.device, non_blocking=True))
                 dt = time.perf_counter() - t0
                 step_times.append(dt)
-                seen, seconds = seen + images_per_step, seconds + dt
+                tally.seen, tally.seconds = tally.seen + images_per_step, tally.seconds + dt
                 lrs = {f"lr_{k}": opt.param_groups[0]["lr"] for k, opt in task.optimizers().items()}
                 # images/s of the step (all processes), and the share of it spent waiting for data
                 log.step({"step": step, **record_step, **lrs, "time": round(dt, 6), "data_time": round(t_data, 6),
-                          "images_per_s": round(images_per_step / dt, 2), "skipped": len(skipped)})
+                          "images_per_s": round(images_per_step / dt, 2), "skipped": len(tally.skipped)})
                 shown = " ".join(f"{k}={v:.3g}" for k, v in record_step.items() if k.endswith("total"))
                 bar.update(bar_task, completed=step, losses=shown)
 
                 stop, out_of_time = ddp.any_across(
                     d, (signals.received is not None, deadline is not None and time.monotonic() >= deadline), run.device)
-                due = step % opts.ckpt_every == 0 if opts.ckpt_every > 0 else False
-                if due or stop or out_of_time or step == opts.steps:
-                    extra = {"skipped": sorted(skipped), "images_seen": seen, "train_seconds": round(seconds, 3)}
-                    trained = {"kind": task.kind, "steps": step, "images_seen": seen,
-                               "minutes": round(seconds / 60, 2), "device": device_name(run.device),
-                               "processes": d.world, "global_batch": images_per_step,
-                               "data": run_info.get("data"), "lpips": lpips_note}
-                    path = save_checkpoint(task, run, step, loader.state(), extra, trained)
-                    last_ckpt, last_ckpt_step = path, step
-                    log.event(f"checkpoint {path} (step {step})")
-                sample_due = opts.sample_every > 0 and step % opts.sample_every == 0
-                if (sample_due or out_of_time) and d.is_main:
-                    write_png(out / "samples" / f"step_{step:06d}.png", task.sample_grid())
-                    if stats := task.sample_stats():
-                        log.event(f"step {step}: {stats}")
-                if out_of_time and not stop:
-                    summary["stopped"] = f"time budget ({opts.max_minutes:g} min)"
-                    log.event(f"stopped at the time budget of {opts.max_minutes:g} min after step {step}", console)
+                signalled = (signals.received or ("a signal on another process", signal.SIGTERM)) if stop else None
+                stopped = _after_step(task, run, loader, log, run_info, tally, signalled, out_of_time)
+                if stopped:
                     break
-                if stop:
-                    name, num = signals.received or ("a signal on another process", signal.SIGTERM)
-                    log.event(f"stopped by {name} after step {step}", console)
-                    exc = TrainingInterrupted(name, num, step, last_ckpt)
-                    exc.main = d.is_main
-                    raise exc
         except NonFiniteLoss as exc:
-            where = (f"the last good checkpoint is {last_ckpt} (step {last_ckpt_step})" if last_ckpt
-                     else "no checkpoint was written")
+            where = (f"the last good checkpoint is {tally.checkpoint} (step {tally.checkpoint_step})"
+                     if tally.checkpoint else "no checkpoint was written")
             message = (f"Training stopped at step {exc.step}: {exc} is not finite; "
                        f"nothing was saved from it and {where}.")
             log.event(message)
             raise CoordGANError(message) from None
-    if skipped:
-        log.event(f"{len(skipped)} unreadable image file(s) were skipped", console)
+    if tally.skipped:
+        log.event(f"{len(tally.skipped)} unreadable image file(s) were skipped", show=True)
     step_time = float(np.median(step_times)) if step_times else None
-    summary.update(main=d.is_main, checkpoint=last_ckpt, skipped=len(skipped), steps=step, step_time=step_time,
-                   images_per_s=images_per_step / step_time if step_time else None)
+    summary = {"start": start, "steps": tally.step, "stopped": stopped, "main": d.is_main,
+               "checkpoint": tally.checkpoint, "skipped": len(tally.skipped), "step_time": step_time,
+               "images_per_s": images_per_step / step_time if step_time else None}
     if step_time:
-        log.event(f"{step - start} steps at a median {step_time:.3f} s: {summary['images_per_s']:.1f} images/s "
-                  f"over {d.world} process(es), batch {images_per_step}")
+        log.event(f"{tally.step - start} steps at a median {step_time:.3f} s: "
+                  f"{summary['images_per_s']:.1f} images/s over {d.world} process(es), batch {images_per_step}")
     return summary
 
 
