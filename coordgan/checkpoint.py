@@ -202,9 +202,9 @@ def _pickle_globals(stream, found: list[str]) -> None:
             memo[arg] = last
         elif op.name in ("GET", "BINGET", "LONG_BINGET") and isinstance(memo.get(arg), str):
             strings.append(memo[arg])
-        elif op.name == "GLOBAL":
+        elif op.name == "GLOBAL":  # protocols 0-2 name builtins as Python 2 did
             module, name = arg.split(" ", 1)
-            found.append(f"{'builtins' if module == '__builtin__' else module}.{name}")  # protocols 0-2: Python 2's name
+            found.append(f"{'builtins' if module == '__builtin__' else module}.{name}")
         elif op.name == "STACK_GLOBAL":
             found.append(".".join(strings[-2:]))
         last = arg if op.name in _PICKLE_STRINGS else None
