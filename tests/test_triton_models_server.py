@@ -206,7 +206,7 @@ def test_a_corrupt_model_fails_the_start_in_one_sentence_naming_it(served, tmp_p
     repo = shutil.copytree(served[0].repo, tmp_path / "repo")
     onnx = repo / "coordgan_encoder" / "1" / "model.onnx"
     onnx.write_bytes(onnx.read_bytes()[:300])
-    server = TritonServer(repo, http_port=0, grpc_port=0)
+    server = TritonServer(repo, http_port=0, grpc_port=0, log_path=tmp_path / "log")
     with pytest.raises(CoordGANError) as info:
         server.start(timeout_s=120)
     message = str(info.value)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -13,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cli_helpers import run_main
 from runtime.errors import CoordGANError
 from triton_helpers import needs_tritonserver, start_server, write_echo_repo
 from triton_models.server import EXIT_TIMEOUT_S, SHM_DIR, TritonServer, check_repository
@@ -95,7 +98,7 @@ def test_ready_means_our_server_answered(running, tmp_path):
     """Another server on the HTTP port (taken after the pre-start check, as in a race) answers
     health checks while ours loads its models: that is not ours being ready. Ours then fails to
     bind, and the sentence quotes that error from its log (not a CUDA notice) and keeps the log."""
-    server = TritonServer(write_echo_repo(tmp_path / "repo"), http_port=0, grpc_port=0)
+    server = TritonServer(write_echo_repo(tmp_path / "repo"), http_port=0, grpc_port=0, log_path=tmp_path / "log")
     server.http_port = running.http_port
     with pytest.raises(CoordGANError, match=r"^tritonserver exited during startup \(code 1\): failed to start HTTP "
                                             rf"service: Unavailable - Socket '127.0.0.1:{running.http_port}' already "
@@ -108,7 +111,8 @@ def test_ready_means_our_server_answered(running, tmp_path):
 @needs_tritonserver
 def test_metrics_port_taken_after_the_check_is_not_ready(tmp_path):
     """Triton binds the metrics port only after HTTP answers ready: readiness waits for every port."""
-    server = TritonServer(write_echo_repo(tmp_path / "repo"), http_port=0, grpc_port=0, metrics_port=0)
+    server = TritonServer(write_echo_repo(tmp_path / "repo"), http_port=0, grpc_port=0, metrics_port=0,
+                          log_path=tmp_path / "log")
     with socket.socket() as blocker:
         blocker.bind(("127.0.0.1", 0))
         blocker.listen()
@@ -122,16 +126,21 @@ def test_metrics_port_taken_after_the_check_is_not_ready(tmp_path):
 
 
 @needs_tritonserver
-def test_startup_failure_names_the_model_and_the_cause(tmp_path):
+def test_startup_failure_names_the_model_and_the_cause(tmp_path, monkeypatch, capsys):
+    """`serve` on a model that cannot load: one sentence with the model and the cause from the log
+    (not the python backend's stack), and the temp log it names is kept."""
     repo = write_echo_repo(tmp_path / "repo")
     (repo / "echo" / "1" / "model.py").write_text("this is not python\n")
-    server = TritonServer(repo, http_port=0, grpc_port=0)
-    with pytest.raises(CoordGANError) as info:
-        server.start(timeout_s=60)
-    assert str(info.value) == ("tritonserver exited during startup (code 1): model echo failed to load: NameError: "
-                               f"name 'this' is not defined (log: {server.log_path}).")
-    assert "At:" in server.log_text()  # the python backend's stack, left out of the sentence
-    assert not _processes_mentioning(str(repo)) and not _regions(server.shm_prefix)
+    code, out, err = run_main(monkeypatch, capsys, "serve", "--repo", repo, "--http-port", 0, "--grpc-port", 0)
+    match = re.fullmatch(r"Error: tritonserver exited during startup \(code 1\): model echo failed to load: "
+                         r"NameError: name 'this' is not defined \(log: (.*)\)\.\n", err)
+    assert code == 1 and out == "" and match, err
+    log = Path(match.group(1))
+    try:
+        assert "At:" in log.read_text()  # the stack is there, left out of the sentence
+    finally:
+        shutil.rmtree(log.parent)
+    assert not _processes_mentioning(str(repo))
 
 
 @needs_tritonserver
