@@ -16,7 +16,7 @@ from pathlib import Path
 
 from runtime.errors import CoordGANError
 from runtime.fileio import atomic_write
-from runtime.lookup.spec import MAX_CLASSES, MAX_TOPK, MODES
+from runtime.lookup.spec import MAX_CLASSES, MAX_TOPK, LookupParams
 
 DOMAIN = "coordgan"
 OP = "CorrLookup"
@@ -29,13 +29,10 @@ def lookup_model(classes: int, *, tau: float = 0.01, mode: str = "soft", k: int 
 
     if not 1 <= classes <= MAX_CLASSES:
         raise CoordGANError(f"The lookup kernel takes 1 to {MAX_CLASSES} classes, not {classes}.")
-    if mode not in MODES:
-        raise CoordGANError(f"mode must be one of {', '.join(MODES)}, not {mode!r}.")
-    if not tau > 0:
-        raise CoordGANError(f"tau must be positive, not {tau}.")
-    if mode == "topk" and not 1 <= k <= MAX_TOPK:
+    params = LookupParams(tau=tau, mode=mode, k=k if k or mode == "topk" else None)  # k 0: unset
+    if params.mode == "topk" and params.k > MAX_TOPK:
         raise CoordGANError(f"topk keeps 1 to {MAX_TOPK} neighbours, not k = {k}.")
-    k = k if mode == "topk" else 0
+    k = params.k or 0
     dtype = TensorProto.FLOAT16 if fp16 else TensorProto.FLOAT
     inputs = [
         helper.make_tensor_value_info("query", dtype, ["batch", 2, "hq", "wq"]),

@@ -27,7 +27,7 @@ def test_node_contract():
 
 
 def test_k_only_in_topk_and_fp16_inputs():
-    (node,) = lookup_model(4, mode="soft", k=5, fp16=True).graph.node
+    (node,) = lookup_model(4, mode="soft", fp16=True).graph.node
     assert {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}["k"] == 0
     model = lookup_model(4, fp16=True)
     assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
@@ -37,8 +37,10 @@ def test_k_only_in_topk_and_fp16_inputs():
 @pytest.mark.parametrize("kwargs, message", [
     (dict(classes=65), "1 to 64 classes"),
     (dict(classes=8, mode="nearest"), "mode must be one of"),
-    (dict(classes=8, tau=0.0), "tau must be positive"),
-    (dict(classes=8, mode="topk", k=0), "topk keeps 1 to 64"),
+    (dict(classes=8, tau=0.0), "tau must be a finite number > 0, got 0.0"),
+    (dict(classes=8, mode="topk", k=0), "The top-k count .* must be a positive integer, got 0"),
+    (dict(classes=8, mode="topk", k=65), "topk keeps 1 to 64"),
+    (dict(classes=8, mode="soft", k=5), "only used with mode topk"),
 ])
 def test_bad_attributes(kwargs, message):
     with pytest.raises(CoordGANError, match=message):

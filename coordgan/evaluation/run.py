@@ -7,13 +7,13 @@ the table; tests and scripts call it the same way.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from coordgan.evaluation.scoring import LOOKUPS, check_lookup
 from runtime.errors import CoordGANError
+from runtime.lookup.spec import LookupParams
 
 
 @dataclass(frozen=True)
@@ -36,8 +36,7 @@ class EvalOptions:
     #                        the sparse numpy path on the CPU (the benchmark's numbers, not the fastest path)
 
     def validate(self) -> None:
-        if not (isinstance(self.tau, (int, float)) and math.isfinite(self.tau) and self.tau > 0):
-            raise CoordGANError(f"--tau must be a finite number > 0, got {self.tau}.")
+        LookupParams(tau=self.tau)  # the one check of the lookup's parameters (runtime.lookup.spec)
         if self.lookup not in LOOKUPS:
             raise CoordGANError(f"--lookup must be one of {', '.join(LOOKUPS)}, not {self.lookup!r}.")
         for out in (self.json_out, self.vis):

@@ -194,10 +194,10 @@ class LookupParams:
         if self.mode not in MODES:
             raise CoordGANError(f"mode must be one of 'soft', 'hard' or 'topk', got {self.mode!r}.")
         if self.mode == "topk":
-            object.__setattr__(self, "k", check_positive_int("k (--topk)", self.k))
+            object.__setattr__(self, "k", check_positive_int("The top-k count (--topk, --k)", self.k))
         elif self.k is not None:
-            raise CoordGANError(f"k (--k, --topk) is only used with mode topk, but it was given ({self.k!r}) with "
-                                f"mode {self.mode}.")
+            raise CoordGANError(f"A top-k count (--topk, --k) is only used with mode topk, but it was given "
+                                f"({self.k!r}) with mode {self.mode}.")
 
     @classmethod
     def with_topk(cls, *, memory: int = 3, tau: float = 0.01, topk: int | None = None) -> "LookupParams":
