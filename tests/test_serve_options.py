@@ -38,6 +38,7 @@ def test_serve_refuses_bad_ports_and_timeouts_before_starting(tmp_path, monkeypa
         (("--http-port", 0, "--grpc-port", listening), f"--grpc-port {listening} is in use on 127.0.0.1"),
         (("--http-port", 0, "--grpc-port", 0, "--metrics-port", listening), f"--metrics-port {listening} is in use"),
         (("--host", "192.0.2.1"), "--host 192.0.2.1 is not an address of this machine."),  # TEST-NET-1
+        (("--host", "::1"), "--host ::1: IPv6 addresses are not supported; use an IPv4 address such as 127.0.0.1"),
     ]
     log = tmp_path / "server.log"
     for options, message in cases:

@@ -37,7 +37,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
@@ -49,6 +48,7 @@ _INSTALL_HINT = "pip install --no-deps 'nvidia-pytriton>=0.5' (its binary is all
 
 EXIT_TIMEOUT_S = 5  # seconds Triton gives in-flight requests once asked to stop
 SHM_DIR = Path("/dev/shm")
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # an http_proxy must not see loopback
 
 
 def pytriton_server_dir() -> Path:
@@ -85,8 +85,7 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 def _bind(host: str, port: int) -> socket.socket:
     """A socket bound as Triton binds (SO_REUSEADDR: a port in TIME_WAIT is free, a listening one is not)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    s = socket.socket(family, socket.SOCK_STREAM)
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind((host, port))
@@ -99,6 +98,9 @@ def _bind(host: str, port: int) -> socket.socket:
 def check_ports(host: str, ports: dict[str, int | None]) -> dict[str, int | None]:
     """{option: port} with each 0 replaced by a free port; one sentence for a port out of range,
     given twice or not free on `host`. None (an endpoint turned off) stays None."""
+    if ":" in host:  # Triton writes host:port unbracketed, which its gRPC endpoint cannot parse
+        raise CoordGANError(f"--host {host}: IPv6 addresses are not supported; use an IPv4 address such as "
+                            "127.0.0.1 or 0.0.0.0.")
     for option, port in ports.items():
         if port is not None and not 0 <= port <= 65535:
             raise CoordGANError(f"{option} must be a TCP port from 1 to 65535 (0: any free one), got {port}.")
@@ -115,6 +117,8 @@ def check_ports(host: str, ports: dict[str, int | None]) -> dict[str, int | None
                 continue
             try:
                 held.append(_bind(host, port))
+            except socket.gaierror as exc:
+                raise CoordGANError(f"--host {host} is not an address of this machine ({exc.strerror}).") from None
             except OSError as exc:
                 if exc.errno == errno.EADDRINUSE:
                     raise CoordGANError(f"{option} {port} is in use on {host} (another server?): stop what holds "
@@ -284,7 +288,7 @@ class TritonServer:
             if waiting_for is None:
                 return self
             if time.monotonic() > deadline:
-                self._fail(f"tritonserver was not ready after {timeout_s:g} s ({waiting_for})")
+                self._fail(f"tritonserver was not ready after {timeout_s:g} s: {waiting_for}")
             time.sleep(0.2)
 
     def _fail(self, clause: str):
@@ -292,20 +296,31 @@ class TritonServer:
         self.cleanup(keep_log=True)  # the sentence names it
         raise CoordGANError(f"{clause} (log: {self.log_path}).")
 
+    def http(self, path: str, body: bytes | None = None, timeout_s: float = 1.0) -> bytes:
+        """The answer to GET (or POST body) http://<http_url><path>; an OSError when there is none."""
+        request = urllib.request.Request(f"http://{self.http_url}{path}", data=body)
+        with _DIRECT.open(request, timeout=timeout_s) as answer:
+            return answer.read()
+
+    def model_states(self) -> list[tuple[str, str]]:
+        """(name, state) of every model in the repository index, e.g. ("coordgan_encoder", "READY")."""
+        index = json.loads(self.http("/v2/repository/index", b"{}", timeout_s=5))
+        return [(m["name"], m.get("state", "?")) for m in index]
+
     def not_ready_because(self) -> str | None:
         """None once our own server is ready on every port, else what it waits for."""
         if not self.alive():
             return "it is not running"
         try:
-            with urllib.request.urlopen(f"http://{self.http_url}/v2/health/ready", timeout=1) as r:
-                if r.status != 200:
-                    return "its models are not ready yet"
-            with urllib.request.urlopen(f"http://{self.http_url}/v2", timeout=1) as r:
-                name = json.load(r).get("name")
-        except (urllib.error.URLError, OSError, ValueError):
-            return f"nothing ready answers on {self.http_url} yet"
+            name = json.loads(self.http("/v2")).get("name")
+        except (OSError, ValueError):  # urllib's errors are OSErrors
+            return f"nothing answers on {self.http_url} yet"
         if name != self.server_id:
-            return f"another server ({name!r}) answers on {self.http_url}"
+            return f"another server ({name}) answers on {self.http_url}"
+        try:
+            self.http("/v2/health/ready")
+        except OSError:
+            return "its models are not ready yet"
         listening = listening_ports(self.process.pid)
         if listening is not None:
             missing = [p for p in (self.http_port, self.grpc_port, self.metrics_port) if p and p not in listening]

@@ -3,9 +3,7 @@ tritonserver in the foreground until Ctrl-C or SIGTERM). The work is in triton_m
 
 from __future__ import annotations
 
-import json
 import time
-import urllib.request
 from pathlib import Path
 from typing import Optional
 
@@ -67,14 +65,11 @@ def build(
 
 
 def _model_states(server) -> list[tuple[str, str]]:
-    request = urllib.request.Request(f"http://{server.http_url}/v2/repository/index", data=b"{}", method="POST")
     try:
-        with urllib.request.urlopen(request, timeout=5) as r:
-            index = json.load(r)
+        return server.model_states()
     except (OSError, ValueError):  # it died right after answering ready
         raise CoordGANError(f"tritonserver stopped answering right after it was ready: {server.first_error()} "
                             f"(log: {server.log_path}).") from None
-    return [(m["name"], m.get("state", "?")) for m in index]
 
 
 def serve(
