@@ -211,6 +211,26 @@ def test_serve_stops_cleanly_on_signal(tmp_path, stop_signal, code, sentence):
     assert not _regions(prefix) and not log.parent.exists()
 
 
+@needs_tritonserver
+def test_serve_stopped_while_starting_leaves_nothing(tmp_path):
+    """SIGTERM while the models load: exit 143 with its sentence, no process, shared memory or temp log left."""
+    repo = write_echo_repo(tmp_path / "repo")
+    proc = subprocess.Popen([COORDGAN, "serve", "--repo", str(repo), "--http-port", "0", "--grpc-port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not (stubs := _processes_mentioning(f"{repo}/echo")) and time.monotonic() < deadline:
+        time.sleep(0.05)  # a stub runs for the model being loaded
+    assert stubs and proc.poll() is None, proc.communicate()
+    (server_pid,) = _processes_mentioning(f"--model-repository={repo}")
+    command = (Path("/proc") / str(server_pid) / "cmdline").read_bytes().decode().split("\0")
+    prefix = next(a for a in command if "shm-region-prefix-name=" in a).split("=")[-1]
+    scratch = next(Path(a.split("=", 1)[1]).parent for a in command if a.startswith("--backend-directory="))
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and err == "Stopped by SIGTERM.\n", (out, err)
+    assert not _processes_mentioning(str(repo)) and not _regions(prefix) and not scratch.exists()
+
+
 def test_serve_bad_repository_is_one_sentence(tmp_path):
     proc = subprocess.run([COORDGAN, "serve", "--repo", str(tmp_path / "nope")], capture_output=True, text=True,
                           timeout=60)

@@ -371,7 +371,7 @@ class TritonServer:
 
     def cleanup(self, keep_log: bool = False) -> None:
         """Remove the scratch folder: backend links, and the log unless it is kept (or was given)."""
-        if keep_log and self.log_path.parent == self._scratch:
+        if keep_log and self.log_path.parent == self._scratch and self.log_path.exists():
             shutil.rmtree(self._scratch / "backends", ignore_errors=True)
         else:
             shutil.rmtree(self._scratch, ignore_errors=True)

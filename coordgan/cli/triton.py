@@ -82,7 +82,7 @@ def serve(
     metrics_port: Optional[int] = typer.Option(None, "--metrics-port", help="Prometheus metrics port (default: "
                                                "metrics off; 0: any free one)."),
     log: Optional[Path] = typer.Option(None, "--log", help="Append the server's log here (default: a temp file, "
-                                       "removed after a clean stop)."),
+                                       "kept only when an error names it)."),
     startup_timeout: float = typer.Option(120.0, "--startup-timeout", help="Seconds to wait for readiness."),
 ):
     """Serve a model repository with a real tritonserver until Ctrl-C / SIGTERM."""
@@ -93,7 +93,7 @@ def serve(
     # checks the repository and the ports (range, distinct, free) before anything starts
     server = TritonServer(repo, binary=tritonserver, host=host, http_port=http_port, grpc_port=grpc_port,
                           metrics_port=metrics_port, log_path=log)
-    clean_stop = False
+    stopped = False
     try:
         server.start(timeout_s=startup_timeout)
         print(f"tritonserver ready (log: {server.log_path})")
@@ -109,13 +109,12 @@ def serve(
         raise CoordGANError(f"tritonserver stopped on its own (code {server.process.returncode}): "
                             f"{server.first_error()} (log: {server.log_path}).")
     except KeyboardInterrupt:  # Ctrl-C, or SIGTERM through cli.errors, which ends with 130 or 143
-        code = server.stop()
-        clean_stop = code == 0
-        print(f"tritonserver stopped (exit code {code}).", flush=True)
+        stopped = True
+        print(f"tritonserver stopped (exit code {server.stop()}).", flush=True)
         raise
     finally:
         server.stop()
-        server.cleanup(keep_log=not clean_stop)  # a log an error names stays
+        server.cleanup(keep_log=not stopped)  # the temp log stays where an error sentence names it
 
 
 def register(parent: typer.Typer) -> None:
