@@ -108,7 +108,8 @@ def check_ports(host: str, ports: dict[str, int | None]) -> dict[str, int | None
     for option, port in ports.items():
         if port:
             if port in seen:
-                raise CoordGANError(f"{seen[port]} and {option} are both {port}: each endpoint needs a port of its own.")
+                raise CoordGANError(f"{seen[port]} and {option} are both {port}: each endpoint needs a port "
+                                    "of its own.")
             seen[port] = option
     held = []  # free ports stay bound until all are chosen, so that no two are the same
     try:
@@ -196,7 +197,7 @@ def _clause(text: str, limit: int = 600) -> str:
 
 def first_error(log_text: str) -> str | None:
     """The real first error of a Triton log as a clause: a model that failed to load (named, with its
-    cause), else Triton's own first error line, else grpc's or the server's last 'error:' line."""
+    cause), else Triton's own first error line, else the first other one (grpc's, or 'error: ...')."""
     own, other = [], []
     for line in log_text.splitlines():
         match = _LOG_LINE.match(line)
@@ -344,8 +345,11 @@ class TritonServer:
             return ""
 
     def first_error(self) -> str:
-        """The server's real first error (see `first_error`), as a clause for one sentence."""
-        return first_error(self.log_text()) or "its log has no error line"
+        """The server's real first error (see `first_error`) as a clause, else its log's last line
+        (an option this binary does not know, a crash)."""
+        text = self.log_text()
+        lines = [line for line in text.splitlines() if line.strip()]
+        return first_error(text) or (f"its log ends with: {_clause(lines[-1])}" if lines else "its log is empty")
 
     def stop(self, timeout_s: float = 30.0) -> int | None:
         """SIGTERM (Triton finishes in-flight requests and unloads), SIGKILL after timeout_s; returns the exit code."""
