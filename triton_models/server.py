@@ -15,10 +15,11 @@ The server runs in its own process group: stopping it (SIGTERM, then SIGKILL aft
 also takes down its python-backend stubs.
 
 Before starting, the ports are checked (1..65535, distinct, free on the host), so a server already
-on them is refused in one sentence. "Ready" means this process's server answered: Triton loads its
-models before it binds its ports, and until then another server on the same port would answer
-health checks. So each server gets its own --id, which its HTTP metadata must report, and on Linux
-every port must be a listening socket of our process (the metrics port is bound after HTTP answers).
+on them is refused in one sentence. "Ready" means the server we started answered: Triton loads its
+models before it binds its ports, and until then another server on the same port (taken after the
+check) would answer health checks. So each server gets its own --id, which its HTTP metadata must
+report, and on Linux every port must be a listening socket of its process group (the metrics port
+is bound after HTTP answers).
 The python backend's shared-memory regions get a prefix of their own, so that what a killed server
 leaves in /dev/shm is removed without touching other servers' regions.
 """
@@ -146,18 +147,27 @@ def check_repository(repo: Path) -> list[str]:
     return models
 
 
-def listening_ports(pid: int) -> set[int] | None:
-    """The TCP ports process `pid` listens on (Linux /proc), None where that cannot be read."""
+def listening_ports(group: int) -> set[int] | None:
+    """The TCP ports the processes of a process group listen on (Linux /proc; a wrapper script that
+    forks the server counts too), None where /proc cannot tell."""
+    sockets = set()
     try:
-        fds = os.listdir(f"/proc/{pid}/fd")
+        entries = [e for e in os.listdir("/proc") if e.isdigit()]
     except OSError:
         return None
-    sockets = set()
-    for fd in fds:
+    for pid in entries:
         try:
-            sockets.add(os.readlink(f"/proc/{pid}/fd/{fd}"))
-        except OSError:  # closed meanwhile
-            pass
+            with open(f"/proc/{pid}/stat") as f:
+                if int(f.read().rsplit(")", 1)[1].split()[2]) != group:  # state, ppid, pgrp
+                    continue
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except (OSError, IndexError, ValueError):  # gone meanwhile
+            continue
+        for fd in fds:
+            try:
+                sockets.add(os.readlink(f"/proc/{pid}/fd/{fd}"))
+            except OSError:
+                pass
     ports = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
