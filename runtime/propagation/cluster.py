@@ -178,10 +178,11 @@ def run_cluster(jobs, options, model: ModelSpec, cluster: ClusterOptions, out, *
             startup = time.perf_counter() - tick
             tick = time.perf_counter()
             scheduler.run()
+            seconds = time.perf_counter() - tick  # the run, not the shutdown after it
         finally:
             scheduler.stop()  # Ctrl-C too: the workers die, each sequence keeps its resume state
-    result = ClusterResult(cluster.address, len(scheduler.workers), cluster.threads, startup,
-                           time.perf_counter() - tick, [scheduler.results[job.name] for job in jobs])
+    result = ClusterResult(cluster.address, len(scheduler.workers), cluster.threads, startup, seconds,
+                           [scheduler.results[job.name] for job in jobs])
     with atomic_write(Path(out).absolute() / SUMMARY_FILE, "w") as f:
         json.dump(result.to_json(), f, indent=2)
         f.write("\n")
@@ -206,6 +207,8 @@ class _Worker:
         import ray
 
         from runtime.propagation.model import open_model
+
+        import runtime.propagation.jobs  # noqa: F401  (the sequence code's imports, numba's among them, count as start-up)
 
         self.model = open_model(spec.artifact, backend=spec.backend, device=spec.device, batch=spec.batch)
         # by name: a handle among the arguments would keep them in the object store, which a restart needs
@@ -415,8 +418,11 @@ def _connected(cluster: ClusterOptions):
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
     if loopback:
         os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    if cluster.local:  # Ray's default for a new local instance (a token), chosen here so it says nothing
-        os.environ.setdefault("RAY_AUTH_MODE", "token")
+    if cluster.local:
+        os.environ.setdefault("RAY_AUTH_MODE", "token")  # Ray's default for a new local instance, said: no warning
+        # Ray runs workers at nice 15 (to keep its daemons responsive on busy nodes); the embedded
+        # instance stands in for the in-process run, so its workers get the priority that run has.
+        os.environ.setdefault("RAY_worker_niceness", "0")
     elif loopback and "RAY_AUTH_MODE" not in os.environ and _token_available():
         # A head on this machine started by `ray start` uses the local token, as Ray's `auto` would
         # find it; Ray sends the token to an explicit address only when told, so that a token never
