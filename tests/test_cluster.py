@@ -332,3 +332,13 @@ def test_cluster_options_without_cluster_are_refused(model, tmp_path, monkeypatc
     code, _, err = run_main(monkeypatch, capsys, "propagate", tmp_path, "--model", model, "--out", tmp_path / "o",
                             "--workers", "2")
     assert code == 1 and "apply with --cluster" in err
+
+
+def test_a_model_the_workers_cannot_open_is_one_sentence(head, tmp_path, monkeypatch, capsys):
+    root = davis_root(tmp_path / "davis", {"a": 3})
+    (tmp_path / "broken.onnx").write_bytes(b"not an onnx model")
+    code, _, err = run_main(monkeypatch, capsys, "propagate", root, "--model", tmp_path / "broken.onnx", "--out",
+                            tmp_path / "out", "--device", "cpu", "--cluster", head[0], "--workers", "1")
+    assert code == 1
+    assert re.search(r"Error: Worker 0 could not open the model \S*broken.onnx: ONNX Runtime cannot load", err), err
+    assert "Traceback" not in err and not (tmp_path / "out" / "a").exists()

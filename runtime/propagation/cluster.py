@@ -206,17 +206,22 @@ class _Worker:
     def __init__(self, index: int, spec: ModelSpec, board: str):
         import ray
 
+        import runtime.propagation.jobs  # noqa: F401  (the sequence code's imports, numba's, count as start-up)
         from runtime.propagation.model import open_model
 
-        import runtime.propagation.jobs  # noqa: F401  (the sequence code's imports, numba's among them, count as start-up)
-
-        self.model = open_model(spec.artifact, backend=spec.backend, device=spec.device, batch=spec.batch)
+        try:
+            self.model, self.error = open_model(spec.artifact, backend=spec.backend, device=spec.device,
+                                                batch=spec.batch), None
+        except Exception as exc:  # told by ready() as the error it is (a constructor's comes back as a traceback)
+            self.model, self.error = None, exc
         # by name: a handle among the arguments would keep them in the object store, which a restart needs
         self.board = ray.get_actor(board)
         self.where = {"worker": index, "node": f"{socket.gethostname()} ({ray.util.get_node_ip_address()})",
                       "pid": os.getpid()}
 
     def ready(self) -> dict:
+        if self.error is not None:
+            raise self.error
         return self.where
 
     def run(self, job, options) -> dict:
@@ -280,7 +285,8 @@ class _Scheduler:
             max_restarts=len(self.jobs) * (self.cluster.max_retries + 1), max_task_retries=0,
             runtime_env={"env_vars": {"OMP_NUM_THREADS": str(self.cluster.threads)}})
         self.workers = [actor.remote(i, self.model, board) for i in range(count)]
-        waiting = {w.ready.remote(): i for i, w in enumerate(self.workers)}
+        # through restarts (a worker killed while it starts comes back); an error of its own ends the run
+        waiting = {w.ready.options(max_task_retries=-1).remote(): i for i, w in enumerate(self.workers)}
         while waiting:
             done, _ = ray.wait(list(waiting), num_returns=1, timeout=_POLL_S)
             for ref in done:
