@@ -28,7 +28,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import socket
+import threading
 import time
 from collections import deque
 from dataclasses import asdict, dataclass, field, replace
@@ -441,17 +443,25 @@ def _connected(cluster: ClusterOptions):
     if ray.is_initialized():
         raise CoordGANError("Ray is already initialised in this process; a cluster run starts its own connection.")
     quiet = {"log_to_driver": False, "logging_level": logging.WARNING, "namespace": "coordgan"}
-    if cluster.local:
-        ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False,
-                 object_store_memory=cluster.object_store_mb << 20, **quiet)
-    else:
-        _check_reachable(address)
-        try:
-            ray.init(address=address, **quiet)
-        except (ConnectionError, RuntimeError, ValueError) as exc:
-            hint = "" if os.environ.get("RAY_AUTH_MODE") else (
-                " (a cluster with token authentication needs RAY_AUTH_MODE=token and its token)")
-            raise CoordGANError(f"Cannot join the Ray cluster at {address}: {first_line(exc)}{hint}.") from None
+    # ray.init makes SIGTERM exit on the spot; the caller's handler (the CLI's unwinds like Ctrl-C,
+    # so the workers are stopped) is put back once Ray is up.
+    main = threading.current_thread() is threading.main_thread()
+    sigterm = signal.getsignal(signal.SIGTERM) if main else None
+    try:
+        if cluster.local:
+            ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False,
+                     object_store_memory=cluster.object_store_mb << 20, **quiet)
+        else:
+            _check_reachable(address)
+            try:
+                ray.init(address=address, **quiet)
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                hint = "" if os.environ.get("RAY_AUTH_MODE") else (
+                    " (a cluster with token authentication needs RAY_AUTH_MODE=token and its token)")
+                raise CoordGANError(f"Cannot join the Ray cluster at {address}: {first_line(exc)}{hint}.") from None
+    finally:
+        if sigterm is not None:
+            signal.signal(signal.SIGTERM, sigterm)
     try:
         yield ray
     finally:
