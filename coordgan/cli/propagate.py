@@ -44,7 +44,7 @@ _HELP = {
     "device": "auto, cpu or cuda, for ONNX Runtime and the lookup.",
     "cluster": "Fan the sequences out over Ray workers: local (an embedded instance on this machine, on "
                "127.0.0.1), auto (RAY_ADDRESS or this machine's running cluster) or HOST:PORT of a running "
-               "cluster. INPUT, OUT and --model must be paths every node sees. Needs the [cluster] extra.",
+               "cluster. INPUT, OUT and --model must be paths every node sees. Needs Ray (the cluster extra).",
     "workers": "Ray workers, each holding the model (default: as many as the cluster's CPUs/GPUs fit, at most "
                "one per sequence). With --cluster.",
     "cpus_per_worker": "CPUs (and threads) each worker reserves. With --cluster.",
