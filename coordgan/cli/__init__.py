@@ -8,6 +8,7 @@
     export.py     export onnx | verify | trt | lookup
     triton.py     triton build, serve
     bench.py      bench encoder | generator | lookup | pipeline | triton | compare
+    report.py     report (an HTML page of a propagation run)
     errors.py     how every command ends (user errors, Ctrl-C, SIGTERM); never imports the app
     common.py     help formatting, progress displays and option parsing the modules share
 
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 import typer
 
-from coordgan.cli import bench, demo, evaluate, export, model, propagate, train, triton
+from coordgan.cli import bench, demo, evaluate, export, model, propagate, report, train, triton
 from coordgan.cli.common import conventional_help
 from coordgan.cli.errors import run_app
 
@@ -33,7 +34,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-for _group in (model, train, evaluate, propagate, demo, export, triton, bench):
+for _group in (model, train, evaluate, propagate, report, demo, export, triton, bench):
     _group.register(app)
 
 

@@ -50,6 +50,8 @@ _HELP = {
     "cpus_per_worker": "CPUs (and threads) each worker reserves. With --cluster.",
     "gpus_per_worker": "GPUs each worker reserves (e.g. 1, or 0.5 for two workers per GPU). With --cluster.",
     "max_retries": "Run a sequence again (resumed) up to this many times when its worker dies. With --cluster.",
+    "report": "At the end, write OUT/report.html: every sequence's frames with their masks, numbers and warnings "
+              "(what `coordgan report OUT` writes).",
 }
 
 
@@ -84,6 +86,7 @@ def propagate(
     cpus_per_worker: float = _opt(1.0, "--cpus-per-worker"),
     gpus_per_worker: float = _opt(0.0, "--gpus-per-worker"),
     max_retries: int = _opt(2, "--max-retries"),
+    report: bool = _opt(False, "--report"),
 ):
     """Propagate label masks from annotated frames to every frame through CoordGAN correspondence maps."""
     from runtime.devices import check_device
@@ -109,6 +112,7 @@ def propagate(
 
         propagate_on_cluster(jobs, options, ModelSpec(artifact, backend, device, batch),
                              ClusterOptions(cluster, workers, cpus_per_worker, gpus_per_worker, max_retries), out, err)
+        _report(report, out, artifact)
         return
     with open_model(artifact, backend=backend, device=device, batch=batch) as corr_model:
         for job, summary in run_jobs(corr_model, jobs, options, frames_bar=lambda name: frames_bar(err, name),
@@ -120,6 +124,16 @@ def propagate(
             resumed = f", resumed at frame {summary['resumed_from']}" if summary.get("resumed_from") else ""
             err.print(f"{job.name}: {summary['frames']} frames, {summary['frames_per_s']} frames/s{resumed} -> "
                       f"{job.out_dir}")
+    _report(report, out, artifact)
+
+
+def _report(wanted: bool, out: Path, artifact: str) -> None:
+    """--report: the run's page, its header naming the export the encoder came from (when it is one)."""
+    if wanted:
+        from coordgan.cli.report import write_and_say
+        from runtime.report import export_of
+
+        write_and_say(out, model=export_of(artifact))
 
 
 def propagate_on_cluster(jobs, options, spec, cluster, out: Path, err) -> None:
@@ -171,7 +185,8 @@ class _ClusterDisplay:
         if self.task is None:
             self.bar.start()
             self.task = self.bar.add_task("starting workers", total=None, status="")
-        status = f"sequences {p.sequences_done}/{p.sequences}  workers {p.workers_alive}/{p.workers}  retries {p.retries}"
+        status = (f"sequences {p.sequences_done}/{p.sequences}  workers {p.workers_alive}/{p.workers}  "
+                  f"retries {p.retries}")
         self.bar.update(self.task, description="frames" if p.started else "starting workers",
                         completed=p.frames_done, total=p.frames_total if p.started else None, status=status)
 
