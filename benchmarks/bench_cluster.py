@@ -3,15 +3,17 @@
     python benchmarks/bench_cluster.py                          # 12 sequences x 16 frames 128x128, celeba-128
     python benchmarks/bench_cluster.py --sequences 12 --frames 24 --rows in-process,1x2,2x1 --repeat 2
 
-Each row runs the real command in a fresh process on a DAVIS-layout dataset of synthetic-face
-sequences this script writes, with the celeba-128 encoder (random weights, seed 0, exported through
-the export cache) whose correspondence maps are made to spread like a trained model's (as
-bench_propagate.py's "spread"). Rows: `in-process` (no --cluster; its threads are the CPUs the process
-may use) and WxT = --workers W --cpus-per-worker T (T threads per worker). frames/s after start-up:
-in-process, the frames over the time from the model being open to the last sequence's end (the
-command's own library calls, timed in a fresh process); on the cluster, cluster_summary.json's: from
-every worker holding its model to the last sequence's end. start-up: starting the local Ray instance and the workers, each opening the model.
-Every row's masks are checked byte for byte against the in-process row's.
+Each row runs in a fresh process on a DAVIS-layout dataset of synthetic-face sequences this script
+writes, with the celeba-128 encoder (random weights, seed 0, exported through the export cache)
+whose correspondence maps are made to spread like a trained model's (as bench_propagate.py's
+"spread"). Rows: `in-process` (no --cluster: the command's own library calls; its threads are the
+CPUs the process may use) and WxT = `coordgan propagate --cluster local --workers W
+--cpus-per-worker T` (T threads per worker). Rows are interleaved over the repeats, so a busy spell
+on a shared machine hits every row alike. frames/s after start-up: in-process, the frames over the
+time from the model being open to the last sequence's end; on the cluster, cluster_summary.json's,
+from every worker holding its model to the last sequence's end. start-up: the local Ray instance
+started and every worker's model open. Every row's masks are checked byte for byte against the
+first row's.
 """
 
 from __future__ import annotations
@@ -53,7 +55,8 @@ def run(data: Path, encoder: Path, out: Path, extra: list[str]) -> float:
     cmd = [sys.executable, "-m", "coordgan.cli", "propagate", str(data), "--model", str(encoder), "--out", str(out),
            "--overwrite", "--device", "cpu", *extra]
     tick = time.perf_counter()
-    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{done.stderr[-3000:]}")
     return time.perf_counter() - tick

@@ -153,8 +153,15 @@ def on_loopback(address: str) -> bool:
 
 
 def worker_processes(root: int) -> list[int]:
-    return [pid for pid in descendants(root)
-            if "_Worker" in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")] if Path("/proc").exists() else []
+    """Our Ray workers among `root`'s processes (Ray names an actor's process after its class)."""
+    found = []
+    for pid in descendants(root):
+        try:
+            if b"_Worker" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                found.append(pid)
+        except OSError:  # ended meanwhile
+            pass
+    return found
 
 
 def pngs(folder: Path) -> dict[str, bytes]:
@@ -280,7 +287,8 @@ def test_ctrl_c_stops_the_workers_and_resume_finishes_with_the_same_bytes(head, 
     driver = subprocess.Popen([sys.executable, "-c", code, *map(str, args)], stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120
-        while not (len(list((out / "long0").glob("*.png"))) >= 2 * BATCH and not (out / "long0" / "summary.json").exists()):
+        seq = out / "long0"
+        while not (len(list(seq.glob("*.png"))) >= 2 * BATCH and not (seq / "summary.json").exists()):
             assert driver.poll() is None and time.monotonic() < deadline, "the run ended before it could be stopped"
             time.sleep(0.05)
         driver.send_signal(signal.SIGINT)
