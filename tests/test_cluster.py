@@ -353,3 +353,13 @@ def test_a_model_the_workers_cannot_open_is_one_sentence(head, tmp_path, monkeyp
     assert code == 1
     assert re.search(r"Error: Worker 0 could not open the model \S*broken.onnx: ONNX Runtime cannot load", err), err
     assert "Traceback" not in err and not (tmp_path / "out" / "a").exists()
+
+
+def test_auto_joins_the_cluster_that_ray_address_names(head, model, tmp_path, monkeypatch, capsys):
+    root = davis_root(tmp_path / "davis", {"a": 3})
+    monkeypatch.setenv("RAY_ADDRESS", head[0])
+    code, _, err = run_main(monkeypatch, capsys, "propagate", root, "--model", model, "--out", tmp_path / "out",
+                            "--device", "cpu", "--cluster", "auto")
+    assert code == 0, err
+    record = json.loads((tmp_path / "out" / "cluster_summary.json").read_text())
+    assert record["address"] == "auto" and [r["status"] for r in record["sequences"]] == ["done"]
