@@ -3,7 +3,7 @@
     coordgan bench encoder --preset celeba-128 --batch 1,8
     coordgan bench pipeline --ckpt ckpt.pt --backends published,torch,ort-cpu --json run.json
     coordgan bench triton --url 127.0.0.1:8001 --model coordgan_encoder --concurrency 1,2,4,8,16
-    coordgan bench compare before.json after.json
+    coordgan bench compare before.json after.json --plot compare.png
 
 The work is in coordgan.bench (the driver, torch runners) and runtime.bench (timing, runtime-backend
 runners, reports, the Triton load test); torch and the runners load inside the commands.
@@ -27,6 +27,8 @@ app = typer.Typer(help="Latency / throughput / memory of every target on every b
 BACKENDS_HELP = ("Comma-separated: published (pipeline only: the authors' evaluation path), torch, torch-compile, "
                  "ort-cpu, ort-cuda, trt, triton. Default: all; unavailable ones are listed as skipped with "
                  "the reason.")
+PLOT_HELP = ("PNG: latency (p50, p99) and throughput over batch sizes, a line per backend, labelled with the "
+             "machine and date (needs matplotlib).")
 TARGET_HELP = {
     "encoder": "Encoder + warp network: image -> correspondence map and codes.",
     "generator": "Generator: W / W+ codes -> image.",
@@ -104,8 +106,7 @@ def _target_command(target: str):
                                                  "~/.cache/coordgan)."),
         json_out: Optional[Path] = typer.Option(None, "--json", help="Write the results as JSON."),
         csv_out: Optional[Path] = typer.Option(None, "--csv", help="Write the results as CSV."),
-        plot: Optional[Path] = typer.Option(None, "--plot", help="PNG: latency and throughput vs batch per "
-                                            "backend."),
+        plot: Optional[Path] = typer.Option(None, "--plot", help=PLOT_HELP),
     ):
         from coordgan.bench import BenchOptions, run_bench
         from export.cache import ModelSource
@@ -118,7 +119,7 @@ def _target_command(target: str):
             lookup_method=lookup_method, gpu_lookup=gpu_lookup, refs=refs, classes=classes, tau=tau,
             frame_size=_frame_size(frame_size), seed=seed)
         options.validate()
-        _check_outputs(json_out, csv_out, plot)
+        _check_outputs(json_out, csv_out, plot=plot)
         out = _wide_console()
         with status(out) as say:
             source = ModelSource(ckpt=ckpt, preset=preset, seed=seed, cache=cache_dir, progress=say)
@@ -134,7 +135,7 @@ def _target_command(target: str):
                     report.write_text(path, text())
                     out.print(f"wrote {path}")
             if plot:
-                report.render_plot(rows, plot, title=f"coordgan bench {target} ({meta['source']})")
+                report.render_plot(rows, plot, meta, title=f"coordgan bench {target}: {meta['workload']}")
                 out.print(f"wrote {plot}")
         _fail_unless_measured(rows)
 
@@ -143,13 +144,18 @@ def _target_command(target: str):
     return command
 
 
-def _check_outputs(*paths) -> None:
-    """Result files (None: not asked for) refused now, not after minutes of measuring; folders made."""
+def _check_outputs(*paths, plot: Optional[Path] = None) -> None:
+    """Result files (None: not asked for) refused now, not after minutes of measuring; folders made;
+    a plot without matplotlib too."""
     from runtime.fileio import check_target
 
-    for path in paths:
+    for path in (*paths, plot):
         if path is not None:
             check_target(path, make_folder=True)
+    if plot is not None:
+        from runtime.bench.report import check_plotting
+
+        check_plotting()
 
 
 def _fail_unless_measured(rows) -> None:
@@ -196,6 +202,8 @@ def triton(
     warmup: int = typer.Option(3, "--warmup", help="Untimed requests per client and level."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random inputs."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the results as JSON."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="PNG: throughput and latency (p50, p99) per "
+                                        "concurrency, a line per batch (needs matplotlib)."),
 ):
     """A perf_analyzer-style load test of a served model: latency, throughput, Triton's queue / compute times."""
     from runtime.bench import report
@@ -207,7 +215,7 @@ def triton(
                           requests=requests if requests is not None or duration is not None else 100,
                           duration_s=duration, warmup=warmup, shapes=_shapes(shape), seed=seed)
     options.validate()
-    _check_outputs(json_out)
+    _check_outputs(json_out, plot=plot)
     out = _wide_console()
     target = TritonTarget(url, model, protocol)
     try:
@@ -220,6 +228,9 @@ def triton(
     if json_out and report.ok_rows(rows):
         report.write_text(json_out, report.to_json(meta, rows))
         out.print(f"wrote {json_out}")
+    if plot and report.ok_rows(rows):
+        report.render_plot(rows, plot, meta, title=f"coordgan bench triton: {meta['source']}")
+        out.print(f"wrote {plot}")
     _fail_unless_measured(rows)
 
 
@@ -228,13 +239,15 @@ def compare(
     first: Path = typer.Argument(..., metavar="A", help="A result of `coordgan bench ... --json`."),
     second: Path = typer.Argument(..., metavar="B", help="Another one, compared against A (ratios B / A)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the comparison as JSON."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="PNG: p50 (with p99) of A and B over batch sizes, "
+                                        "and B / A per row (needs matplotlib)."),
 ):
     """Two results side by side: the rows both have (target, backend, batch), with B / A ratios."""
     import json
 
     from runtime.bench import report
 
-    _check_outputs(json_out)
+    _check_outputs(json_out, plot=plot)
     a, b = (_concurrency_in_backend(report.load_results(f)) for f in (first, second))
     rows = report.compare(a, b)
     if not rows:
@@ -243,6 +256,9 @@ def compare(
     report.render_compare(rows, first.name, second.name, out)
     if json_out:
         report.write_text(json_out, json.dumps({"a": str(first), "b": str(second), "rows": rows}, indent=2) + "\n")
+    if plot:
+        report.render_compare_plot(a, b, plot, first.name, second.name)
+        out.print(f"wrote {plot}")
 
 
 def _concurrency_in_backend(data: dict) -> dict:

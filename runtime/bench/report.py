@@ -1,4 +1,4 @@
-"""Benchmark results: a rich table, JSON, CSV, a PNG plot (Pillow), and comparison of two runs.
+"""Benchmark results: a rich table, JSON, CSV, PNG plots (matplotlib), and comparison of two runs.
 
 A result file is {"meta": {...}, "rows": [...]}; one row per (target, backend, batch), with
 status "ok" (numbers), "skipped" or "failed" (reason, one sentence).
@@ -185,89 +185,142 @@ def render_compare(rows, name_a: str, name_b: str, console=None) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
-# plot (Pillow: no matplotlib needed)
+# plots (matplotlib, imported only here: the tables and files need none of it)
 
-_COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
-            (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
-
-
-def _nice_ticks(lo: float, hi: float, log: bool):
-    if log:
-        a, b = math.floor(math.log10(lo)), math.ceil(math.log10(hi))
-        if a == b:
-            b += 1
-        return [10.0 ** e for e in range(a, b + 1)]
-    span = hi - lo or 1.0
-    step = 10 ** math.floor(math.log10(span / 4))
-    for m in (1, 2, 5, 10):
-        if span / (step * m) <= 6:
-            step *= m
-            break
-    start = math.floor(lo / step) * step
-    return [start + i * step for i in range(int(math.ceil((hi - start) / step)) + 1)]
+INSTALL_PLOT = "pip install 'coordgan-deploy[plot]' (or pip install matplotlib)"
+_UNITS = {"pipeline": "frames/s", "encoder": "images/s", "generator": "images/s", "lookup": "query maps/s"}
 
 
-def render_plot(rows, path, title: str = "coordgan bench") -> None:
-    """Two panels, latency p50 (log ms) and throughput (log items/s) vs batch, one line per target/backend."""
-    from PIL import Image, ImageDraw, ImageFont
+def machine_label(meta: dict) -> str:
+    """'NVIDIA H100 80GB HBM3, 16 CPUs, Linux, 2026-12-07 09:50 UTC': what ran it, and when."""
+    m = meta.get("machine") or {}
+    parts = [m.get("gpu") or "no GPU", f"{m.get('cpus')} CPUs" if m.get("cpus") else None,
+             f"{m['threads']} thread{'s' if m['threads'] != 1 else ''}" if m.get("threads") else None,
+             str(m["platform"]).split("-")[0] if m.get("platform") else None,
+             str(meta.get("time", "")).replace("T", " ").replace("Z", " UTC") or None]
+    return ", ".join(p for p in parts if p)
 
+
+def render_plot(rows, path, meta: dict, title: str = "coordgan bench") -> None:
+    """Latency (p50 solid, p99 dashed, the band between) and throughput: over batch sizes per target and
+    backend, or over concurrency per batch for a Triton load test (rows with a concurrency)."""
+    ok = ok_rows(rows)
+    if not ok:
+        raise CoordGANError("Nothing to plot: no row was timed.")
+    fig, (left, right) = _figure(2)
+    if any(r.get("concurrency") is not None for r in ok):
+        several = len({r["target"] for r in ok}) > 1
+        series = _series(ok, lambda r: (f"{r['target']} " if several else "") + f"batch {r['batch']}", "concurrency")
+        _throughput(left, series, "concurrency", "clients (concurrency)", "inferences/s")
+        _latency(right, series, "concurrency", "clients (concurrency)", "per request")
+    else:
+        several = len({r["target"] for r in ok}) > 1
+        series = _series(ok, lambda r: f"{r['target']} / {r['backend']}" if several else r["backend"], "batch")
+        _latency(left, series, "batch", "batch size", "per call")
+        units = {_UNITS.get(r["target"], "items/s") for r in ok}
+        _throughput(right, series, "batch", "batch size", units.pop() if len(units) == 1 else "items/s")
+    fig.suptitle(f"{title}\n{machine_label(meta)}", fontsize=10)
+    _save(fig, path)
+
+
+def render_compare_plot(a: dict, b: dict, path, name_a: str, name_b: str) -> None:
+    """Two results: p50 (with p99 as the bar above it) of A solid and B dashed over batch sizes, and B / A
+    of p50 per shared row (< 1: B is faster)."""
+    rows = compare(a, b)
+    if not rows:
+        raise CoordGANError("Nothing to plot: the two results have no timed rows in common.")
+    shared = {(r["target"], r["backend"], r["batch"]) for r in rows}
+    fig, (left, right) = _figure(2)
+    several = len({r["target"] for r in rows}) > 1
+    for style, data, name in (("-", a, name_a), ("--", b, name_b)):
+        picked = [r for r in ok_rows(data["rows"]) if (r["target"], r["backend"], r["batch"]) in shared]
+        series = _series(picked, lambda r: (f"{r['target']} / " if several else "") + r["backend"], "batch")
+        _latency(left, series, "batch", "batch size", "per call", style=style, suffix=f" ({name})", band=False)
+    labels = [f"{r['backend']}, batch {r['batch']}" + (f" ({r['target']})" if several else "") for r in rows]
+    ratios = [r["p50_ratio"] or 0.0 for r in rows]
+    right.barh(range(len(rows)), ratios, color=["C2" if x < 1 else "C3" for x in ratios])
+    right.set_yticks(range(len(rows)), labels=labels, fontsize=8)
+    right.axvline(1.0, color="black", linewidth=1)
+    right.set_xlabel(f"p50 latency {name_b} / {name_a} (< 1: {name_b} is faster)")
+    right.invert_yaxis()
+    fig.suptitle(f"{name_b} vs {name_a}\n{name_a}: {machine_label(a.get('meta') or {})}\n"
+                 f"{name_b}: {machine_label(b.get('meta') or {})}", fontsize=9)
+    _save(fig, path)
+
+
+def check_plotting():
+    """matplotlib's Figure, or the sentence saying how to install it (asked before a run measures anything)."""
+    try:
+        from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global state
+    except ImportError:
+        raise CoordGANError(f"--plot needs matplotlib; install it with: {INSTALL_PLOT}.") from None
+    return Figure
+
+
+def _figure(columns: int):
+    fig = check_plotting()(figsize=(6.2 * columns, 4.8), dpi=100, layout="constrained")
+    return fig, fig.subplots(1, columns)
+
+
+def _series(rows, name, x_key: str) -> dict[str, list]:
     series: dict[str, list] = {}
-    for r in ok_rows(rows):
-        series.setdefault(f"{r['target']} / {r['backend']}", []).append((r["batch"], r["p50_ms"], r["throughput"]))
-    if not series:
-        raise CoordGANError("Nothing to plot: no backend produced timings.")
-    for pts in series.values():
-        pts.sort()
-    font = ImageFont.load_default()
-    pw, ph, margin = 520, 360, 70
-    legend_h = 18 * len(series) + 20
-    img = Image.new("RGB", (2 * pw + 40, ph + legend_h + 70), "white")
-    draw = ImageDraw.Draw(img)
-    draw.text((20, 8), title, fill="black", font=font)
-    batches = sorted({b for pts in series.values() for b, _, _ in pts})
-    bx_lo, bx_hi = math.log2(min(batches)), math.log2(max(batches))
-    if bx_lo == bx_hi:
-        bx_lo, bx_hi = bx_lo - 1, bx_hi + 1
-    for panel, (label, idx) in enumerate((("latency p50 (ms)", 1), ("throughput (items/s)", 2))):
-        x0, y0 = 20 + panel * (pw + 20) + margin, 48
-        w, h = pw - margin - 10, ph - 60
-        vals = [p[idx] for pts in series.values() for p in pts if p[idx] and p[idx] > 0 and math.isfinite(p[idx])]
-        lo, hi = min(vals), max(vals)
-        ticks = _nice_ticks(lo, hi, log=True)
-        ylo, yhi = math.log10(ticks[0]), math.log10(ticks[-1])
+    for r in rows:
+        series.setdefault(name(r), []).append(r)
+    return {k: sorted(v, key=lambda r: r[x_key]) for k, v in series.items()}
 
-        def to_xy(b, v):
-            fx = (math.log2(b) - bx_lo) / (bx_hi - bx_lo)
-            fy = (math.log10(v) - ylo) / (yhi - ylo or 1)
-            return x0 + fx * w, y0 + h - fy * h
 
-        draw.rectangle([x0, y0, x0 + w, y0 + h], outline="black")
-        for t in ticks:
-            _, y = to_xy(batches[0], t)
-            draw.line([x0, y, x0 + w, y], fill=(225, 225, 225))
-            draw.text((x0 - margin + 4, y - 6), f"{t:g}", fill="black", font=font)
-        for b in batches:
-            x, _ = to_xy(b, ticks[0])
-            draw.line([x, y0, x, y0 + h], fill=(235, 235, 235))
-            draw.text((x - 4, y0 + h + 4), str(b), fill="black", font=font)
-        draw.text((x0 + w / 2 - 20, y0 + h + 20), "batch", fill="black", font=font)
-        draw.text((x0, y0 - 16), label + " (log scale)", fill="black", font=font)
-        for i, pts in enumerate(series.values()):
-            colour = _COLOURS[i % len(_COLOURS)]
-            xy = [to_xy(b, p[idx - 1]) for b, *p in pts if p[idx - 1] and p[idx - 1] > 0]
-            if len(xy) > 1:
-                draw.line(xy, fill=colour, width=2)
-            for x, y in xy:
-                draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)
-    ly = ph + 40
-    for i, name in enumerate(series):
-        colour = _COLOURS[i % len(_COLOURS)]
-        draw.rectangle([30, ly + 18 * i + 3, 42, ly + 18 * i + 13], fill=colour)
-        draw.text((50, ly + 18 * i + 2), name, fill="black", font=font)
+def _log_y(ax) -> None:
+    """A log axis labelled 20, 30, 50 rather than 2x10^1 (minor labels only where they fit)."""
+    from matplotlib.ticker import LogFormatter
+
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(LogFormatter(labelOnlyBase=False))
+    ax.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
+
+
+def _x_axis(ax, series, x_key: str, label: str) -> None:
+    xs = sorted({r[x_key] for pts in series.values() for r in pts})
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(xs, labels=[str(x) for x in xs])
+    ax.tick_params(axis="x", which="minor", bottom=False)
+    ax.set_xlabel(label)
+    ax.grid(True, which="both", alpha=0.3)
+
+
+def _latency(ax, series, x_key, xlabel, per, *, style="-", suffix="", band=True) -> None:
+    for i, (name, pts) in enumerate(series.items()):
+        xs, p50, p99 = [r[x_key] for r in pts], [r["p50_ms"] for r in pts], [r["p99_ms"] for r in pts]
+        colour = f"C{i % 10}"
+        ax.plot(xs, p50, style, marker="o", color=colour, label=name + suffix)
+        if band:
+            ax.plot(xs, p99, ":", color=colour, alpha=0.8)
+            ax.fill_between(xs, p50, p99, color=colour, alpha=0.12)
+        else:
+            ax.errorbar(xs, p50, yerr=[[0] * len(xs), [q - m for m, q in zip(p50, p99)]], fmt="none",
+                        ecolor=colour, capsize=3, alpha=0.7)
+    _log_y(ax)
+    ax.set_ylabel(f"latency {per} (ms, log)")
+    ax.set_title("p50 (line) and p99 (" + ("dotted, shaded between" if band else "bar top") + ")", fontsize=9)
+    _x_axis(ax, series, x_key, xlabel)
+    ax.legend(fontsize=8)
+
+
+def _throughput(ax, series, x_key, xlabel, unit) -> None:
+    for i, (name, pts) in enumerate(series.items()):
+        ax.plot([r[x_key] for r in pts], [r["throughput"] for r in pts], "-", marker="o", color=f"C{i % 10}",
+                label=name)
+    _log_y(ax)
+    ax.set_ylabel(f"throughput ({unit}, log)")
+    ax.set_title("throughput", fontsize=9)
+    _x_axis(ax, series, x_key, xlabel)
+    ax.legend(fontsize=8)
+
+
+def _save(fig, path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         with atomic_write(path) as f:
-            img.save(f, format="PNG")
+            fig.savefig(f, format="png")
     except OSError as exc:
         raise CoordGANError(f"Cannot write {path}: {exc.strerror or exc}.") from None
