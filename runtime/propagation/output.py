@@ -59,7 +59,7 @@ def input_digest(source: FrameSource) -> str:
     if files is not None:
         for path in files:
             digest.update(f"{path.name}\0{path.stat().st_size}\0".encode())
-        for path in {files[0], files[-1]}:
+        for path in dict.fromkeys((files[0], files[-1])):  # in order (a set's order changes per process)
             digest.update(path.read_bytes())
     elif source.path.is_file():
         size = source.path.stat().st_size
