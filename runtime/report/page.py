@@ -33,11 +33,12 @@ table.sortable th[data-dir=asc]::after { content: " \\25B2"; } table.sortable th
 section.seq { border-top: 1px solid #ddd; padding: 14px 0; }
 .badge { font-size: 12px; padding: 1px 7px; border-radius: 9px; background: #e6f4ea; color: #1e6b34; margin-left: 6px; }
 .badge.incomplete { background: #fff4e5; color: #8a5300; } .badge.failed { background: #fde8e8; color: #9b1c1c; }
+.row { display: flex; flex-wrap: wrap; gap: 8px 28px; align-items: flex-start; }
 .strip { display: flex; gap: 6px; overflow-x: auto; margin: 8px 0; }
 figure { margin: 0; } figcaption { font-size: 12px; color: #555; text-align: center; }
 img.broken { outline: 2px solid #d33; }
 ul.warn li { color: #8a5300; } ul.notes li { color: #555; }
-table.objects { margin: 6px 0; font-size: 13px; }
+table.objects { margin: 6px 0; font-size: 12px; } table.objects th, table.objects td { padding: 2px 7px; }
 .links a { margin-right: 12px; }
 </style></head>
 <body>
@@ -234,18 +235,21 @@ def _section(index: int, s: SequenceRun, images, more_notes, page_dir: Path) -> 
         facts.append(f"{len(s.masks)} masks so far")
     if facts:
         parts.append(f'<p>{escape(" · ".join(facts))}</p>')
+    row = []  # the strip, and the scores beside it where the page is wide enough
     if images:
-        parts.append('<div class="strip">' + "".join(
+        row.append('<div class="strip">' + "".join(
             f'<figure><img src="{escape(src)}" width="{w}" height="{h}" alt="{escape(s.name)} frame {escape(name)}">'
             f'<figcaption>{escape(name)}</figcaption></figure>' for name, src, (w, h) in images) + "</div>")
+    if s.scores:
+        row.append(_objects(s.scores))
+    if row:
+        parts.append('<div class="row">' + "".join(row) + "</div>")
     warnings = summary.get("warnings") or []
     if warnings:
         parts.append('<ul class="warn">' + "".join(f"<li>{escape(str(w))}</li>" for w in warnings) + "</ul>")
     notes = s.notes + list(more_notes)
     if notes:
         parts.append('<ul class="notes">' + "".join(f"<li>{escape(n)}</li>" for n in notes) + "</ul>")
-    if s.scores:
-        parts.append(_objects(s.scores))
     links = outputs(s)
     if links:
         parts.append('<p class="links">' + "".join(f'<a href="{_href(path, page_dir)}">{escape(label)}</a>'
