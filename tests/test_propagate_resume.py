@@ -180,3 +180,14 @@ def test_tensorrt_without_an_engine_points_at_export_trt(tmp_path):
     with pytest.raises(CoordGANError, match=r"holds no encoder.plan or encoder.engine; build the engine with "
                                             r"`coordgan export trt`"):
         resolve_encoder(str(tmp_path), backend="tensorrt")
+
+
+def test_the_input_digest_is_the_same_in_every_process(tmp_path):
+    """A resume runs in a new process (a retry on another worker, a rerun): the fingerprint must not
+    depend on the process, e.g. on the hash seed that orders sets of paths."""
+    write_input("folder", tmp_path / "clip", frames_with_red([0, 8, 16], G))
+    code = ("import sys; from runtime.io.video import open_frames; from runtime.propagation.output import "
+            "input_digest; print(input_digest(open_frames(sys.argv[1])))")
+    digests = {subprocess.run([sys.executable, "-c", code, str(tmp_path / "clip")], capture_output=True, text=True,
+                              check=True, env={**os.environ, "PYTHONHASHSEED": seed}).stdout for seed in "0123"}
+    assert len(digests) == 1
