@@ -4,9 +4,10 @@ Structure: the full ONNX checker, strict shape inference, declared I/O against t
 (dynamic "batch" axis), no control flow, no foldable constant subgraph left that should have been
 folded, metadata_props consistent with the manifest. Numerics, as Polygraphy compares runners:
 each backend that can run a model of the directory, opened through the one `runtime.backends`
-interface (ONNX Runtime on the CPU for <model>.onnx; TensorRT for a <model>.plan beside it, where
-TensorRT and a GPU are present, else a note says it was not checked), against the untouched
-PyTorch models, on random and fixed inputs, at each batch size.
+interface (ONNX Runtime on the CPU for <model>.onnx, and OpenVINO on the same file where it is
+installed; TensorRT for a <model>.plan beside it, where TensorRT and a GPU are present; a note says
+what was not checked), against the untouched PyTorch models, on random and fixed inputs, at each
+batch size. OpenVINO (fp32 inference precision) is held to ONNX Runtime's bounds.
 
 Bounds (max |diff|): fp32 models 1e-4 on correspondence maps and 1e-3 on images. fp16 models are
 held to FP16_BOUNDS and every report prints the measured values: ONNX Runtime CPU measured at most
@@ -125,8 +126,12 @@ def verify_directory(directory, *, ckpt=None, encoder=None, generator=None, batc
     for name, entry in manifest["models"].items():
         report.models[name] = _verify_model(directory, manifest, name, entry, encoder, generator,
                                             _model_bounds(entry, bounds), batches)
+        if report.models[name].problems:
+            continue
+        _verify_openvino(directory / entry["file"], report, name, entry, encoder, generator,
+                         _model_bounds(entry, bounds), batches)
         plan = directory / f"{name}.plan"
-        if plan.is_file() and not report.models[name].problems:
+        if plan.is_file():
             _verify_engine(plan, report, name, entry, encoder, generator, batches)
     return report
 
@@ -135,6 +140,19 @@ def _model_bounds(entry: dict, bounds: dict) -> dict:
     if entry.get("int8"):
         return {**bounds, "corr_map": max(bounds["corr_map"], INT8_CORR_BOUND)}
     return bounds
+
+
+def _verify_openvino(path: Path, report: VerifyReport, name, entry, encoder, generator, bounds, batches) -> None:
+    """The same ONNX file compiled by OpenVINO, through the same interface and inputs as ONNX Runtime."""
+    from runtime.backends import open_backend
+
+    try:
+        with open_backend(path, backend="openvino") as backend:
+            report.models[name].checks += compare_backend(backend, name, entry, encoder, generator, bounds, batches)
+    except CoordGANError as exc:  # not installed, or it cannot compile this model
+        report.notes.append(f"{path.name} was not checked on OpenVINO: {str(exc).rstrip('.')}.")
+    except RuntimeError as exc:  # OpenVINO's own errors while running
+        report.notes.append(f"{path.name} was not checked on OpenVINO: {first_line(exc)}.")
 
 
 def _verify_engine(plan: Path, report: VerifyReport, name, entry, encoder, generator, batches) -> None:

@@ -61,19 +61,24 @@ def test_triton_backend_without_a_server_says_so():
         open_backend("triton+http://127.0.0.1:9/coordgan_encoder")
 
 
+def write_affine(path, scale: float) -> None:
+    """y = scale x + 1 with a dynamic batch."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])
+    consts = [helper.make_tensor("a", TensorProto.FLOAT, [1], [scale]),
+              helper.make_tensor("one", TensorProto.FLOAT, [1], [1.0])]
+    graph = helper.make_graph([helper.make_node("Mul", ["x", "a"], ["t"]), helper.make_node("Add", ["t", "one"], ["y"])],
+                              "affine", [x], [y], consts)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+
+
 @pytest.fixture()
 def affine_onnx(tmp_path):
     """y = 2x + 1 with a dynamic batch: a real model for a real ONNX Runtime session."""
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])
-    two = helper.make_tensor("two", TensorProto.FLOAT, [1], [2.0])
-    one = helper.make_tensor("one", TensorProto.FLOAT, [1], [1.0])
-    graph = helper.make_graph([helper.make_node("Mul", ["x", "two"], ["t"]), helper.make_node("Add", ["t", "one"], ["y"])],
-                              "affine", [x], [y], [two, one])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
     path = tmp_path / "affine.onnx"
-    onnx.save(model, path)
+    write_affine(path, 2.0)
     return path
 
 
@@ -131,6 +136,48 @@ def test_ort_load_error_keeps_its_cause_without_cpp_frames(affine_onnx, tmp_path
                               "IR version: "), message
     assert "re-save the model at IR version" in message and message.count(str(path)) == 1
     assert not any(noise in message for noise in (".cc:", "onnxruntime::", "[ONNXRuntimeError]", "\n")), message
+
+
+def test_openvino_backend_runs_describes_and_checks_feeds(affine_onnx, tmp_path, monkeypatch):
+    pytest.importorskip("openvino")
+    monkeypatch.setenv("COORDGAN_CACHE", str(tmp_path / "cache"))
+    with open_backend(affine_onnx, backend="openvino", threads=1) as backend:
+        assert backend.device == "cpu" and [(s.name, s.shape) for s in backend.inputs] == [("x", (None, 3))]
+        assert backend.compiled.get_property("INFERENCE_PRECISION_HINT").to_string() == "f32"
+        assert backend.compiled.get_property("INFERENCE_NUM_THREADS") == 1
+        for batch in (1, 5):
+            x = np.random.default_rng(batch).standard_normal((batch, 3)).astype(np.float32)
+            assert np.allclose(backend.run({"x": x})["y"], 2 * x + 1)
+        assert backend.describe().startswith("openvino on cpu: (x float32[?,3]) -> (y float32[?,3])")
+        with pytest.raises(CoordGANError, match=r"must have shape \[\?,3\], got \[1, 4\]"):
+            backend.run({"x": np.zeros((1, 4), np.float32)})
+    with pytest.raises(CoordGANError, match="The OpenVINO backend runs on the CPU"):
+        open_backend(affine_onnx, backend="openvino", device="cuda")
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"\x08\x07garbage")
+    with pytest.raises(CoordGANError, match=f"OpenVINO cannot load {bad}: ") as info:
+        open_backend(bad, backend="openvino")
+    assert "\n" not in str(info.value)
+
+
+def test_openvino_cache_follows_the_file_not_its_path(tmp_path, monkeypatch):
+    """OpenVINO keys a model compiled from a path by the path: an export rewritten in place must not be
+    served from the old model's blob."""
+    pytest.importorskip("openvino")
+    monkeypatch.setenv("COORDGAN_CACHE", str(tmp_path / "cache"))
+    path, x = tmp_path / "model.onnx", np.ones((1, 3), np.float32)
+    for scale in (2.0, 3.0, 2.0):
+        write_affine(path, scale)
+        with open_backend(path, backend="openvino") as backend:
+            assert np.allclose(backend.run({"x": x})["y"], scale + 1)
+    folders = sorted((tmp_path / "cache" / "openvino").iterdir())
+    assert len(folders) == 2 and all(any(f.glob("*.blob")) for f in folders)  # compiled once per content
+
+
+def test_auto_on_an_engine_or_address_is_that_backend():
+    pytest.importorskip("tritonclient.http")
+    with pytest.raises(CoordGANError, match="Cannot reach a Triton server"):
+        open_backend("triton+http://127.0.0.1:9/coordgan_encoder", backend="auto")
 
 
 def test_preprocess_matches_training_scaling():

@@ -18,7 +18,7 @@ from runtime.bench.timing import measure
 from runtime.bench.workload import GPU_LOOKUPS, Workload
 from runtime.errors import CoordGANError, first_line
 
-ALL_BACKENDS = ("published", "torch", "torch-compile", "ort-cpu", "ort-cuda", "trt", "triton")
+ALL_BACKENDS = ("published", "torch", "torch-compile", "ort-cpu", "ort-cuda", "openvino", "trt", "triton")
 PRECISIONS = ("fp32", "fp16", "bf16")  # bf16: torch on CUDA only
 
 

@@ -25,7 +25,7 @@ app = typer.Typer(help="Latency / throughput / memory of every target on every b
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
 BACKENDS_HELP = ("Comma-separated: published (pipeline only: the authors' evaluation path), torch, torch-compile, "
-                 "ort-cpu, ort-cuda, trt, triton. Default: all; unavailable ones are listed as skipped with "
+                 "ort-cpu, ort-cuda, openvino (CPU), trt, triton. Default: all; unavailable ones are listed as skipped with "
                  "the reason.")
 PLOT_HELP = ("PNG: latency (p50, p99) and throughput over batch sizes, a line per backend, labelled with the "
              "machine and date (needs matplotlib).")

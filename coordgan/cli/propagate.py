@@ -39,7 +39,9 @@ _HELP = {
     "resolution": "DAVIS resolution folder (default: 480p, or the only one).",
     "ref_frames": "DAVIS annotations used as references: first, all, or auto (first when every frame is "
                   "annotated, i.e. ground truth; else all).",
-    "backend": "onnxruntime, tensorrt or triton (default: from --model).",
+    "backend": "auto (an ONNX encoder on the faster of onnxruntime and openvino on the CPU, by a short trial that "
+               "is remembered; ONNX Runtime's CUDA provider on a GPU; otherwise from --model), onnxruntime, openvino, "
+               "tensorrt or triton.",
     "url": "Triton address triton://host:port/model (with --backend triton).",
     "device": "auto, cpu or cuda, for ONNX Runtime and the lookup.",
     "cluster": "Fan the sequences out over Ray workers: local (an embedded instance on this machine, on "
@@ -78,7 +80,7 @@ def propagate(
     split: Optional[str] = _opt(None, "--split"),
     resolution: Optional[str] = _opt(None, "--resolution"),
     ref_frames: str = _opt("auto", "--ref-frames"),
-    backend: Optional[str] = _opt(None, "--backend"),
+    backend: str = _opt("auto", "--backend"),
     url: Optional[str] = _opt(None, "--url"),
     device: str = _opt("auto", "--device"),
     cluster: Optional[str] = _opt(None, "--cluster"),
@@ -115,6 +117,8 @@ def propagate(
         _report(report, out, artifact)
         return
     with open_model(artifact, backend=backend, device=device, batch=batch) as corr_model:
+        if corr_model.backend.note:  # how auto chose
+            err.print(f"encoder: {corr_model.backend.name} on {corr_model.backend.device} ({corr_model.backend.note})")
         for job, summary in run_jobs(corr_model, jobs, options, frames_bar=lambda name: frames_bar(err, name),
                                      on_note=lambda name, text: err.print(tagged("warning", f" {name}: {text}"),
                                                                           soft_wrap=True)):

@@ -33,6 +33,7 @@ class Backend(ABC):
 
     name: str = "backend"
     device: str = "cpu"
+    note: str = ""  # how it was chosen (runtime.backends.auto), said by describe()
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
 
@@ -77,4 +78,5 @@ class Backend(ABC):
     def describe(self) -> str:
         ins = ", ".join(s.describe() for s in self.inputs)
         outs = ", ".join(s.describe() for s in self.outputs)
-        return f"{self.name} on {self.device}: ({ins}) -> ({outs})"
+        note = f" ({self.note})" if self.note else ""
+        return f"{self.name} on {self.device}{note}: ({ins}) -> ({outs})"

@@ -1,4 +1,4 @@
-"""Runners for the torch-free backends: ONNX Runtime (CPU / CUDA), TensorRT plans, Triton.
+"""Runners for the torch-free backends: ONNX Runtime (CPU / CUDA), OpenVINO (CPU), TensorRT plans, Triton.
 
 Every runner feeds numpy arrays through `runtime.backends` and gets numpy arrays back, so a timed
 call includes the host<->device copies a deployment pays. The lookup runs through
@@ -18,7 +18,7 @@ from runtime.bench.timing import Runner
 from runtime.bench.workload import PipelineScratch, Workload
 from runtime.errors import CoordGANError
 
-RUNTIME_BACKENDS = ("ort-cpu", "ort-cuda", "trt", "triton")
+RUNTIME_BACKENDS = ("ort-cpu", "ort-cuda", "openvino", "trt", "triton")
 
 
 def gpu_lookup_name(impl: str) -> str:
@@ -127,6 +127,11 @@ def _model_file(directory, name: str, suffix: str, option: str):
     return path
 
 
+def _onnx_file(onnx_dir, model_name: str):
+    directory = onnx_dir(model_name) if callable(onnx_dir) else onnx_dir
+    return _model_file(directory, model_name, ".onnx", "--onnx-dir")
+
+
 def open_runtime_runner(backend: str, workload: Workload, *, onnx_dir=None, trt_dir=None, url=None,
                         threads: int | None = None, precision: str = "fp32") -> BackendRunner:
     """A runner for one runtime backend, or Skip(reason). `onnx_dir` is a callable giving the export
@@ -146,14 +151,18 @@ def open_runtime_runner(backend: str, workload: Workload, *, onnx_dir=None, trt_
                 return BackendRunner(backend, workload, None, lookup_device=device)
             from runtime.backends.ort_backend import OrtBackend
 
-            directory = onnx_dir(model_name) if callable(onnx_dir) else onnx_dir
-            path = _model_file(directory, model_name, ".onnx", "--onnx-dir")
-            model = OrtBackend(path, device=device, threads=threads)
+            model = OrtBackend(_onnx_file(onnx_dir, model_name), device=device, threads=threads)
             lookup_device = "cpu"
             if target == "pipeline" and device == "cuda":
                 _require_cuda_lookup()
                 lookup_device = "cuda"
             return BackendRunner(backend, workload, model, lookup_device=lookup_device)
+        if backend == "openvino":  # the same .onnx file, compiled by OpenVINO for the CPU
+            if model_name is None:
+                raise Skip("the lookup runs beside a backend, not inside one; time it with ort-cpu")
+            from runtime.backends.openvino_backend import OpenVINOBackend
+
+            return BackendRunner(backend, workload, OpenVINOBackend(_onnx_file(onnx_dir, model_name), threads=threads))
         if backend == "trt":
             if model_name is None:
                 raise Skip("the lookup has no engine of its own (it is a plugin inside engines); "

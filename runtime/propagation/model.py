@@ -96,6 +96,8 @@ def resolve_encoder(model: str | None, backend: str | None = None, url: str | No
     """What `--model` / `--backend` / `--url` name, as the artifact open_backend takes: an encoder file
     (an export directory's encoder.onnx, or its .plan for --backend tensorrt), a Triton address, or
     a checkpoint path as given (exporting one needs PyTorch: export.cache, a layer up)."""
+    if backend == "auto":  # the backend is chosen once the encoder is found
+        backend = None
     if url:
         if backend not in (None, "triton"):
             raise CoordGANError(f"--url is a Triton address; it goes with --backend triton, not {backend}.")
@@ -122,8 +124,12 @@ def resolve_encoder(model: str | None, backend: str | None = None, url: str | No
 def open_model(artifact: str, *, backend: str | None = None, device: str = "auto", batch: int = 8
                ) -> CorrespondenceModel:
     """The correspondence model of an encoder artifact; `device` (auto, cpu, cuda) places ONNX Runtime
-    (the lookup's place follows from the same value: runtime.lookup.impl_for_device)."""
+    (the lookup's place follows from the same value: runtime.lookup.impl_for_device). An ONNX encoder
+    without a `backend` (or "auto") runs on the fastest CPU backend installed, by a trial on a batch of
+    `batch` (runtime.backends.auto), or on ONNX Runtime's CUDA provider where it loads."""
     check_device(device)
-    kind = backend or backend_for(artifact)
-    options = {"device": device} if kind == "onnxruntime" else {}
-    return CorrespondenceModel(artifact, backend=backend, batch=batch, **options)
+    if backend in (None, "auto") and backend_for(artifact) == "onnxruntime":  # the default for an ONNX encoder
+        return CorrespondenceModel(artifact, backend="auto", batch=batch, device=device, trial_batch=batch)
+    kind = None if backend == "auto" else backend
+    options = {"device": device} if (kind or backend_for(artifact)) in ("onnxruntime", "openvino") else {}
+    return CorrespondenceModel(artifact, backend=kind, batch=batch, **options)

@@ -1,0 +1,132 @@
+"""`auto`: for an ONNX encoder, the fastest CPU backend installed, by a short timed trial.
+
+ONNX Runtime is opened first; where it got the CUDA provider, that is the choice (a GPU, no trial).
+On the CPU, OpenVINO is opened too (where it is installed and loads the model), and each runs a
+batch of the run's size: one warm-up, then `RUNS` timed runs interleaved, the best of each kept.
+The trial feeds synthetic inputs of the model's input shape: the encoder is dense convolutions and
+matrix products, whose time does not depend on the pixel values, so the first real batch would time
+the same. The slower backend is closed. The backend's `note` (shown by describe(), recorded in
+summary.json) says what was chosen and the times, e.g. "auto: fastest of onnxruntime 70.4 ms,
+openvino 55.8 ms per batch of 8".
+
+The outcome is remembered per model file (its SHA-256), batch and the packages' versions under
+runtime.fileio.cache_dir("backends"): a later run on this machine (a --resume, a cluster worker with
+fewer threads) takes the same backend, hence the same bytes, without a new trial. The two backends agree within what
+`export verify` allows (max |diff| 1e-4 on the maps; measured 1.9e-7 on celeba-128), so the chosen
+backend can change a mask's bytes only where a pixel's two best labels are that close.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+
+from runtime.backends.base import Backend
+from runtime.devices import cpu_threads
+from runtime.errors import CoordGANError
+from runtime.fileio import atomic_write, cache_dir, sha256_file
+
+RUNS = 3
+
+
+def trial_feeds(backend: Backend, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Inputs of the backend's input specs, dynamic axes = batch: uint8 anywhere, float in [-1, 1]."""
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for spec in backend.inputs:
+        shape = [batch if d is None else d for d in spec.shape]
+        if np.dtype(spec.dtype) == np.uint8:
+            feeds[spec.name] = rng.integers(0, 256, shape, dtype=np.uint8)
+        else:
+            feeds[spec.name] = rng.uniform(-1, 1, shape).astype(spec.dtype)
+    return feeds
+
+
+def time_backends(backends: list[Backend], feeds: dict[str, np.ndarray], runs: int = RUNS) -> dict[str, float]:
+    """Seconds per run of each backend (by name): a warm-up each, then `runs` interleaved rounds, the best
+    of each kept (interleaved, so a burst of other load hits every backend alike)."""
+    for backend in backends:
+        backend.run(feeds)
+    best = {b.name: float("inf") for b in backends}
+    for _ in range(runs):
+        for backend in backends:
+            t0 = time.perf_counter()
+            backend.run(feeds)
+            best[backend.name] = min(best[backend.name], time.perf_counter() - t0)
+    return best
+
+
+def _versions() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = []
+    for dist in ("onnxruntime", "onnxruntime-gpu", "openvino"):
+        try:
+            out.append(f"{dist}-{version(dist)}")
+        except PackageNotFoundError:
+            pass
+    return "_".join(out)
+
+
+def _remembered_path(artifact, batch: int):
+    return cache_dir("backends", f"auto-{sha256_file(artifact)[:16]}-b{batch}-{_versions()}.json")
+
+
+def _remembered(path, candidates) -> dict[str, float] | None:
+    """The seconds a remembered trial measured for these backends (None: no trial of them remembered)."""
+    try:
+        seconds = json.loads(path.read_text())
+    except (AttributeError, OSError, ValueError):  # no path, no file, a damaged one
+        return None
+    names = {b.name for b in candidates}
+    ok = isinstance(seconds, dict) and set(seconds) == names and all(isinstance(v, float) for v in seconds.values())
+    return seconds if ok else None
+
+
+def _remember(path, seconds: dict[str, float]) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_write(path, "w") as f:
+            f.write(json.dumps(seconds))
+    except (OSError, CoordGANError):  # a read-only cache: the next run times them again
+        pass
+
+
+def open_auto(artifact, device: str = "auto", threads: int | None = None, trial_batch: int = 8,
+              remember: bool = True) -> Backend:
+    """The backend `auto` names for an ONNX model (the module docstring)."""
+    from runtime.backends.ort_backend import OrtBackend
+
+    threads = threads or cpu_threads()
+    ort = OrtBackend(artifact, device=device, threads=threads)
+    if ort.device != "cpu":
+        ort.note = "auto: ONNX Runtime's CUDA provider"
+        return ort
+    try:
+        from runtime.backends.openvino_backend import OpenVINOBackend
+
+        ov = OpenVINOBackend(artifact, threads=threads)
+    except CoordGANError as exc:
+        ort.note = f"auto: onnxruntime; openvino skipped: {str(exc).rstrip('.')}"
+        return ort
+    path = _remembered_path(artifact, trial_batch) if remember else None
+    return choose([ort, ov], trial_batch, path)
+
+
+def choose(candidates: list[Backend], trial_batch: int, remembered=None) -> Backend:
+    """The fastest of `candidates` (by a trial on a batch of `trial_batch`, or the one remembered in the
+    file `remembered`, where the trial is then kept); the others are closed, the choice's note set."""
+    seconds, how = _remembered(remembered, candidates), "remembered trial"
+    if seconds is None:
+        seconds, how = time_backends(candidates, trial_feeds(candidates[0], trial_batch)), "trial"
+        if remembered is not None:
+            _remember(remembered, seconds)
+    chosen = min(candidates, key=lambda b: seconds[b.name])
+    for backend in candidates:
+        if backend is not chosen:
+            backend.close()
+    times = ", ".join(f"{name} {1e3 * s:.1f} ms" for name, s in sorted(seconds.items()))
+    chosen.note = f"auto: fastest of {times} per batch of {trial_batch} ({how})"
+    return chosen
