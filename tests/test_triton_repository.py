@@ -63,7 +63,7 @@ def with_lookup(tmp_path_factory, exported):
     return directory
 
 
-@pytest.mark.parametrize("backend", ["python", "onnxruntime"])
+@pytest.mark.parametrize("backend", ["python", "onnxruntime", "openvino"])
 def test_configs_parse_and_match_the_onnx_models(tmp_path, exported, backend):
     result = build_repository(exported, tmp_path / "repo", BuildOptions(backend=backend))
     found = configs(result.repo)
@@ -80,6 +80,11 @@ def test_configs_parse_and_match_the_onnx_models(tmp_path, exported, backend):
         if backend == "onnxruntime":
             assert config.platform == "onnxruntime_onnx"
             assert config.instance_group[0].kind == ModelInstanceGroup.KIND_AUTO
+        elif backend == "openvino":  # Triton's OpenVINO backend reads the same model.onnx, on the CPU
+            assert config.backend == "openvino" and config.default_model_filename == "model.onnx"
+            assert config.instance_group[0].kind == ModelInstanceGroup.KIND_CPU
+            assert {k: v.string_value for k, v in config.parameters.items()} == {"NUM_STREAMS": "1",
+                                                                                "PERFORMANCE_HINT": "LATENCY"}
         else:
             assert config.backend == "python"
             assert config.instance_group[0].kind == ModelInstanceGroup.KIND_CPU
@@ -91,12 +96,31 @@ def test_configs_parse_and_match_the_onnx_models(tmp_path, exported, backend):
     assert triton_io(lookup.input) == [("query", "TYPE_FP32", [2, -1, -1]), ("ref_maps", "TYPE_FP32", [-1, 2, -1, -1]),
                                        ("ref_probs", "TYPE_FP32", [-1, -1, -1, -1])]
     assert triton_io(lookup.output) == [("probs", "TYPE_FP32", [-1, -1, -1]), ("labels", "TYPE_INT32", [-1, -1])]
-    device = "cpu" if backend == "python" else "auto"
+    device = "auto" if backend == "onnxruntime" else "cpu"
     assert {k: v.string_value for k, v in lookup.parameters.items()} == {"tau": "0.01", "mode": "soft", "k": "0",
                                                                         "device": device}
     assert any("ONNX Runtime has no kernel" in n for n in result.notes) == (backend == "onnxruntime")
+    assert any("OpenVINO has no kernel" in n for n in result.notes) == (backend == "openvino")
     summary = json.loads((result.repo / "repository.json").read_text())
     assert summary["models"]["coordgan_encoder"] == backend and summary["preset"] == "tiny"
+
+
+def test_openvino_repository_serves_a_file_openvino_reads_at_every_batch(tmp_path, exported):
+    """What Triton's OpenVINO backend does with the model (read <model>/1/model.onnx, compile it for the CPU,
+    run batches up to max_batch_size), done with OpenVINO here: the local tritonserver has no OpenVINO
+    backend, so the repository itself is not served in this suite."""
+    pytest.importorskip("openvino")
+    from runtime.backends import open_backend
+
+    repo = build_repository(exported, tmp_path / "repo", BuildOptions(backend="openvino", max_batch=4)).repo
+    config = read_config(repo / "coordgan_encoder" / "config.pbtxt")
+    with open_backend(repo / "coordgan_encoder" / "1" / config.default_model_filename, backend="openvino") as ov, \
+            open_backend(exported / "encoder.onnx", backend="onnxruntime", device="cpu") as ort:
+        assert [(s.name, list(s.shape[1:])) for s in ov.inputs] == [(t.name, list(t.dims)) for t in config.input]
+        for batch in (1, config.max_batch_size):
+            image = np.random.default_rng(batch).uniform(-1, 1, (batch, 3, 32, 32)).astype(np.float32)
+            got, want = ov.run({"image": image}), ort.run({"image": image})
+            assert np.abs(got["corr_map"] - want["corr_map"]).max() < 1e-5
 
 
 def _shim_class(model_dir):
@@ -190,11 +214,12 @@ def test_video_model(tmp_path, exported):
 
 
 @pytest.mark.parametrize("options, message", [
-    (dict(backend="tf"), "--backend must be one of onnxruntime, tensorrt, python"),
+    (dict(backend="tf"), "--backend must be one of onnxruntime, openvino, tensorrt, python"),
     (dict(max_batch=0), "--max-batch must be at least 1"),
     (dict(preferred_batch=(4, 16)), "--preferred-batch sizes must be between 1 and --max-batch"),
     (dict(kind="tpu"), "--kind must be one of cpu, gpu, auto"),
     (dict(backend="tensorrt", kind="cpu"), "TensorRT plans run on a GPU only"),
+    (dict(backend="openvino", kind="gpu"), "Triton's OpenVINO backend runs on the CPU only"),
     (dict(backend="tensorrt"), "--backend tensorrt needs encoder.plan"),
     (dict(instances=0), "--instances must be at least 1"),
     (dict(tau=0), "tau must be a finite number > 0, got 0"),

@@ -24,11 +24,15 @@ from runtime.errors import CoordGANError, first_line
 from runtime.lookup.spec import LookupParams
 from triton_models import pbtxt
 
-BACKENDS = ("onnxruntime", "tensorrt", "python")
+BACKENDS = ("onnxruntime", "openvino", "tensorrt", "python")
 ENCODER, GENERATOR, LOOKUP = "coordgan_encoder", "coordgan_generator", "coordgan_corr_lookup"
 FRAME_LABELS, VIDEO = "coordgan_frame_labels", "coordgan_video"
 LOOKUP_ONNX, LOOKUP_PLAN = "corr_lookup.onnx", "corr_lookup.plan"
 DEFAULT_PREFERRED = (4, 8)
+# Triton's OpenVINO backend: one stream that all its threads serve (the latency mode its README recommends
+# for few clients; more instances for more). It has no fp32 switch: OpenVINO runs f32 on CPUs without
+# native bf16, bf16 on those with it (AMX, AVX512_BF16); our own OpenVINO backend asks for f32.
+OPENVINO_PARAMETERS = {"NUM_STREAMS": "1", "PERFORMANCE_HINT": "LATENCY"}
 REPOSITORY_JSON = "repository.json"
 # the lookup's I/O when no lookup ONNX fixes the class count and dtype (as export/lookup_onnx.py names them)
 LOOKUP_IO = {
@@ -48,7 +52,7 @@ class BuildOptions:
     preferred_batch: tuple[int, ...] | None = None  # None: 4,8 capped at max_batch
     queue_delay_us: int = 2000
     instances: int = 1
-    kind: str | None = None  # cpu | gpu | auto; None: cpu for python, gpu for tensorrt, auto for onnxruntime
+    kind: str | None = None  # cpu | gpu | auto; None: cpu for python and openvino, gpu for tensorrt, auto for onnxruntime
     video: bool = True
     video_idle_s: float = 60.0
     memory: int = 3
@@ -72,13 +76,15 @@ class BuildOptions:
             raise CoordGANError(f"--kind must be one of {', '.join(pbtxt.KINDS)}, not {self.kind!r}.")
         if self.backend == "tensorrt" and self.instance_kind != "gpu":
             raise CoordGANError("TensorRT plans run on a GPU only: use --kind gpu with --backend tensorrt.")
+        if self.backend == "openvino" and self.instance_kind != "cpu":
+            raise CoordGANError("Triton's OpenVINO backend runs on the CPU only: use --kind cpu with --backend openvino.")
         if not self.video_idle_s > 0:
             raise CoordGANError(f"--video-idle-s must be positive, not {self.video_idle_s}.")
         LookupParams.with_topk(memory=self.memory, tau=self.tau, topk=self.topk)  # the video model's lookup
 
     @property
     def instance_kind(self) -> str:
-        return self.kind or {"python": "cpu", "tensorrt": "gpu"}.get(self.backend, "auto")
+        return self.kind or {"python": "cpu", "openvino": "cpu", "tensorrt": "gpu"}.get(self.backend, "auto")
 
     @property
     def device(self) -> str:
@@ -98,7 +104,7 @@ class ModelPlan:
     """One model folder: its config text, files copied in (folder-relative path -> source), files written."""
 
     name: str
-    variant: str  # onnxruntime | tensorrt | python | ensemble
+    variant: str  # onnxruntime | openvino | tensorrt | python | ensemble
     config: str
     copies: dict[str, Path] = dataclasses.field(default_factory=dict)
     texts: dict[str, str] = dataclasses.field(default_factory=dict)
@@ -172,7 +178,8 @@ def _comment(what: str) -> str:
 
 
 def _onnx_model(name: str, key: str, models_dir: Path, manifest: dict, options: BuildOptions) -> ModelPlan:
-    """coordgan_encoder / coordgan_generator: platform onnxruntime_onnx or tensorrt_plan, or python."""
+    """coordgan_encoder / coordgan_generator: platform onnxruntime_onnx or tensorrt_plan, backend openvino (the
+    same model.onnx, which Triton's OpenVINO backend reads as it is), or python."""
     entry = manifest["models"][key]
     common = dict(inputs=entry["inputs"], outputs=entry["outputs"], max_batch=options.max_batch,
                   dynamic_batching=options.batching(), instances=(options.instance_kind, options.instances))
@@ -189,6 +196,10 @@ def _onnx_model(name: str, key: str, models_dir: Path, manifest: dict, options: 
     if options.backend == "onnxruntime":
         config = pbtxt.model_config(name, platform="onnxruntime_onnx", comment=_comment(what), **common)
         return ModelPlan(name, "onnxruntime", config, copies={"1/model.onnx": onnx_path})
+    if options.backend == "openvino":
+        config = pbtxt.model_config(name, backend="openvino", comment=_comment(what), parameters=OPENVINO_PARAMETERS,
+                                    extra='default_model_filename: "model.onnx"', **common)
+        return ModelPlan(name, "openvino", config, copies={"1/model.onnx": onnx_path})
     if options.backend == "tensorrt":
         plan = models_dir / f"{key}.plan"
         if not plan.is_file():
@@ -260,8 +271,9 @@ def _lookup_model(models_dir: Path, options: BuildOptions, notes: list[str]) -> 
             raise CoordGANError(f"{plan} needs the {LOOKUP_ONNX} it was built from beside it (its I/O and attributes).")
         config = pbtxt.model_config(LOOKUP, platform="tensorrt_plan", comment=_comment(what), **common)
         return ModelPlan(LOOKUP, "tensorrt", config, copies={"1/model.plan": plan}), io
-    if options.backend == "onnxruntime":
-        notes.append(f"{LOOKUP} runs on the python backend: ONNX Runtime has no kernel for coordgan::CorrLookup.")
+    if options.backend in ("onnxruntime", "openvino"):
+        runtime_name = {"onnxruntime": "ONNX Runtime", "openvino": "OpenVINO"}[options.backend]
+        notes.append(f"{LOOKUP} runs on the python backend: {runtime_name} has no kernel for coordgan::CorrLookup.")
     elif options.backend == "tensorrt":
         notes.append(f"{LOOKUP} runs on the python backend: {models_dir} has no {LOOKUP_PLAN}.")
     parameters = {"tau": repr(float(attrs["tau"])), "mode": attrs["mode"], "k": str(attrs["k"]),

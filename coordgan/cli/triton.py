@@ -26,8 +26,8 @@ def _group():
 def build(
     models: Path = typer.Option(..., "--models", help="Export directory (manifest.json, encoder.onnx, generator.onnx; "
                                 "optional corr_lookup.onnx and *.plan)."),
-    backend: str = typer.Option(..., "--backend", help="onnxruntime, tensorrt or python (ONNX Runtime inside "
-                                "Triton's python backend: what the local `coordgan serve` runs)."),
+    backend: str = typer.Option(..., "--backend", help="onnxruntime, openvino (CPU), tensorrt or python (ONNX "
+                                "Runtime inside Triton's python backend: what the local `coordgan serve` runs)."),
     out: Path = typer.Option(..., "--out", "-o", help="Repository folder to create."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing repository."),
     max_batch: int = typer.Option(8, "--max-batch", help="max_batch_size of every model."),
