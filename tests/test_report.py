@@ -137,6 +137,25 @@ def test_half_finished_run_is_drawn_as_far_as_it_got(encoder, tmp_path, monkeypa
     assert [name for name, _ in overview(html)] == ["bear", "camel"]  # the scored one, then the unscored
 
 
+def test_cluster_summary_in_the_header_and_a_failed_sequence(encoder, tmp_path, monkeypatch, capsys):
+    from runtime.propagation.cluster import SUMMARY_FILE, ClusterResult, SequenceResult
+
+    davis = make_davis(tmp_path / "davis", {"bear": True})
+    out = tmp_path / "out"
+    code, _, err = run_main(monkeypatch, capsys, "propagate", davis, "--model", encoder, "--out", out)
+    assert code in (0, None), err
+    result = ClusterResult("local", 2, 1, 1.5, 3.25, [
+        SequenceResult("bear", "done", attempts=2, worker=0, frames=T, frames_processed=T),
+        SequenceResult("dog", "failed", attempts=3, reason="Reference mask dog/00000.png is damaged.")])
+    (out / SUMMARY_FILE).write_text(json.dumps(result.to_json()))  # as run_cluster writes it
+    code, _, err = report(monkeypatch, capsys, out)
+    assert code in (0, None), err
+    html = page_of(out / "report.html")
+    assert "Ray local: 2 workers x 1 threads, start-up 1.5 s, run 3.2 s" in html and "3 retries, 1 failed" in html  # 1 + 2 attempts more
+    assert "Failed sequences: dog." in html and "failed: Reference mask dog/00000.png is damaged." in html
+    assert [name for name, _ in overview(html)] == ["bear", "dog"]
+
+
 def test_bad_inputs_are_one_sentence(encoder, tmp_path, monkeypatch, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -172,14 +191,42 @@ def test_report_of_demo_output_scores_against_its_ground_truth(encoder, tmp_path
     out = tmp_path / "demo"
     with open_model(str(encoder)) as model:
         result = run_demo(model, out, DemoOptions(frames=5, size=64), checkpoint="shift.onnx")
-    code, _, err = report(monkeypatch, capsys, out, "--model", encoder.parent)
+    page = tmp_path / "pages" / "demo.html"  # elsewhere: its images beside it, links back to the run
+    code, stdout, err = report(monkeypatch, capsys, out, "--model", encoder.parent, "--out", page)
     assert code in (0, None), err
-    html = page_of(out / "report.html")
+    assert f"wrote {page} (1 sequences)" in stdout and not (out / "report.html").exists()
+    html = page_of(page)
     assert "checkpoint shift.onnx, 5 frames of 64 px" in html
     j = float(overview(html)[0][1]) * 2 - result["propagated"]["F_mean"]
     assert j == pytest.approx(result["propagated"]["J_mean"])  # the demo's own numbers
-    assert 'href="../overlay.mp4"' not in html and 'href="overlay.mp4"' in html
-    assert len(images_of(html)) == 5
+    assert 'href="../demo/overlay.mp4"' in html and 'href="../demo/masks/"' in html
+    srcs = images_of(html)
+    assert len(srcs) == 5 and all((page.parent / s).is_file() and s.startswith("demo_files/") for s in srcs)
+
+
+def test_one_video_run_scored_against_one_folder_of_masks(encoder, tmp_path, monkeypatch, capsys):
+    """A video's run writes its masks into OUT itself; --davis may then be one folder of ground truth."""
+    from runtime.io.video import VideoWriter
+
+    davis = make_davis(tmp_path / "davis", {"bear": True})
+    video = tmp_path / "clip.mp4"
+    with VideoWriter(video, fps=10) as writer:
+        for t in range(T):
+            writer.write(np.asarray(Image.open(davis / f"JPEGImages/480p/bear/{t:05d}.png")))
+    out, truth = tmp_path / "masks", davis / "Annotations/480p/bear"
+    code, _, err = run_main(monkeypatch, capsys, "propagate", video, "--model", encoder, "--ref", truth / "00000.png",
+                            "--out", out)
+    assert code in (0, None), err
+    code, _, err = report(monkeypatch, capsys, out, "--davis", truth)
+    assert code in (0, None), err
+    html = page_of(out / "report.html")
+    assert [name for name, _ in overview(html)] == ["clip"]
+    assert float(overview(html)[0][1]) == pytest.approx(
+        sum(evaluate_sequence(out, truth)[k] for k in ("J_mean", "F_mean")) / 2)
+    assert "frames not shown" not in html  # decoded from the video
+    for src in images_of(html):
+        with Image.open(out / src) as img:
+            assert np.asarray(img)[..., 1].mean() > 60  # the grey frame under the masks, not masks on black
 
 
 @pytest.mark.skipif(shutil.which("chromium") is None,
@@ -202,6 +249,15 @@ def test_report_opens_in_headless_chromium(encoder, tmp_path, monkeypatch, capsy
     assert count == 10 and f'data-images="{count}/{count}"' in dom.stdout, dom.stdout[:500]
     console = [line for line in dom.stderr.splitlines() if ":CONSOLE" in line]
     assert console == [], console  # no script error, no message of any kind
+    # the overview sorts in the browser: J&F clicked twice (descending) puts the better sequence first
+    html = page_of(out / "report.html")
+    click = '<script>var h = document.querySelectorAll("#overview th")[7]; h.click(); h.click();</script>'
+    (out / "sorted.html").write_text(html.replace("</body>", click + "</body>"))
+    dom = subprocess.run([*browser, "--dump-dom", (out / "sorted.html").resolve().as_uri()], capture_output=True,
+                         text=True, timeout=120)
+    assert [name for name, _ in overview(html)] == ["camel", "bear"]  # worst first as written
+    assert [name for name, _ in overview(dom.stdout)] == ["bear", "camel"], dom.stdout[-3000:]
+    assert 'data-dir="desc"' in dom.stdout
     shot = tmp_path / "shot.png"
     run = subprocess.run([*browser, "--window-size=1000,800", f"--screenshot={shot}", url], capture_output=True,
                          text=True, timeout=120)
