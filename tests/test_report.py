@@ -194,7 +194,7 @@ def test_report_of_demo_output_scores_against_its_ground_truth(encoder, tmp_path
     page = tmp_path / "pages" / "demo.html"  # elsewhere: its images beside it, links back to the run
     code, stdout, err = report(monkeypatch, capsys, out, "--model", encoder.parent, "--out", page)
     assert code in (0, None), err
-    assert f"wrote {page} (1 sequences)" in stdout and not (out / "report.html").exists()
+    assert f"wrote {page} (1 sequence)" in stdout and not (out / "report.html").exists()
     html = page_of(page)
     assert "checkpoint shift.onnx, 5 frames of 64 px" in html
     j = float(overview(html)[0][1]) * 2 - result["propagated"]["F_mean"]

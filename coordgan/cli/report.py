@@ -12,9 +12,10 @@ from runtime.terminal import console, tagged
 _HELP = {
     "folder": "The output folder of `coordgan propagate` (one sequence or OUT/<seq>/ of a dataset) or of "
               "`coordgan demo`.",
-    "davis": "Ground truth to score against: a DAVIS root (Annotations/<res>/<seq>/) or a folder of sequence "
-             "folders of masks; adds J and F per object, worst sequences first.",
-    "out": "The page (default: FOLDER/report.html); its images go in <name>_files/ beside it.",
+    "davis": "Ground truth to score against: a DAVIS root (Annotations/<res>/<seq>/), a folder of sequence "
+             "folders of masks, or one folder of masks for a one-sequence run; adds J and F per object, worst "
+             "sequences first.",
+    "out": "The page (default: OUT/report.html); its images go in <name>_files/ beside it.",
     "model": "The export the run used (a folder with manifest.json, or its encoder.onnx): the header shows its "
              "preset, checkpoint and opset.",
     "frames": "Frames in each sequence's strip (first, evenly spaced, last).",
@@ -42,7 +43,8 @@ def write_and_say(folder: Path, out: Optional[Path] = None, **options) -> None:
     if run.incomplete:
         err.print(tagged("warning", f" incomplete sequences, drawn as far as they got: {', '.join(run.incomplete)}"),
                   soft_wrap=True)
-    console().print(f"wrote {page} ({len(run.sequences)} sequences)", soft_wrap=True)
+    count = len(run.sequences)
+    console().print(f"wrote {page} ({count} sequence{'s' if count != 1 else ''})", soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:
