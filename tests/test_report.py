@@ -182,6 +182,13 @@ def test_bad_inputs_are_one_sentence(encoder, tmp_path, monkeypatch, capsys):
     code, _, err = report(monkeypatch, capsys, out, "--model", tmp_path)
     assert code == 1 and f"--model {tmp_path} is not an export" in err
     assert not (out / "report.html").exists()
+    other_export = tmp_path / "other_export"  # an export, but not of the encoder the run used: said on the page
+    other_export.mkdir()
+    shutil.copy(encoder.parent / "manifest.json", other_export)
+    shift_encoder(other_export / "encoder.onnx", direction=(0, 1))
+    code, _, err = report(monkeypatch, capsys, out, "--model", other_export)
+    assert code in (0, None), err
+    assert f"{other_export / 'encoder.onnx'} is not the encoder this run used" in page_of(out / "report.html")
 
 
 def test_report_of_demo_output_scores_against_its_ground_truth(encoder, tmp_path, monkeypatch, capsys):

@@ -157,7 +157,8 @@ def _read_manifest(run: Run, model: Path) -> None:
     run.manifest = manifest
     encoder = model if model.is_file() else directory / manifest.get("models", {}).get("encoder", {}).get(
         "file", "encoder.onnx")
-    used = {(s.summary or {}).get("fingerprint", {}).get("model") for s in run.sequences} - {None}
+    used = {(s.summary or {}).get("fingerprint", {}).get("model") for s in run.sequences}
+    used = {u for u in used if str(u).startswith("sha256:")}  # a served model is known by its description
     if encoder.is_file() and used:
         from runtime.fileio import sha256_file
 
