@@ -117,11 +117,13 @@ def propagate(
         _report(report, out, artifact)
         return
     with open_model(artifact, backend=backend, device=device, batch=batch) as corr_model:
-        if corr_model.backend.note:  # how auto chose
-            err.print(f"encoder: {corr_model.backend.name} on {corr_model.backend.device} ({corr_model.backend.note})")
+        chose = corr_model.backend.note  # how auto chose: said with the first result (an error stays one sentence)
         for job, summary in run_jobs(corr_model, jobs, options, frames_bar=lambda name: frames_bar(err, name),
                                      on_note=lambda name, text: err.print(tagged("warning", f" {name}: {text}"),
                                                                           soft_wrap=True)):
+            if chose:
+                err.print(f"encoder: {corr_model.backend.name} on {corr_model.backend.device} ({chose})")
+                chose = ""
             if summary.get("skipped"):
                 err.print(f"{job.name}: already complete, skipped")
                 continue
