@@ -151,7 +151,7 @@ def test_cluster_summary_in_the_header_and_a_failed_sequence(encoder, tmp_path, 
     code, _, err = report(monkeypatch, capsys, out)
     assert code in (0, None), err
     html = page_of(out / "report.html")
-    assert "Ray local: 2 workers x 1 threads, start-up 1.5 s, run 3.2 s" in html and "3 retries, 1 failed" in html  # 1 + 2 attempts more
+    assert "Ray local: 2 workers x 1 thread, start-up 1.5 s, run 3.2 s" in html and "3 retries, 1 failed" in html  # 1 + 2 attempts more
     assert "Failed sequences: dog." in html and "failed: Reference mask dog/00000.png is damaged." in html
     assert [name for name, _ in overview(html)] == ["bear", "dog"]
 
