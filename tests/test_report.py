@@ -102,6 +102,7 @@ def test_propagate_report_then_report_with_davis(encoder, tmp_path, monkeypatch,
         with Image.open(page.parent / src) as img:
             assert img.height == 128 and np.asarray(img).std() > 5  # a frame with its mask, not a blank tile
     assert re.findall(r'alt="bear frame (\d+)"', html) == ["00000", "00002", "00005"]
+    assert "annotated 00000 · " in html
     assert 'href="bear/"' in html and 'href="../overlay_bear.mp4"' in html
     assert "http" not in html.replace("http-equiv", "")  # nothing fetched from anywhere
     # written again: the image folder replaced whole, no staging folder left behind

@@ -231,6 +231,9 @@ def _section(index: int, s: SequenceRun, images, more_notes, page_dir: Path) -> 
             facts.append(f"{total:.1f} s")
         if summary.get("frame_size"):
             facts.append("{}x{} px".format(*summary["frame_size"]))
+        refs = [str(r.get("frame")) for r in summary.get("references") or [] if isinstance(r, dict)]
+        if refs:
+            facts.append(f"annotated {', '.join(refs)}")
         if summary.get("resumed_from"):
             facts.append(f"resumed at frame {summary['resumed_from']}")
         if summary.get("completed"):
