@@ -92,12 +92,13 @@ def propagate(
 ):
     """Propagate label masks from annotated frames to every frame through CoordGAN correspondence maps."""
     from runtime.devices import check_device
+    from runtime.lookup import impl_for_device
     from runtime.propagation.jobs import plan, run_jobs
     from runtime.propagation.model import open_model
     from runtime.propagation.sequence import PropagateOptions
 
     options = PropagateOptions(batch=batch, memory=memory, tau=tau, topk=topk, save_probs=save_probs,
-                               overwrite=overwrite, resume=resume, overlap=overlap)
+                               overwrite=overwrite, resume=resume, overlap=overlap, lookup=impl_for_device(device))
     options.validate()
     if cluster is None and (workers is not None or cpus_per_worker != 1.0 or gpus_per_worker or max_retries != 2):
         raise CoordGANError("--workers, --cpus-per-worker, --gpus-per-worker and --max-retries apply with --cluster.")
