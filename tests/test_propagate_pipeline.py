@@ -96,7 +96,8 @@ def test_video_end_to_end_with_overlay_probs_and_eval(exported, data, tmp_path, 
         assert labels.shape == (SIZE, SIZE) and set(np.unique(labels)) <= set(np.unique(masks[0]))
     summary = json.loads((out / "summary.json").read_text())
     assert summary["frames"] == T and summary["frames_per_s"] > 0 and summary["frame_size"] == [SIZE, SIZE]
-    assert summary["options"] == {"batch": 3, "memory": 2, "tau": 0.01, "topk": None, "save_probs": True}
+    assert summary["options"] == {"batch": 3, "memory": 2, "tau": 0.01, "topk": None, "save_probs": True,
+                                  "lookup": "sparse"}  # --device cpu's lookup path
     assert len(list((out / "probs").glob("*.npz"))) == T
     assert open_frames(tmp_path / "ov.mp4").count == T
     gt = tmp_path / "gt"

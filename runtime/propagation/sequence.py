@@ -301,7 +301,7 @@ class _Pass:
             "labels": self.step.labels.values.tolist(),
             "references": [{"frame": self.names.get(i, str(r.frame)), "mask": r.source}
                            for i, r in sorted(self.refs_at.items())],
-            "options": {"batch": o.batch, **o.algorithm(), "save_probs": o.save_probs},
+            "options": {"batch": o.batch, **o.algorithm(), "save_probs": o.save_probs, "lookup": o.lookup},
             "model": model,
             "outputs": {"masks": str(self.folder.path),
                         "probs": str(self.folder.path / PROBS_DIR) if o.save_probs else None,
