@@ -143,3 +143,16 @@ except Skip as exc:
     assert lines[1].startswith("auto: onnxruntime on cpu (auto: onnxruntime; openvino skipped: OpenVINO is not "
                                "installed;")
     assert lines[2] == f"bench: skipped: {install[:-1]}"
+
+
+def test_bench_times_openvino_beside_onnx_runtime(exported, tmp_path):
+    from typer.testing import CliRunner
+
+    from coordgan.cli import app
+
+    out = tmp_path / "run.json"
+    result = CliRunner().invoke(app, ["bench", "encoder", "--preset", "tiny", "--backends", "ort-cpu,openvino",
+                                      "--onnx-dir", str(exported), "--iters", "2", "--warmup", "1", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    rows = {r["backend"]: r for r in json.loads(out.read_text())["rows"]}
+    assert set(rows) == {"ort-cpu", "openvino"} and all(r["status"] == "ok" for r in rows.values())

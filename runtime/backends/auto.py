@@ -2,18 +2,20 @@
 
 ONNX Runtime is opened first; where it got the CUDA provider, that is the choice (a GPU, no trial).
 On the CPU, OpenVINO is opened too (where it is installed and loads the model), and each runs a
-batch of the run's size: one warm-up, then `RUNS` timed runs interleaved, the best of each kept.
+batch of the run's size: `WARMUP` runs (ONNX Runtime's first two runs of the celeba-128 --int8
+encoder took 1.7x and 1.3x its steady time), then `RUNS` timed runs interleaved, the best kept.
 The trial feeds synthetic inputs of the model's input shape: the encoder is dense convolutions and
 matrix products, whose time does not depend on the pixel values, so the first real batch would time
 the same. The slower backend is closed. The backend's `note` (shown by describe(), recorded in
-summary.json) says what was chosen and the times, e.g. "auto: fastest of onnxruntime 70.4 ms,
-openvino 55.8 ms per batch of 8".
+summary.json) says what was chosen and the times, e.g. "auto: fastest of onnxruntime 571.0 ms,
+openvino 445.2 ms per batch of 8 (trial)" (celeba-128 here).
 
 The outcome is remembered per model file (its SHA-256), batch and the packages' versions under
 runtime.fileio.cache_dir("backends"): a later run on this machine (a --resume, a cluster worker with
-fewer threads) takes the same backend, hence the same bytes, without a new trial. The two backends agree within what
-`export verify` allows (max |diff| 1e-4 on the maps; measured 1.9e-7 on celeba-128), so the chosen
-backend can change a mask's bytes only where a pixel's two best labels are that close.
+fewer threads) takes the same backend, hence the same bytes, without a new trial (remove that folder
+to time them again, e.g. after a trial under heavy load). The two backends agree within what
+`export verify` allows (max |diff| 1e-4 on the maps; 1e-7 between them on celeba-128's maps), so the
+chosen backend can change a mask's bytes only where a pixel's two best labels are that close.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from runtime.devices import cpu_threads
 from runtime.errors import CoordGANError
 from runtime.fileio import atomic_write, cache_dir, sha256_file
 
-RUNS = 3
+WARMUP, RUNS = 2, 3
 
 
 def trial_feeds(backend: Backend, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -45,10 +47,11 @@ def trial_feeds(backend: Backend, batch: int, seed: int = 0) -> dict[str, np.nda
 
 
 def time_backends(backends: list[Backend], feeds: dict[str, np.ndarray], runs: int = RUNS) -> dict[str, float]:
-    """Seconds per run of each backend (by name): a warm-up each, then `runs` interleaved rounds, the best
+    """Seconds per run of each backend (by name): WARMUP runs each, then `runs` interleaved rounds, the best
     of each kept (interleaved, so a burst of other load hits every backend alike)."""
     for backend in backends:
-        backend.run(feeds)
+        for _ in range(WARMUP):
+            backend.run(feeds)
     best = {b.name: float("inf") for b in backends}
     for _ in range(runs):
         for backend in backends:

@@ -1,0 +1,108 @@
+"""`coordgan propagate` on ONNX Runtime, OpenVINO and `--backend auto`, side by side in one run.
+
+    python benchmarks/bench_openvino.py                         # celeba-128, 96 frames, spread maps, exact + --int8
+    python benchmarks/bench_openvino.py --frames 48 --encoders exact --repeat 1
+
+For each encoder (the exact export, and the --int8 one) on spread maps (bench_propagate.py's graft:
+a trained model's smooth maps, the encoder and warping network still computed in full), the real
+command in a fresh process with its defaults (batch 8, memory 3, tau 0.01, overlap on) and each
+--backend, the runs interleaved (backend after backend, then again), the fastest of --repeat kept;
+the stage columns come from the run's summary.json. Before them, the encoder alone: ms per frame at
+batch 8 in this process, both backends timed alternately (the numbers auto's trial compares).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from bench_propagate import STAGES, first_mask, run, spread_encoder  # noqa: E402
+
+BACKENDS = ("onnxruntime", "openvino", "auto")
+
+
+def encoder_ms(path: Path, batch: int = 8, rounds: int = 5) -> dict[str, float]:
+    """ms per frame of each backend on one batch of `batch`, best of `rounds` alternating runs."""
+    from runtime.backends import open_backend
+    from runtime.backends.auto import time_backends, trial_feeds
+
+    opened = [open_backend(path, backend=name, device="cpu") for name in ("onnxruntime", "openvino")]
+    try:
+        seconds = time_backends(opened, trial_feeds(opened[0], batch), runs=rounds)
+    finally:
+        for backend in opened:
+            backend.close()
+    return {name: 1e3 * s / batch for name, s in seconds.items()}
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--preset", default="celeba-128")
+    parser.add_argument("--frames", type=int, default=96)
+    parser.add_argument("--encoders", default="exact,int8", help="exact and/or int8")
+    parser.add_argument("--backends", default=",".join(BACKENDS))
+    parser.add_argument("--repeat", type=int, default=2, help="runs per case (the fastest is shown)")
+    args = parser.parse_args(argv)
+
+    from coordgan.data.synthetic_faces import make_sequence
+    from export.cache import ModelSource
+    from export.onnx_export import ExportOptions, export_onnx
+    from runtime.bench.report import text_table
+    from runtime.io.masks import DAVIS_PALETTE, write_mask
+    from runtime.io.video import VideoWriter
+
+    work = Path(tempfile.mkdtemp(prefix="coordgan-bench-openvino-"))
+    source = ModelSource(preset=args.preset, seed=0, progress=lambda m: print(f"  {m}", flush=True))
+    encoders = {}
+    for kind in args.encoders.split(","):
+        if kind == "exact":
+            export = source.onnx_dir("encoder")
+        else:
+            options = ExportOptions(only="encoder", int8=True, verify_batches=(1,))
+            export = export_onnx(source.checkpoint(), work / "export-int8", options).directory
+        folder = work / kind
+        folder.mkdir()
+        encoders[kind] = spread_encoder(export, folder)
+    frames, masks = make_sequence(args.frames, 128, seed=7)
+    video = work / "faces.mp4"
+    with VideoWriter(video, fps=12) as writer:
+        for frame in frames:
+            writer.write(frame)
+    ref = work / "first.png"
+    write_mask(ref, first_mask("parts", masks[0]), DAVIS_PALETTE)
+
+    print(f"encoder alone, batch 8, ms per frame ({args.preset}, spread-map graft, 2 threads unless capped):")
+    rows = [[kind, *(f"{v:.1f}" for v in encoder_ms(path).values())] for kind, path in encoders.items()]
+    print(text_table(rows, ["encoder", "onnxruntime", "openvino"]))
+
+    backends = args.backends.split(",")
+    best: dict[tuple[str, str], dict] = {}
+    for _ in range(args.repeat):
+        for kind, path in encoders.items():
+            for backend in backends:
+                s = run(video, path, ref, work / f"out-{kind}-{backend}", ["--backend", backend])
+                key = (kind, backend)
+                if key not in best or s["frames_per_s"] > best[key]["frames_per_s"]:
+                    best[key] = s
+    header = ["encoder", "--backend", "ran on", "frames/s", "ms/frame"] + [f"{s} ms" for s in STAGES]
+    rows = []
+    for (kind, backend), s in best.items():
+        n = s["frames_processed"]
+        ran = s["model"].split(":")[0].split(" (")[0]  # "openvino on cpu"
+        rows.append([kind, backend, ran, f"{s['frames_per_s']:.2f}", f"{1e3 * s['seconds']['total'] / n:.1f}",
+                     *(f"{1e3 * s['seconds'].get(k, 0.0) / n:.1f}" for k in STAGES)])
+    print(f"\n`coordgan propagate` {args.frames} frames 128x128, spread maps, defaults, best of {args.repeat}:")
+    print(text_table(rows, header))
+    for (kind, backend), s in best.items():
+        if backend == "auto":
+            print(f"  {kind} auto: {s['model'].split(': (')[0]}")
+
+
+if __name__ == "__main__":
+    main()
