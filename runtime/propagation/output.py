@@ -51,6 +51,17 @@ def fingerprint(*, model_id: str, source: FrameSource, algorithm: dict, labels: 
             "labels": labels, "references": references}
 
 
+def holds_run(folder) -> bool:
+    """Whether a propagation run of ours left results in `folder`: our state file, or a summary in our format."""
+    folder = Path(folder)
+    if (folder / STATE_FILE).is_file():
+        return True
+    try:
+        return json.loads((folder / SUMMARY_FILE).read_text()).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def input_digest(source: FrameSource) -> str:
     """A hash of the input's content: a video's size and both ends of its file; a folder's frame names and
     sizes and its first and last frames' bytes; in-memory frames, the first frame's pixels."""
@@ -136,15 +147,7 @@ class SequenceFolder:
         self._check_same_run(meta.get("fingerprint"), fingerprint, "holds an interrupted run with")
 
     def _ours(self) -> bool:
-        """Whether an earlier run of ours left results here: our state file, or a summary in our format."""
-        if self.state.is_file():
-            return True
-        if not self.summary.is_file():
-            return False
-        try:
-            return json.loads(self.summary.read_text()).get("format") == FORMAT
-        except (OSError, ValueError, AttributeError):
-            return False
+        return holds_run(self.path)
 
     def _read_summary(self) -> dict:
         try:

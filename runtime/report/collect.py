@@ -20,8 +20,7 @@ from runtime.errors import CoordGANError
 from runtime.io.video import natural_key
 from runtime.propagation.cluster import FORMAT as CLUSTER_FORMAT
 from runtime.propagation.cluster import SUMMARY_FILE as CLUSTER_FILE
-from runtime.propagation.memory import STATE_FILE
-from runtime.propagation.output import FORMAT, PROBS_DIR, SUMMARY_FILE
+from runtime.propagation.output import FORMAT, PROBS_DIR, SUMMARY_FILE, holds_run
 
 MANIFEST = "manifest.json"  # of an export directory (export/manifest.py, read here as plain JSON)
 DEMO_FILE = "demo.json"
@@ -92,13 +91,9 @@ def read_run(folder, *, davis=None, model=None) -> Run:
 
 
 def _sequence_folders(folder: Path) -> list[Path]:
-    if _is_sequence(folder):
+    if holds_run(folder):
         return [folder]
-    return sorted((p for p in folder.iterdir() if p.is_dir() and _is_sequence(p)), key=lambda p: natural_key(p.name))
-
-
-def _is_sequence(folder: Path) -> bool:
-    return (folder / STATE_FILE).is_file() or _read_json(folder / SUMMARY_FILE, FORMAT) is not None
+    return sorted((p for p in folder.iterdir() if p.is_dir() and holds_run(p)), key=lambda p: natural_key(p.name))
 
 
 def _read_json(path: Path, fmt: str | None = None) -> dict | None:
