@@ -82,6 +82,25 @@ def test_repository_refusals(tmp_path):
         TritonServer(write_echo_repo(tmp_path), binary=tmp_path / "missing")
 
 
+def test_exit_keeps_the_log_after_a_failure_but_not_after_ctrl_c(tmp_path, monkeypatch):
+    """A stop the user asks for (KeyboardInterrupt) removes the temp log like a clean exit; an error keeps it."""
+    monkeypatch.setattr(TritonServer, "start", lambda self: self)  # no binary needed: only the cleanup is tested
+    repo = write_echo_repo(tmp_path)
+    kept = {}
+    for raised in (None, KeyboardInterrupt, RuntimeError):
+        server = TritonServer(repo, http_port=0, grpc_port=0)
+        try:
+            with server:
+                server.log_path.write_text("a log line\n")
+                if raised:
+                    raise raised()
+        except (KeyboardInterrupt, RuntimeError):
+            pass
+        kept[raised and raised.__name__] = server.log_path.exists()
+        shutil.rmtree(server.log_path.parent, ignore_errors=True)
+    assert kept == {None: False, "KeyboardInterrupt": False, "RuntimeError": True}
+
+
 @needs_tritonserver
 def test_server_serves_http_and_grpc(running):
     import tritonclient.grpc as grpc

@@ -395,4 +395,5 @@ class TritonServer:
 
     def __exit__(self, exc_type, *exc) -> None:
         self.stop()
-        self.cleanup(keep_log=exc_type is not None)
+        # a failure keeps the log to read; a stop the user asked for (Ctrl-C) is no failure: nothing is left
+        self.cleanup(keep_log=exc_type is not None and not issubclass(exc_type, KeyboardInterrupt))
