@@ -12,7 +12,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from coordgan.cli import app
-from runtime.bench.report import machine_label, render_plot, to_json
+from runtime.bench import report
+from runtime.bench.report import machine_label, render_compare_plot, render_plot, to_json
 from runtime.bench.stats import summarize
 
 META = {"target": "encoder", "workload": "tiny encoder", "time": "2026-12-07T09:50:00Z",
@@ -80,3 +81,22 @@ def test_compare_plot_and_refusals(tmp_path):
         render_plot([r for r in rows() if r["status"] != "ok"], tmp_path / "e.png", META)
     assert not (tmp_path / "e.png").exists()
     assert json.loads(a.read_text())["rows"]  # the inputs untouched
+
+
+def test_compare_plot_draws_no_bar_for_a_row_without_a_ratio(tmp_path, monkeypatch):
+    """A's p50 of 0 leaves the ratio unknown: that row is labelled n/a and has no bar (it drew a green
+    zero-length bar, "B is faster")."""
+    a = {"meta": META, "rows": rows()}
+    a["rows"][0] = {**a["rows"][0], "p50_ms": 0.0}  # torch, batch 1
+    b = {"meta": META, "rows": rows(scale=1.3)}
+    figures = []
+    monkeypatch.setattr(report, "_save", lambda fig, path: figures.append(fig))
+    render_compare_plot(a, b, tmp_path / "c.png", "a", "b")
+    right = figures[0].axes[1]
+    bars = right.patches
+    labels = [t.get_text() for t in right.get_yticklabels()]
+    assert len(labels) == 8 and labels[0] == "torch, batch 1: n/a"
+    assert len(bars) == 7  # one per row with a ratio
+    assert sorted(round(b.get_y() + b.get_height() / 2) for b in bars) == list(range(1, 8))
+    assert all(b.get_width() > 1 for b in bars)  # B is slower in every drawn row: all red
+    assert {tuple(b.get_facecolor()) for b in bars} == {tuple(bars[0].get_facecolor())}

@@ -236,9 +236,11 @@ def render_compare_plot(a: dict, b: dict, path, name_a: str, name_b: str) -> Non
         picked = [r for r in ok_rows(data["rows"]) if (r["target"], r["backend"], r["batch"]) in shared]
         series = _series(picked, lambda r: (f"{r['target']} / " if several else "") + r["backend"], "batch")
         _latency(left, series, "batch", "batch size", "per call", style=style, suffix=f" ({name})", band=False)
-    labels = [f"{r['backend']}, batch {r['batch']}" + (f" ({r['target']})" if several else "") for r in rows]
-    ratios = [r["p50_ratio"] or 0.0 for r in rows]
-    right.barh(range(len(rows)), ratios, color=["C2" if x < 1 else "C3" for x in ratios])
+    labels = [f"{r['backend']}, batch {r['batch']}" + (f" ({r['target']})" if several else "")
+              + ("" if r["p50_ratio"] is not None else ": n/a") for r in rows]
+    # a row without a ratio (A's p50 is 0) gets no bar: a zero-length green one read "B is faster"
+    drawn = [(i, r["p50_ratio"]) for i, r in enumerate(rows) if r["p50_ratio"] is not None]
+    right.barh([i for i, _ in drawn], [x for _, x in drawn], color=["C2" if x < 1 else "C3" for _, x in drawn])
     right.set_yticks(range(len(rows)), labels=labels, fontsize=8)
     right.axvline(1.0, color="black", linewidth=1)
     right.set_xlabel(f"p50 latency {name_b} / {name_a} (< 1: {name_b} is faster)")
