@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import hashlib
 import os
 import tempfile
+import threading
 from pathlib import Path
 
 from runtime.errors import CoordGANError, first_line
@@ -79,12 +81,37 @@ def _umask() -> int:
     return mask
 
 
+_HASHES: collections.OrderedDict = collections.OrderedDict()  # file identity -> hex digest, newest last
+_HASHES_KEPT = 64
+_HASHES_LOCK = threading.Lock()
+
+
+def _identity(st: os.stat_result) -> tuple:
+    """The file (device, inode: the same file by any path or link) and its version (size, mtime, ctime: an
+    in-place rewrite changes ctime even where mtime is set back; an atomic rewrite is a new inode)."""
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
 def sha256_file(path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
+    """The file's SHA-256, remembered per file version (a small LRU): opening one model hashes it once,
+    not once per layer that keys something by it (auto's choice, OpenVINO's cache, the run's identity)."""
+    with _HASHES_LOCK:
+        known = _HASHES.get(_identity(os.stat(path)))  # one stat: a known version is not opened nor read
+    if known is not None:
+        return known
     with open(path, "rb") as f:
+        before = _identity(os.fstat(f.fileno()))  # what is read (the path may have been replaced since)
+        digest = hashlib.sha256()
         for block in iter(lambda: f.read(chunk), b""):
             digest.update(block)
-    return digest.hexdigest()
+        after = _identity(os.fstat(f.fileno()))
+    hexdigest = digest.hexdigest()
+    if after == before:  # not written to while read: this digest is that version's
+        with _HASHES_LOCK:
+            _HASHES[before] = hexdigest
+            while len(_HASHES) > _HASHES_KEPT:
+                _HASHES.popitem(last=False)
+    return hexdigest
 
 
 def cache_dir(*parts: str) -> Path:

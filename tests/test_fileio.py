@@ -98,3 +98,38 @@ def test_a_full_disk_names_the_file_and_leaves_nothing(tmp_path):
     assert report["video"] == ["WriteError", True, f"Cannot write {disk / 'overlay.mp4'} (No space left on device)."]
     assert report["left"] == []  # neither the targets nor a temp file
     assert issubclass(WriteError, OSError)  # optional writes (a cache) that catch OSError still do
+
+
+def test_sha256_file_reads_a_file_once_per_version(tmp_path, monkeypatch):
+    """Opening one model hashed it up to three times (auto's choice, OpenVINO's cache, the run's identity)."""
+    import hashlib
+
+    from runtime import fileio
+
+    reads = []
+    real_open = open
+
+    def counting_open(file, *args, **kwargs):
+        reads.append(str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(fileio, "open", counting_open, raising=False)
+    model = tmp_path / "encoder.onnx"
+    model.write_bytes(b"first version")
+    first = fileio.sha256_file(model)
+    assert first == hashlib.sha256(b"first version").hexdigest() and len(reads) == 1
+    assert fileio.sha256_file(model) == first and fileio.sha256_file(str(model)) == first
+    link = tmp_path / "link.onnx"
+    link.symlink_to(model)
+    assert fileio.sha256_file(link) == first
+    assert len(reads) == 1  # the same version by any name: not read again
+    # rewritten in place, same size, its mtime set back: still a new version
+    stat = model.stat()
+    model.write_bytes(b"other version")
+    os.utime(model, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert fileio.sha256_file(model) == hashlib.sha256(b"other version").hexdigest() and len(reads) == 2
+    # replaced atomically (a new export over the old one)
+    write(model, b"third")
+    assert fileio.sha256_file(model) == hashlib.sha256(b"third").hexdigest() and len(reads) == 3
+    with pytest.raises(FileNotFoundError):
+        fileio.sha256_file(tmp_path / "missing.onnx")
