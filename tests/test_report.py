@@ -109,7 +109,27 @@ def test_propagate_report_then_report_with_davis(encoder, tmp_path, monkeypatch,
     code, _, err = report(monkeypatch, capsys, out)
     assert code in (0, None), err
     assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []
-    assert len(list((out / "report_files").iterdir())) == 10
+    assert sorted(p.name for p in (out / "report_files").iterdir())[:2] == [".coordgan-report", "s000_0.jpg"]
+    assert len(list((out / "report_files").iterdir())) == 11  # 10 images and the marker
+
+
+def test_a_files_folder_that_no_report_made_is_never_replaced(encoder, tmp_path, monkeypatch, capsys):
+    """`report --out ~/proj/data.html` must not delete ~/proj/data_files (someone's data)."""
+    davis = make_davis(tmp_path / "davis", {"bear": True})
+    out, proj = tmp_path / "out", tmp_path / "proj"
+    code, _, err = run_main(monkeypatch, capsys, "propagate", davis, "--model", encoder, "--out", out)
+    assert code in (0, None), err
+    (proj / "data_files").mkdir(parents=True)
+    (proj / "data_files" / "precious.csv").write_text("1,2,3\n")
+    code, _, err = report(monkeypatch, capsys, out, "--out", proj / "data.html")
+    assert code == 1 and err.count("\n") == 1, err
+    assert f"{proj / 'data_files'} exists and no report made it" in err
+    assert (proj / "data_files" / "precious.csv").read_text() == "1,2,3\n"
+    assert sorted(p.name for p in proj.iterdir()) == ["data_files"]  # no page, no staging folder
+    (proj / "data_files" / "precious.csv").unlink()  # an empty folder holds nothing to lose: used
+    code, _, err = report(monkeypatch, capsys, out, "--out", proj / "data.html")
+    assert code in (0, None), err
+    assert (proj / "data_files" / ".coordgan-report").is_file() and (proj / "data.html").is_file()
 
 
 def test_half_finished_run_is_drawn_as_far_as_it_got(encoder, tmp_path, monkeypatch, capsys):

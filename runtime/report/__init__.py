@@ -10,7 +10,8 @@ from its folder (images beside it, relative links), with no network and no serve
 a deployment box draws it.
 
 Written so nothing half-done looks complete: the images are staged in a temp folder that replaces
-the old one whole, then the page is written atomically, last.
+the old one whole, then the page is written atomically, last. The images folder holds a marker file
+(`.coordgan-report`); an existing <stem>_files/ without it is someone else's and is never replaced.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ REPORT_FILE = "report.html"
 COLUMNS = 5  # frames in a sequence's strip
 THUMB_HEIGHT = 128
 THUMB_MAX_WIDTH = 256
+MARKER = ".coordgan-report"  # in the images folder: a report made it, so a later report may replace it
 
 
 def write_report(folder, out=None, *, davis=None, model=None, columns: int = COLUMNS) -> tuple[Path, Run]:
@@ -40,8 +42,10 @@ def write_report(folder, out=None, *, davis=None, model=None, columns: int = COL
     out = Path(out) if out is not None else Path(folder) / REPORT_FILE
     check_target(out, make_folder=True)
     files = out.with_name(f"{out.stem}_files")
+    _check_replaceable(files)  # before any work: a folder that is not a report's is refused, untouched
     staged = Path(tempfile.mkdtemp(prefix=f".{files.name}.", dir=out.parent))
     try:
+        (staged / MARKER).write_text("images of a `coordgan report` page; replaced whole when it is written again\n")
         images, notes = {}, {}
         for i, seq in enumerate(run.sequences):
             images[seq.name], notes[seq.name] = _strip(seq, i, davis, columns, staged, files.name)
@@ -101,10 +105,20 @@ def _strip(seq, index: int, davis, columns: int, folder: Path, rel: str):
     return shown, notes
 
 
+def _check_replaceable(target: Path) -> None:
+    """`target` may become the report's images folder: missing, empty, or an earlier report's (marked)."""
+    if not target.exists():
+        return
+    if not target.is_dir():
+        raise CoordGANError(f"{target} is a file; the report's images go in a folder of that name.")
+    if not (target / MARKER).is_file() and any(target.iterdir()):
+        raise CoordGANError(f"{target} exists and no report made it (it has no {MARKER}); move it away or write "
+                            "the page elsewhere with --out.")
+
+
 def _replace_folder(staged: Path, target: Path) -> None:
     """Put the staged folder in place of `target` (an earlier report's images) by renames."""
-    if target.exists() and not target.is_dir():
-        raise CoordGANError(f"{target} is a file; the report's images go in a folder of that name.")
+    _check_replaceable(target)
     staged.chmod(0o755)  # mkdtemp makes it 0700
     old = None
     if target.exists():
