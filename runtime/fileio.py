@@ -6,6 +6,7 @@ import collections
 import contextlib
 import hashlib
 import os
+import stat
 import tempfile
 import threading
 from pathlib import Path
@@ -51,14 +52,17 @@ def check_target(path, *, make_folder: bool = False) -> None:
 def atomic_write(path, mode: str = "wb"):
     """Write to a temp file beside `path`, then rename: readers never see a half-written file.
 
-    An OS error about this file (a full disk, no permission) is a WriteError naming `path`; one about
-    another file (the caller's, with its own name) passes as it is. The folder must exist."""
+    An OS error about this file (a full disk, no permission, a missing folder, a folder in its place) is a
+    WriteError naming `path`; one about another file (the caller's, with its own name) passes as it is.
+    The folder must exist. One stat before writing (a device or pipe would be replaced by the rename, which
+    succeeds); everything else is asked only after a failure, to say why: on a shared filesystem with a
+    file per frame, every metadata call counts."""
     path = Path(path)
-    check_target(path)
+    _refuse_special(path)
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as exc:  # e.g. no permission in the folder: the error names the temp file
-        raise write_error(path, exc) from None
+    except OSError as exc:  # e.g. a missing folder or no permission: the error names the temp file
+        raise _explained(path, exc) from None
     try:
         with os.fdopen(fd, mode) as f:
             yield f
@@ -71,8 +75,27 @@ def atomic_write(path, mode: str = "wb"):
             os.unlink(tmp)
         ours = isinstance(exc, OSError) and not isinstance(exc, CoordGANError) and exc.filename in (None, tmp)
         if ours:
-            raise write_error(path, exc) from None
+            raise _explained(path, exc) from None
         raise
+
+
+def _refuse_special(path: Path) -> None:
+    try:
+        st = os.stat(path)
+    except OSError:  # absent (the usual case), or its folder is: mkstemp fails and that is explained then
+        return
+    if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+        check_target(path)  # the sentence
+
+
+def _explained(path: Path, exc: OSError) -> WriteError:
+    """The sentence for a failed write, found by looking at the target now: a folder in its place, a missing
+    folder, a path through a file; else the OS's reason."""
+    try:
+        check_target(path)
+    except WriteError as refusal:
+        return refusal
+    return write_error(path, exc)
 
 
 def _umask() -> int:

@@ -133,3 +133,30 @@ def test_sha256_file_reads_a_file_once_per_version(tmp_path, monkeypatch):
     assert fileio.sha256_file(model) == hashlib.sha256(b"third").hexdigest() and len(reads) == 3
     with pytest.raises(FileNotFoundError):
         fileio.sha256_file(tmp_path / "missing.onnx")
+
+
+def test_a_successful_write_asks_one_stat_and_failures_are_still_explained(tmp_path, monkeypatch):
+    """check_target ran for every mask and state file (about five stats each on the shared filesystem);
+    now one stat before writing (a device would be replaced by the rename) and the rest after a failure."""
+    from runtime import fileio
+
+    real_stat, calls = os.stat, []
+    real_check = fileio.check_target
+
+    def counting_stat(path, *args, **kwargs):
+        calls.append(str(path))
+        return real_stat(path, *args, **kwargs)
+
+    def no_check(path, **kwargs):
+        raise AssertionError("check_target on a successful write")
+
+    monkeypatch.setattr(os, "stat", counting_stat)
+    monkeypatch.setattr(fileio, "check_target", no_check)
+    write(tmp_path / "00001.png")
+    write(tmp_path / "00001.png", b"again")  # over an existing file
+    assert calls == [str(tmp_path / "00001.png")] * 2 and (tmp_path / "00001.png").read_bytes() == b"again"
+    monkeypatch.setattr(fileio, "check_target", real_check)
+    (tmp_path / "folder.png").mkdir()
+    with pytest.raises(WriteError, match=r"^.*folder.png is a folder; give a file name to write\.$"):
+        write(tmp_path / "folder.png")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["00001.png", "folder.png"]
