@@ -159,14 +159,16 @@ def test_half_finished_run_is_drawn_as_far_as_it_got(encoder, tmp_path, monkeypa
 
 
 def test_cluster_summary_in_the_header_and_a_failed_sequence(encoder, tmp_path, monkeypatch, capsys):
-    from runtime.propagation.cluster import SUMMARY_FILE, ClusterResult, SequenceResult
+    from runtime.propagation.cluster import SUMMARY_FILE, ClusterResult, SequenceResult, summary_digest
 
     davis = make_davis(tmp_path / "davis", {"bear": True})
     out = tmp_path / "out"
     code, _, err = run_main(monkeypatch, capsys, "propagate", davis, "--model", encoder, "--out", out)
     assert code in (0, None), err
+    bear = json.loads((out / "bear" / "summary.json").read_text())
     result = ClusterResult("local", 2, 1, 1.5, 3.25, [
-        SequenceResult("bear", "done", attempts=2, worker=0, frames=T, frames_processed=T),
+        SequenceResult("bear", "done", attempts=2, worker=0, frames=T, frames_processed=T,
+                       summary_digest=summary_digest(bear)),
         SequenceResult("dog", "failed", attempts=3, reason="Reference mask dog/00000.png is damaged.")])
     (out / SUMMARY_FILE).write_text(json.dumps(result.to_json()))  # as run_cluster writes it
     code, _, err = report(monkeypatch, capsys, out)
@@ -175,6 +177,16 @@ def test_cluster_summary_in_the_header_and_a_failed_sequence(encoder, tmp_path, 
     assert "Ray local: 2 workers x 1 thread, start-up 1.5 s, run 3.2 s" in html and "3 retries, 1 failed" in html  # 1 + 2 attempts more
     assert "Failed sequences: dog." in html and "failed: Reference mask dog/00000.png is damaged." in html
     assert [name for name, _ in overview(html)] == ["bear", "dog"]
+
+    # a later run in the same folder (in-process, --overwrite) leaves cluster_summary.json behind: not this run's
+    code, _, err = run_main(monkeypatch, capsys, "propagate", davis, "--model", encoder, "--out", out, "--overwrite")
+    assert code in (0, None), err
+    assert (out / SUMMARY_FILE).is_file()
+    code, _, err = report(monkeypatch, capsys, out)
+    assert code in (0, None), err
+    html = page_of(out / "report.html")
+    assert "Ray local" not in html and "retries" not in html and "dog" not in html
+    assert [name for name, _ in overview(html)] == ["bear"]
 
 
 def test_bad_inputs_are_one_sentence(encoder, tmp_path, monkeypatch, capsys):

@@ -26,6 +26,7 @@ does. Ray is imported only here, and only when a cluster run starts.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import signal
@@ -103,6 +104,7 @@ class SequenceResult:
     seconds: float | None = None
     reason: str | None = None
     warnings: list = field(default_factory=list)
+    summary_digest: str | None = None  # of the summary.json a done or skipped sequence has (summary_digest)
 
 
 @dataclass
@@ -157,6 +159,15 @@ class ClusterResult:
                 "seconds": round(self.seconds, 3), "frames_processed": self.frames_processed,
                 "frames_per_s": self.frames_per_s, "failed": len(self.failed),
                 "sequences": [{k: v for k, v in asdict(r).items() if k != "warnings"} for r in self.sequences]}
+
+
+def summary_digest(summary: dict) -> str:
+    """A sequence summary's identity: cluster_summary.json records it for every sequence done or skipped,
+    so a report can tell whether the sequence folders still hold that run's results (a later run in the
+    same folder writes another summary, if only by its times)."""
+    kept = {k: v for k, v in summary.items() if k != "skipped"}  # a resumed complete sequence: its file's summary
+    text = json.dumps(json.loads(json.dumps(kept)), sort_keys=True)  # as the file reads back: str keys, lists
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def run_cluster(jobs, options, model: ModelSpec, cluster: ClusterOptions, out, *,
@@ -366,7 +377,7 @@ class _Scheduler:
         self._finish(SequenceResult(
             name, "skipped" if s.get("skipped") else "done", attempt, value["worker"], value["node"], value["pid"],
             s.get("frames"), 0 if s.get("skipped") else s.get("frames_processed", 0), s.get("resumed_from"),
-            value["seconds"], warnings=list(s.get("warnings", []))))
+            value["seconds"], warnings=list(s.get("warnings", [])), summary_digest=summary_digest(s)))
 
     def _rejoined(self, ref) -> None:
         index = self.restarting.pop(ref)

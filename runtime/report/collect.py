@@ -3,7 +3,9 @@
 A run's folder is one sequence (OUT/summary.json: a video or a frame folder) or a dataset
 (OUT/<seq>/summary.json); `coordgan demo` puts its sequence in OUT/masks/ beside demo.json and the
 ground truth gt/. A sequence folder with the resume state but no summary.json is an unfinished
-run's. `--cluster` runs add OUT/cluster_summary.json (workers, retries, the sequences that failed).
+run's. `--cluster` runs add OUT/cluster_summary.json (workers, retries, the sequences that failed);
+it is read only while the sequence folders still hold that run's results (a later run in OUT leaves
+it behind: then it is not this page's run, and the page says nothing of it).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from runtime.errors import CoordGANError
 from runtime.io.video import natural_key
 from runtime.propagation.cluster import FORMAT as CLUSTER_FORMAT
 from runtime.propagation.cluster import SUMMARY_FILE as CLUSTER_FILE
+from runtime.propagation.cluster import summary_digest
 from runtime.propagation.output import FORMAT, PROBS_DIR, SUMMARY_FILE, holds_run
 
 MANIFEST = "manifest.json"  # of an export directory (export/manifest.py, read here as plain JSON)
@@ -72,6 +75,8 @@ def read_run(folder, *, davis=None, model=None) -> Run:
     cluster = _read_json(folder / CLUSTER_FILE, CLUSTER_FORMAT)
     demo = _read_json(folder / DEMO_FILE)
     sequences = [_read_sequence(f) for f in _sequence_folders(folder)]
+    if cluster is not None and not _cluster_holds(cluster, sequences):
+        cluster = None  # stale: another run has written the sequences since
     known = {s.name for s in sequences}
     for entry in (cluster or {}).get("sequences", []):
         if entry.get("status") == "failed" and entry.get("sequence") not in known:
@@ -88,6 +93,26 @@ def read_run(folder, *, davis=None, model=None) -> Run:
     if model is not None:
         _read_manifest(run, Path(model))
     return run
+
+
+def _cluster_holds(cluster: dict, sequences: list[SequenceRun]) -> bool:
+    """Whether the sequence folders hold what the cluster run recorded: each sequence it did (or found
+    complete) has the very summary it recorded (by summary_digest), each it failed has no summary."""
+    entries = cluster.get("sequences")
+    if not isinstance(entries, list) or not entries:
+        return False
+    complete = {s.name: s.summary for s in sequences if s.summary is not None}
+    for entry in entries:
+        if not isinstance(entry, dict):
+            return False
+        summary = complete.get(entry.get("sequence"))
+        if entry.get("status") == "failed":
+            if summary is not None:
+                return False
+        elif summary is None or not entry.get("summary_digest") or \
+                summary_digest(summary) != entry["summary_digest"]:
+            return False
+    return True
 
 
 def _sequence_folders(folder: Path) -> list[Path]:
