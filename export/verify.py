@@ -152,7 +152,9 @@ def _verify_openvino(path: Path, report: VerifyReport, name, entry, encoder, gen
     except CoordGANError as exc:  # not installed, or it cannot compile this model
         report.notes.append(f"{path.name} was not checked on OpenVINO: {str(exc).rstrip('.')}.")
     except RuntimeError as exc:  # OpenVINO's own errors while running
-        report.notes.append(f"{path.name} was not checked on OpenVINO: {first_line(exc)}.")
+        from runtime.backends.openvino_backend import ov_reason
+
+        report.notes.append(f"{path.name} was not checked on OpenVINO: {ov_reason(exc)}.")
 
 
 def _verify_engine(plan: Path, report: VerifyReport, name, entry, encoder, generator, batches) -> None:

@@ -15,7 +15,7 @@ import numpy as np
 
 from runtime.backends.base import Backend, TensorSpec
 from runtime.devices import check_device, cpu_threads
-from runtime.errors import CoordGANError, first_line
+from runtime.errors import CoordGANError
 from runtime.fileio import cache_dir, sha256_file
 
 PRECISIONS = ("f32", "bf16", "f16")
@@ -28,6 +28,15 @@ def import_openvino():
         raise CoordGANError(
             "OpenVINO is not installed; install it with: pip install 'coordgan-deploy[openvino]'.") from None
     return openvino
+
+
+def ov_reason(exc: BaseException) -> str:
+    """OpenVINO's error as a clause: its "Exception from <source file>:<line>:" frames and its list of
+    frontends dropped, the cause kept."""
+    lines = [line.strip() for line in str(exc).splitlines()
+             if line.strip() and not line.startswith("Exception from ")]
+    text = " ".join(lines).split(" Available frontends:")[0]
+    return text.rstrip(". ") or type(exc).__name__
 
 
 def _specs(ports) -> list[TensorSpec]:
@@ -55,11 +64,16 @@ class OpenVINOBackend(Backend):
         config = {"INFERENCE_NUM_THREADS": self.threads, "INFERENCE_PRECISION_HINT": precision,
                   "PERFORMANCE_HINT": "LATENCY"}  # one batch at a time, every thread on it
         if cache:
-            config["CACHE_DIR"] = str(cache_dir("openvino", sha256_file(path)[:16]))
+            folder = cache_dir("openvino", sha256_file(path)[:16])
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                config["CACHE_DIR"] = str(folder)
+            except OSError:  # a read-only cache: compile every time
+                pass
         try:
             self.compiled = ov.Core().compile_model(str(path), "CPU", config)
         except Exception as exc:  # OpenVINO raises RuntimeError with its own text for bad or unsupported files
-            raise CoordGANError(f"OpenVINO cannot load {path}: {first_line(exc).rstrip('.')}.") from None
+            raise CoordGANError(f"OpenVINO cannot load {path}: {ov_reason(exc)}.") from None
         self.request = self.compiled.create_infer_request()
         self.inputs = _specs(self.compiled.inputs)
         self.outputs = _specs(self.compiled.outputs)
