@@ -117,7 +117,7 @@ def test_resume_after_interruption_gives_the_same_outputs(models, tmp_path):
         propagate_sequence(models["right"], frames, refs, out, opts)
     with pytest.raises(CoordGANError, match=r"holds an interrupted run with other options \(tau 0.01 then, 0.02 now\)"):
         propagate_sequence(models["right"], frames, refs, out, PropagateOptions(batch=3, memory=2, tau=0.02,
-                                                                                  resume=True))
+                                                                                  save_probs=True, resume=True))
     summary = propagate_sequence(models["right"], frames, refs, out,
                                  PropagateOptions(batch=3, memory=2, save_probs=True, resume=True, overlay=overlay))
     assert summary["resumed_from"] == 3 and summary["frames"] == 9 and summary["frames_processed"] == 6
@@ -128,9 +128,11 @@ def test_resume_after_interruption_gives_the_same_outputs(models, tmp_path):
         assert (out / f"{name}.png").read_bytes() == (tmp_path / "straight" / f"{name}.png").read_bytes()
         with np.load(out / "probs" / f"{name}.npz") as a, np.load(tmp_path / "straight" / "probs" / f"{name}.npz") as b:
             assert np.array_equal(a["probs"], b["probs"])
-    again = propagate_sequence(models["right"], frames, refs, out, PropagateOptions(batch=3, memory=2, resume=True))
+    again = propagate_sequence(models["right"], frames, refs, out, PropagateOptions(batch=3, memory=2, save_probs=True,
+                                                                                    resume=True))
     assert again["skipped"] == "already complete"
-    with pytest.raises(CoordGANError, match=r"holds the results of a run with other options \(memory 2 then, 3 now\)"):
+    with pytest.raises(CoordGANError,
+                       match=r"holds the results of a run with other options \(memory 2 then, 3 now, save_probs True then"):
         propagate_sequence(models["right"], frames, refs, out, PropagateOptions(resume=True))  # not 'complete'
 
 

@@ -191,3 +191,39 @@ def test_the_input_digest_is_the_same_in_every_process(tmp_path):
     digests = {subprocess.run([sys.executable, "-c", code, str(tmp_path / "clip")], capture_output=True, text=True,
                               check=True, env={**os.environ, "PYTHONHASHSEED": seed}).stdout for seed in "0123"}
     assert len(digests) == 1
+
+
+@pytest.mark.parametrize("changed, differs", [
+    (dict(save_probs=True), "save_probs False then, True now"),  # probs/ would hold only the later frames
+    (dict(lookup="dense"), "lookup 'sparse' then, 'dense' now"),  # another path's numbers for the later frames
+])
+def test_resume_refuses_options_that_change_what_is_written(encoders, tmp_path, changed, differs):
+    model, _ = encoders
+    frames, refs = frames_with_red([0, 8, 16, 24, 32], G), [Reference(objects(G), PALETTE)]
+    with pytest.raises(KeyboardInterrupt):
+        propagate_sequence(model, frames, refs, tmp_path, OPTS, observer=interrupt_after(2))
+    with pytest.raises(CoordGANError, match=rf"holds an interrupted run with other options \({differs}\)"):
+        propagate_sequence(model, frames, refs, tmp_path, PropagateOptions(batch=2, memory=2, resume=True, **changed))
+    summary = propagate_sequence(model, frames, refs, tmp_path, RESUME)
+    assert summary["options"]["lookup"] == "sparse"  # the path that ran, "auto" resolved
+
+
+def test_a_resume_with_nothing_to_continue_keeps_someone_elses_overlay(encoders, tmp_path):
+    model, _ = encoders
+    overlay = tmp_path / "theirs.mp4"
+    overlay.write_bytes(b"a video of someone else's")
+    with pytest.raises(CoordGANError, match="already exists; pass --overwrite"):
+        propagate_sequence(model, frames_with_red([0, 8], G), [Reference(objects(G), PALETTE)], tmp_path / "out",
+                           PropagateOptions(resume=True, overlay=overlay))
+    assert overlay.read_bytes() == b"a video of someone else's"
+
+
+def test_frames_in_memory_count_whole(encoders, tmp_path):
+    model, _ = encoders
+    frames, refs = frames_with_red([0, 8, 16, 24], G), [Reference(objects(G), PALETTE)]
+    with pytest.raises(KeyboardInterrupt):
+        propagate_sequence(model, frames, refs, tmp_path, OPTS, observer=interrupt_after(2))
+    other = frames.copy()
+    other[3] = 255 - other[3]  # the same first frame and length, another last frame
+    with pytest.raises(CoordGANError, match=r"another input \(its content differs\)"):
+        propagate_sequence(model, other, refs, tmp_path, RESUME)

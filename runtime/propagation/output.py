@@ -64,7 +64,7 @@ def holds_run(folder) -> bool:
 
 def input_digest(source: FrameSource) -> str:
     """A hash of the input's content: a video's size and both ends of its file; a folder's frame names and
-    sizes and its first and last frames' bytes; in-memory frames, the first frame's pixels."""
+    sizes and its first and last frames' bytes; in-memory frames, all their pixels."""
     digest = hashlib.sha256()
     files = getattr(source, "files", None)
     if files is not None:
@@ -79,8 +79,9 @@ def input_digest(source: FrameSource) -> str:
             digest.update(f.read(_EDGE_BYTES))
             f.seek(max(0, size - _EDGE_BYTES))
             digest.update(f.read(_EDGE_BYTES))
-    elif getattr(source, "items", None) is not None:
-        digest.update(np.ascontiguousarray(source.items[0]).tobytes())
+    elif getattr(source, "items", None) is not None:  # in memory already: every frame
+        for frame in source.items:
+            digest.update(np.ascontiguousarray(frame).tobytes())
     else:
         digest.update(str(source.path).encode())  # frames read once, as they come: nothing to re-read
     return digest.hexdigest()[:16]
@@ -134,7 +135,7 @@ class SequenceFolder:
         if ours and not resume and not overwrite:
             raise CoordGANError(f"{self.path} already holds propagation results; pass --overwrite to replace them or "
                                 "--resume to continue an interrupted run.")
-        if self.overlay and self.overlay.exists() and not (overwrite or resume):
+        if self.overlay and self.overlay.exists() and not overwrite:  # (nothing of ours here to resume)
             raise CoordGANError(f"The overlay video {self.overlay} already exists; pass --overwrite to replace it.")
         if ours:
             self._clear()

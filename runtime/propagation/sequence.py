@@ -33,6 +33,7 @@ from runtime.errors import CoordGANError
 from runtime.io import masks as mask_io
 from runtime.io.prefetch import prefetched
 from runtime.io.video import FrameSource, VideoWriter, as_frame_source
+from runtime.lookup import choose_impl
 from runtime.lookup.spec import IMPLS, LookupParams
 from runtime.propagation.observer import Observer
 from runtime.propagation.output import FORMAT, PROBS_DIR, MaskWriter, SequenceFolder, fingerprint
@@ -135,19 +136,23 @@ def propagate_sequence(model, frames, refs: Sequence[Reference], out_dir,
     if not len(labels):
         raise CoordGANError(f"Reference mask {refs_at[0].source} holds only void pixels (255); give at least one "
                             "label to propagate.")
-    identity = fingerprint(model_id=model.identity(), source=source, algorithm=options.algorithm(),
-                         labels=labels.values.tolist(),
+    # the lookup path that will run (auto resolved here: a resume on a machine that picks another is refused)
+    impl = choose_impl(options.lookup, classes=len(labels), mode=params.mode, k=params.k)
+    resolved = replace(options, lookup=impl)
+    identity = fingerprint(model_id=model.identity(), source=source,
+                           algorithm={**resolved.algorithm(), "save_probs": options.save_probs, "lookup": impl},
+                           labels=labels.values.tolist(),
                          references={str(i): refs_at[i].digest() for i in sorted(refs_at)})
     with SequenceFolder(out_dir, source, options.overlay) as folder:
         opened = folder.open(identity, resume=options.resume, overwrite=options.overwrite)
         if "skipped" in opened:
             return opened  # --resume of a complete sequence: its summary
         if "state" in opened:
-            step, start, meta = Propagator.restore(opened["state"], params, impl=options.lookup, observer=observer)
+            step, start, meta = Propagator.restore(opened["state"], params, impl=impl, observer=observer)
             folder.check_state(meta, identity)
         else:
-            step, start, meta = Propagator(params, impl=options.lookup, labels=labels.values, observer=observer), 0, {}
-        run = _Pass(step, folder, source, refs_at, options, start, {"fingerprint": identity, **meta})
+            step, start, meta = Propagator(params, impl=impl, labels=labels.values, observer=observer), 0, {}
+        run = _Pass(step, folder, source, refs_at, resolved, start, {"fingerprint": identity, **meta})
         summary = run.execute(model)
         summary.update(sequence=name or out_dir.name, input=str(source.path), fingerprint=identity)
         folder.finish(summary)
