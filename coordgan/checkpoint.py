@@ -75,11 +75,8 @@ def save(path, config: ModelConfig, networks: dict[str, nn.Module], metadata: di
             tensors[f"{key}.{name}"] = tensor.detach().to("cpu").contiguous()
     meta = {"format": FORMAT, "config": config.to_json(), "networks": ",".join(networks),
             "extra": json.dumps(metadata or {})}
-    try:
-        with atomic_write(path) as f:
-            f.write(st_save(tensors, metadata=meta))
-    except OSError as exc:
-        raise CoordGANError(f"Cannot write checkpoint {path}: {exc.strerror or exc}.") from None
+    with atomic_write(path) as f:  # its refusals (a WriteError) name the path already
+        f.write(st_save(tensors, metadata=meta))
     return path
 
 

@@ -66,9 +66,6 @@ def write_lookup_model(path, classes: int, *, tau: float = 0.01, mode: str = "so
         raise CoordGANError(f"Cannot write {path}: {path.parent} is not a directory.")
     model = lookup_model(classes, tau=tau, mode=mode, k=k, fp16=fp16)
     onnx.checker.check_model(model, full_check=False)  # custom domains have no schema to fully check
-    try:
-        with atomic_write(path) as f:
-            f.write(model.SerializeToString())
-    except OSError as exc:
-        raise CoordGANError(f"Cannot write {path}: {exc.strerror or exc}.") from None
+    with atomic_write(path) as f:  # its refusals (a WriteError) name the path already
+        f.write(model.SerializeToString())
     return path

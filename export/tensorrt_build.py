@@ -199,11 +199,8 @@ def profile_ranges(onnx_path: Path, manifest: dict, options: EngineOptions) -> d
 
 
 def _save_timing_cache(cache, path) -> None:
-    try:
-        with atomic_write(path) as f:
-            f.write(memoryview(cache.serialize()))
-    except OSError as exc:
-        raise CoordGANError(f"Cannot write the timing cache {path}: {exc.strerror or exc}.") from None
+    with atomic_write(path) as f:  # its refusals (a WriteError) name the path already
+        f.write(memoryview(cache.serialize()))
 
 
 def _build_one(trt, builder, logger, directory, manifest, name, file, options, timing_cache, strongly_typed_only,

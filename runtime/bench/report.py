@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 
 from runtime.errors import CoordGANError
-from runtime.fileio import atomic_write
+from runtime.fileio import atomic_write, check_target
 
 COLUMNS = ("target", "backend", "batch", "precision", "device", "status", "iters", "p50_ms", "p90_ms", "p99_ms",
            "mean_ms", "min_ms", "max_ms", "std_ms", "throughput", "host_peak_mb", "gpu_peak_mb",
@@ -121,13 +121,11 @@ def failures(rows) -> str | None:
 
 
 def write_text(path, text: str) -> None:
+    """atomic_write's refusals are the sentence already (a WriteError naming the path): not wrapped again."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        with atomic_write(path, "w") as f:
-            f.write(text)
-    except OSError as exc:
-        raise CoordGANError(f"Cannot write {path}: {exc.strerror or exc}.") from None
+    check_target(path, make_folder=True)
+    with atomic_write(path, "w") as f:
+        f.write(text)
 
 
 def load_results(path) -> dict:
@@ -320,9 +318,6 @@ def _throughput(ax, series, x_key, xlabel, unit) -> None:
 
 def _save(fig, path) -> None:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        with atomic_write(path) as f:
-            fig.savefig(f, format="png")
-    except OSError as exc:
-        raise CoordGANError(f"Cannot write {path}: {exc.strerror or exc}.") from None
+    check_target(path, make_folder=True)
+    with atomic_write(path) as f:
+        fig.savefig(f, format="png")
