@@ -227,3 +227,16 @@ def test_frames_in_memory_count_whole(encoders, tmp_path):
     other[3] = 255 - other[3]  # the same first frame and length, another last frame
     with pytest.raises(CoordGANError, match=r"another input \(its content differs\)"):
         propagate_sequence(model, other, refs, tmp_path, RESUME)
+
+
+def test_resume_refuses_another_backend(encoders, tmp_path):
+    """--backend auto may pick openvino in one process and onnxruntime in another; they agree only to
+    ~1e-7, so a resume on the other one is refused, naming both."""
+    pytest.importorskip("openvino", reason="needs the openvino extra")
+    model, _ = encoders
+    frames, refs = frames_with_red([0, 8, 16, 24], G), [Reference(objects(G), PALETTE)]
+    with pytest.raises(KeyboardInterrupt):
+        propagate_sequence(model, frames, refs, tmp_path, OPTS, observer=interrupt_after(2))
+    with CorrespondenceModel(model.path, backend="openvino") as other:
+        with pytest.raises(CoordGANError, match=r"other options \(backend 'onnxruntime' then, 'openvino' now\)"):
+            propagate_sequence(other, frames, refs, tmp_path, RESUME)

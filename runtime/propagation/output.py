@@ -44,11 +44,13 @@ FORMAT = "coordgan-propagate/1"
 _EDGE_BYTES = 1 << 20  # of a video hashed at each end: the container's header and index, the first frames
 
 
-def fingerprint(*, model_id: str, source: FrameSource, algorithm: dict, labels: list, references: dict) -> dict:
-    """What decides the masks, as a resumed run must match it: the model's identity, the input's
-    content (not its path: data staged elsewhere still resumes), the options, labels and references."""
-    return {**algorithm, "model": model_id, "input": input_digest(source), "frames": source.count,
-            "labels": labels, "references": references}
+def fingerprint(*, model_id: str, backend: str, source: FrameSource, algorithm: dict, labels: list,
+                references: dict) -> dict:
+    """What decides the outputs, as a resumed run must match it: the model's identity and the backend that
+    runs it (onnxruntime and openvino agree only to ~1e-7), the input's content (not its path: data staged
+    elsewhere still resumes), the options, labels and references."""
+    return {**algorithm, "model": model_id, "backend": backend, "input": input_digest(source),
+            "frames": source.count, "labels": labels, "references": references}
 
 
 def holds_run(folder) -> bool:

@@ -121,7 +121,7 @@ def propagate_sequence(model, frames, refs: Sequence[Reference], out_dir,
                        observer: Observer | None = None) -> dict:
     """Write a mask for every frame into `out_dir`; returns the summary (also written as summary.json).
 
-    model: a CorrespondenceModel (anything with `.correspondence(frames, observer)` and `.identity()`).
+    model: a CorrespondenceModel (anything with `.correspondence(frames, observer)`, `.identity()` and `.backend`).
     frames: a FrameSource (runtime.io.video.open_frames), frames in memory ((T, H, W, 3) uint8), or any
         iterable of (H, W, 3) uint8 frames or (name, frame) pairs (read once, as they come).
     refs: the annotated frames; one of them must be frame 0.
@@ -139,7 +139,7 @@ def propagate_sequence(model, frames, refs: Sequence[Reference], out_dir,
     # the lookup path that will run (auto resolved here: a resume on a machine that picks another is refused)
     impl = choose_impl(options.lookup, classes=len(labels), mode=params.mode, k=params.k)
     resolved = replace(options, lookup=impl)
-    identity = fingerprint(model_id=model.identity(), source=source,
+    identity = fingerprint(model_id=model.identity(), backend=getattr(model.backend, "name", "?"), source=source,
                            algorithm={**resolved.algorithm(), "save_probs": options.save_probs, "lookup": impl},
                            labels=labels.values.tolist(),
                          references={str(i): refs_at[i].digest() for i in sorted(refs_at)})
