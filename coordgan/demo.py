@@ -6,7 +6,9 @@ checkpoint on ONNX Runtime, CPU). Outputs in `out`: faces.mp4, gt/, masks/ (+ su
 identity/ (the first-frame mask copied to every frame), overlay.mp4, strip.png (a few frames with
 the ground truth, the identity baseline and the propagated masks side by side), and demo.json last.
 A run first removes an earlier demo's outputs, and a failed or interrupted one removes its own: a
-folder with demo.json holds one whole run, and one without it holds none.
+folder with demo.json holds one whole run, and one without it holds none. Only a demo's own outputs are
+ever removed: a run writes the marker .coordgan-demo before anything else (and a failed one removes it
+last), so a folder of those names that no demo made (a project's masks/) is refused, never deleted.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from runtime.errors import CoordGANError
 
 SHIPPED_CKPT = Path(__file__).resolve().parents[1] / "checkpoints" / "tiny-synthetic-faces.safetensors"
 OUTPUTS = ("demo.json", "faces.mp4", "gt", "identity", "masks", "overlay.mp4", "strip.png")
+MARKER = ".coordgan-demo"  # written first by every run: what is beside it under OUTPUTS' names is a demo's
 
 
 @dataclass(frozen=True)
@@ -47,10 +50,13 @@ class DemoOptions:
 
 
 def check_out(out) -> None:
-    """The demo's output folder: refused up front when a file holds its name."""
+    """The demo's output folder: refused up front when a file holds its name, or when it holds files of the
+    demo's output names that no demo made."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise CoordGANError(f"--out {out} is a file; give a folder for the demo's outputs.")
+    if out.is_dir():
+        check_ours(out)
 
 
 def write_inputs(out: Path, options: DemoOptions):
@@ -110,12 +116,35 @@ def run_demo(model, out, options: DemoOptions = DemoOptions(), *, checkpoint: st
     check_out(out)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text("Outputs of `coordgan demo`: the next demo here replaces them.\n")
     _remove_outputs(out)  # demo.json first: never beside another run's files
     try:
         return _run(model, out, options, checkpoint, on_frame, on_note)
     except BaseException:  # Ctrl-C too: no half of a demo left to mistake for one
         _remove_outputs(out)
+        (out / MARKER).unlink(missing_ok=True)  # last: a run killed before this is still known as ours
         raise
+
+
+def check_ours(out: Path) -> None:
+    """Refuse a folder whose files of the demo's output names no demo made (`--out .` in a project with
+    masks/): they would be deleted. An empty folder of such a name is no loss."""
+    if (out / MARKER).is_file() or _demo_json(out / "demo.json"):  # a demo's (demo.json: one from before the marker)
+        return
+    for name in OUTPUTS:
+        path = out / name
+        if path.is_symlink() or (path.exists() and not (path.is_dir() and not any(path.iterdir()))):
+            kind = "folder" if path.is_dir() and not path.is_symlink() else "file"
+            raise CoordGANError(f"--out {out} already holds the {kind} {name}, which no earlier demo made; give "
+                                f"another --out (a demo replaces {', '.join(OUTPUTS)} in it).")
+
+
+def _demo_json(path: Path) -> bool:
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and {"checkpoint", "frames", "outputs", "identity baseline"} <= record.keys()
 
 
 def _remove_outputs(out: Path) -> None:

@@ -14,6 +14,7 @@ from coordgan.checkpoint import save
 from coordgan.config import PRESETS
 from coordgan.demo import SHIPPED_CKPT
 from coordgan.models import build
+from runtime.errors import CoordGANError
 
 
 @pytest.fixture(scope="module")
@@ -114,3 +115,40 @@ def test_shipped_checkpoint_beats_the_identity_baseline(tmp_path, monkeypatch, c
     assert code in (0, None), err
     result = json.loads((out / "demo.json").read_text())
     assert result["propagated"]["J_mean"] > result["identity baseline"]["J_mean"] + 0.1, result
+
+
+def test_demo_never_deletes_files_no_demo_made(tiny_ckpt, tmp_path, monkeypatch, capsys):
+    """`coordgan demo --out .` in a project deleted its masks/ (any gt/, identity/, masks/ was removed);
+    now only what a demo made goes (its marker, written first, says so), anything else is refused."""
+    from coordgan.demo import MARKER, OUTPUTS, DemoOptions, run_demo
+    from export.cache import encoder_onnx
+    from runtime.propagation.model import open_model
+
+    project = tmp_path / "project"
+    (project / "masks").mkdir(parents=True)
+    (project / "masks" / "00000.png").write_bytes(b"the user's mask")
+    (project / "gt").mkdir()  # empty: no loss
+    code, stdout, err = run_main(monkeypatch, capsys, "demo", "--ckpt", tiny_ckpt, "--out", project, "--frames", 4,
+                                 "--size", 32)
+    assert code == 1 and err.count("\n") == 1, err
+    assert err.strip() == (f"Error: --out {project} already holds the folder masks, which no earlier demo made; give "
+                           "another --out (a demo replaces demo.json, faces.mp4, gt, identity, masks, overlay.mp4, "
+                           "strip.png in it).")
+    assert (project / "masks" / "00000.png").read_bytes() == b"the user's mask"
+    assert sorted(p.name for p in project.iterdir()) == ["gt", "masks"]  # refused before the export, too
+    (project / "masks" / "00000.png").unlink()
+    (project / "strip.png").write_bytes(b"the user's picture")
+    encoder = encoder_onnx(tiny_ckpt, cache=tmp_path / "export")
+    with open_model(str(encoder), backend="onnxruntime", device="cpu") as model:
+        with pytest.raises(CoordGANError, match=r"already holds the file strip.png, which no earlier demo made"):
+            run_demo(model, project, DemoOptions(frames=4, size=32))
+        assert (project / "strip.png").read_bytes() == b"the user's picture"
+        (project / "strip.png").unlink()
+        run_demo(model, project, DemoOptions(frames=4, size=32))  # empty folders of those names: no loss
+        assert all((project / name).exists() for name in OUTPUTS) and (project / MARKER).is_file()
+        run_demo(model, project, DemoOptions(frames=5, size=32))  # the demo's own: replaced
+        assert len(list((project / "masks").glob("*.png"))) == 5
+        # a folder of a demo from before the marker is known by its demo.json
+        (project / MARKER).unlink()
+        run_demo(model, project, DemoOptions(frames=4, size=32))
+        assert len(list((project / "masks").glob("*.png"))) == 4

@@ -19,7 +19,7 @@ NO_SHIPPED_CKPT = ("No trained checkpoint ships yet (checkpoints/README.md says 
 
 def demo(
     ckpt: Path = typer.Option(SHIPPED_CKPT, "--ckpt", help="Checkpoint (default: the shipped tiny one)."),
-    out: Path = typer.Option(Path("demo-out"), "--out", help="Output folder (its demo outputs are replaced)."),
+    out: Path = typer.Option(Path("demo-out"), "--out", help="Output folder (an earlier demo's outputs are replaced; other files of their names are refused)."),
     frames: int = typer.Option(48, "--frames", help="Frames in the synthetic video."),
     size: int = typer.Option(128, "--size", help="Frame size in pixels."),
     seed: int = typer.Option(7, "--seed", help="Seed of the synthetic face and its motion."),
