@@ -5,6 +5,7 @@ one test runs `--cluster local`, the embedded instance the command starts and st
 The reference everywhere is the in-process run (no --cluster): the same mask bytes are expected.
 """
 
+import contextlib
 import json
 import os
 import re
@@ -266,10 +267,15 @@ def test_a_worker_killed_mid_sequence_is_restarted_and_its_sequence_resumes_to_t
 def test_a_bad_mask_fails_its_sequence_alone_on_a_head_given_by_address(head, model, tmp_path, monkeypatch, capsys):
     root = davis_root(tmp_path / "davis", {"a": 4, "b": 5, "c": 4}, bad="b")
     out = tmp_path / "out"
-    code, _, err = run_main(monkeypatch, capsys, "propagate", root, "--model", model, "--out", out, "--batch", BATCH,
-                            "--device", "cpu", "--cluster", head[0], "--workers", "2")
+    code, stdout, err = run_main(monkeypatch, capsys, "propagate", root, "--model", model, "--out", out, "--batch",
+                                 BATCH, "--device", "cpu", "--cluster", head[0], "--workers", "2", "--report")
     assert code == 1
     assert "1 of 3 sequences failed" in err and "00000.png" in err
+    assert err.rstrip().endswith("run again with --resume.")  # the failure's sentence, after the report
+    # --report: the page is written anyway and shows the failed sequence beside the others
+    assert f"wrote {out / 'report.html'} (3 sequences)" in stdout
+    html = (out / "report.html").read_text()
+    assert "Failed sequences: b." in html and "Ray 127.0.0.1" in html and "1 failed" in html
     assert (out / "a" / "summary.json").is_file() and (out / "c" / "summary.json").is_file()
     record = json.loads((out / "cluster_summary.json").read_text())
     rows = {r["sequence"]: r for r in record["sequences"]}
@@ -317,6 +323,35 @@ def test_an_unreachable_address_is_one_sentence_within_seconds(model, tmp_path, 
                             "--cluster", f"127.0.0.1:{port}")
     assert code == 1 and time.monotonic() - tick < 15
     assert f"Cannot reach a Ray cluster at 127.0.0.1:{port}" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_local_instance_that_does_not_start_is_one_sentence(model, tmp_path, monkeypatch, capsys):
+    root = davis_root(tmp_path / "davis", {"a": 3})
+    (tmp_path / "tmp").write_text("")  # Ray's temp folder a file: Ray refuses at once
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path / "tmp"))
+    code, _, err = run_main(monkeypatch, capsys, "propagate", root, "--model", model, "--out", tmp_path / "out",
+                            "--device", "cpu", "--cluster", "local")
+    assert code == 1 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert f"Error: Cannot start a local Ray instance: {tmp_path / 'tmp'}" in err and "Not a directory." in err
+    monkeypatch.delenv("RAY_TMPDIR")
+    # an error that is no OSError (a traceback before): an object store below Ray's minimum
+    from runtime.errors import CoordGANError
+    from runtime.propagation.cluster import ClusterOptions, ModelSpec, run_cluster
+    from runtime.propagation.jobs import plan
+    from runtime.propagation.sequence import PropagateOptions
+
+    before = descendants(os.getpid())
+    try:
+        with pytest.raises(CoordGANError, match=r"^Cannot start a local Ray instance: Attempting to cap object store "
+                                                r"memory usage at 1048576 bytes, but the minimum allowed is \d+ bytes\.$"):
+            run_cluster(plan(root, tmp_path / "out"), PropagateOptions(), ModelSpec(str(model / "encoder.onnx")),
+                        ClusterOptions("local", object_store_mb=1), tmp_path / "out")
+    finally:  # Ray had started its GCS before it refused, and lost it: ended here (it would end with pytest)
+        for pid in descendants(os.getpid()) - before - {os.getpid()}:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+    import ray
+    assert not ray.is_initialized() and not (tmp_path / "out").exists()
 
 
 def test_without_cluster_ray_is_never_imported_and_without_ray_cluster_says_how_to_install(model, tmp_path):

@@ -113,10 +113,17 @@ def propagate(
     if cluster is not None:  # Ray is imported only on this path
         from runtime.propagation.cluster import ClusterOptions, ModelSpec
 
-        propagate_on_cluster(jobs, options, ModelSpec(artifact, backend, device, batch),
-                             ClusterOptions(cluster, workers, cpus_per_worker, gpus_per_worker, max_retries), out, err)
-        _report(report, out, artifact)
-        return
+        failure = propagate_on_cluster(jobs, options, ModelSpec(artifact, backend, device, batch),
+                                       ClusterOptions(cluster, workers, cpus_per_worker, gpus_per_worker, max_retries),
+                                       out, err)
+        if failure is None:
+            _report(report, out, artifact)
+            return
+        try:  # the page shows the failed sequences too; the command still ends with the failure's sentence
+            _report(report, out, artifact)
+        except CoordGANError as exc:
+            err.print(tagged("warning", f" no report: {exc}"), soft_wrap=True)
+        raise failure
     with open_model(artifact, backend=backend, device=device, batch=batch) as corr_model:
         chose = corr_model.backend.note  # how auto chose: said with the first result (an error stays one sentence)
         for job, summary in run_jobs(corr_model, jobs, options, frames_bar=lambda name: frames_bar(err, name),
@@ -143,8 +150,9 @@ def _report(wanted: bool, out: Path, artifact: str) -> None:
         write_and_say(out, model=export_of(artifact))
 
 
-def propagate_on_cluster(jobs, options, spec, cluster, out: Path, err) -> None:
-    """runtime.propagation.cluster.run_cluster with a progress display, then the table of sequences."""
+def propagate_on_cluster(jobs, options, spec, cluster, out: Path, err) -> CoordGANError | None:
+    """runtime.propagation.cluster.run_cluster with a progress display, then the table of sequences;
+    returns the error to end the command with when sequences failed (raised by the caller, after the report)."""
     from rich.table import Table
 
     from runtime.propagation.cluster import SUMMARY_FILE, run_cluster
@@ -164,8 +172,9 @@ def propagate_on_cluster(jobs, options, spec, cluster, out: Path, err) -> None:
               f"{result.workers} workers of {result.threads_per_worker} threads; start-up {result.startup_s:.1f} s -> "
               f"{out / SUMMARY_FILE}")
     if result.failed:
-        raise CoordGANError(f"{len(result.failed)} of {len(result.sequences)} sequences failed (the table above, "
-                            f"{out / SUMMARY_FILE}); fix them and run again with --resume.")
+        return CoordGANError(f"{len(result.failed)} of {len(result.sequences)} sequences failed (the table above, "
+                             f"{out / SUMMARY_FILE}); fix them and run again with --resume.")
+    return None
 
 
 class _ClusterDisplay:

@@ -460,8 +460,14 @@ def _connected(cluster: ClusterOptions):
     sigterm = signal.getsignal(signal.SIGTERM) if main else None
     try:
         if cluster.local:
-            ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False,
-                     object_store_memory=cluster.object_store_mb << 20, **quiet)
+            try:
+                ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False,
+                         object_store_memory=cluster.object_store_mb << 20, **quiet)
+            except (OSError, RuntimeError, ValueError) as exc:
+                with contextlib.suppress(Exception):
+                    ray.shutdown()  # whatever it had started
+                where = f"{exc.filename}: " if isinstance(exc, OSError) and exc.filename else ""
+                raise CoordGANError(f"Cannot start a local Ray instance: {where}{first_line(exc)}.") from None
         else:
             _check_reachable(address)
             try:
