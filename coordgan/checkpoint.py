@@ -62,6 +62,25 @@ class Checkpoint:
         return self.networks[key]
 
 
+ONE_SOURCE = "Give exactly one of a checkpoint and --preset NAME (random weights)."
+
+
+def check_one_source(ckpt, preset: str | None) -> None:
+    """A command's weights: a checkpoint or a preset's random weights, never both nor neither."""
+    if (ckpt is None) == (preset is None):
+        raise CoordGANError(ONE_SOURCE)
+
+
+def random_networks(preset: str, seed: int = 0, which=("g", "e")) -> tuple[ModelConfig, dict[str, nn.Module]]:
+    """A preset's networks with random weights, the one recipe (torch.manual_seed(seed), then build): a seed
+    gives the same weights to bench and export onnx --preset (saved once in the cache) and eval-propagation."""
+    from coordgan.models import build
+
+    config = get_preset(preset)
+    torch.manual_seed(seed)
+    return config, build(config, which=which)
+
+
 def save(path, config: ModelConfig, networks: dict[str, nn.Module], metadata: dict | None = None) -> Path:
     """Write networks + config as one safetensors file, atomically."""
     from safetensors.torch import save as st_save

@@ -66,8 +66,9 @@ class ModelSource:
 
     def __init__(self, ckpt=None, preset: str | None = None, seed: int = 0, cache: Path | None = None,
                  progress: Callable[[str], None] | None = None):
-        if (ckpt is None) == (preset is None):
-            raise CoordGANError("Give exactly one of a checkpoint and --preset NAME (random weights).")
+        from coordgan.checkpoint import check_one_source
+
+        check_one_source(ckpt, preset)
         self.cache = Path(cache) if cache is not None else cache_dir()
         self.seed = seed
         self.progress = progress or (lambda message: None)
@@ -90,15 +91,11 @@ class ModelSource:
     def _preset_checkpoint(self) -> Path:
         path = self.cache / "presets" / f"{self.preset}-seed{self.seed}.safetensors"
         if not path.is_file():
-            import torch
-
-            from coordgan.checkpoint import save
-            from coordgan.models import build
+            from coordgan.checkpoint import random_networks, save
 
             self.progress(f"making {self.preset} with random weights (seed {self.seed})")
-            torch.manual_seed(self.seed)
             path.parent.mkdir(parents=True, exist_ok=True)
-            save(path, self.config, build(self.config, which=("g", "e")))
+            save(path, *random_networks(self.preset, self.seed))
         return path
 
     def checkpoint(self):

@@ -254,3 +254,34 @@ def test_atomic_write_gives_usual_permissions_and_refuses_a_folder(tmp_path):
         with atomic_write(tmp_path) as f:
             f.write(b"x")
     assert [p.name for p in tmp_path.iterdir()] == ["f.bin"]  # no temp file left
+
+
+def test_random_weights_of_a_preset_have_one_recipe(tmp_path, monkeypatch):
+    """bench / export onnx --preset (ModelSource, saved in the cache) and eval-propagation --preset each
+    seeded and built the networks themselves, and each had the refusal sentence: one helper now."""
+    from coordgan import checkpoint
+    from coordgan.evaluation.run import EvalOptions, _model
+    from export.cache import ModelSource
+
+    calls = []
+    real = checkpoint.random_networks
+
+    def spy(*args, **kwargs):
+        calls.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(checkpoint, "random_networks", spy)
+    cached = ModelSource(preset="tiny", seed=3, cache=tmp_path).checkpoint()
+    config, _, record = _model(None, EvalOptions(data="synthetic-faces", preset="tiny", seed=3), "cpu")
+    assert calls == [("tiny", 3), ("tiny", 3)] and config.name == "tiny" and record["weights"] == "random (seed 3)"
+    _, nets = real("tiny", 3)
+    for key in ("g", "e"):
+        for name, tensor in nets[key].state_dict().items():
+            assert torch.equal(cached.networks[key].state_dict()[name], tensor), (key, name)
+    for ckpt, preset in ((None, None), (tmp_path / "x.safetensors", "tiny")):
+        for make in (lambda: ModelSource(ckpt, preset), lambda: _model(ckpt, EvalOptions("synthetic-faces",
+                                                                                           preset=preset), "cpu")):
+            with pytest.raises(CoordGANError) as refused:
+                make()
+            assert str(refused.value) == checkpoint.ONE_SOURCE == ("Give exactly one of a checkpoint and --preset "
+                                                                   "NAME (random weights).")

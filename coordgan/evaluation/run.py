@@ -64,24 +64,15 @@ def parse_ids(text: str, what: str) -> tuple[int, ...]:
 
 def _model(ckpt, options: EvalOptions, device):
     """(config, corr_fn, what the record says of the weights) of CKPT, or of --preset's random weights."""
-    import torch
-
     from coordgan import evaluation as ev
+    from coordgan.checkpoint import check_one_source, load, random_networks
 
-    if (ckpt is None) == (options.preset is None):
-        raise CoordGANError("Give exactly one of a checkpoint and --preset NAME (random weights).")
+    check_one_source(ckpt, options.preset)
     if options.preset is None:
-        from coordgan.checkpoint import load
-
         ck = load(ckpt)
         corr_fn = ev.checkpoint_corr_fn(ck, device)  # one sentence when the checkpoint has no encoder
         return ck.config, corr_fn, {"checkpoint": str(ck.path), "sha256": ck.sha256}
-    from coordgan.config import get_preset
-    from coordgan.models import build
-
-    cfg = get_preset(options.preset)
-    torch.manual_seed(options.seed)
-    nets = build(cfg, which=("g", "e"))
+    cfg, nets = random_networks(options.preset, options.seed)
     return cfg, ev.networks_corr_fn(nets["e"], nets["g"], device), {"checkpoint": None,
                                                                      "weights": f"random (seed {options.seed})"}
 
