@@ -62,13 +62,23 @@ def encoder_onnx(ckpt, *, cache: Path | None = None, progress: Callable[[str], N
 
 class ModelSource:
     """Where benchmarked weights come from: a checkpoint, or a preset with random weights (seeded,
-    saved once in the cache, so published-scale timings need no trained weights)."""
+    saved once in the cache, so published-scale timings need no trained weights).
+
+    `as_preset` names the preset of a checkpoint (checked against its shapes): an authors' .pt carries no
+    config, and celeba-128, cars-128 and cats-128 have the same shapes, so the first of them would be taken."""
 
     def __init__(self, ckpt=None, preset: str | None = None, seed: int = 0, cache: Path | None = None,
-                 progress: Callable[[str], None] | None = None):
+                 progress: Callable[[str], None] | None = None, as_preset: str | None = None):
         from coordgan.checkpoint import check_one_source
+        from coordgan.config import get_preset
 
         check_one_source(ckpt, preset)
+        if as_preset is not None:
+            if ckpt is None:
+                raise CoordGANError(f"--as-preset names the preset of a checkpoint; --preset {preset} has random "
+                                    "weights of its own preset, so give one of them.")
+            get_preset(as_preset)  # an unknown name fails now
+        self.as_preset = as_preset
         self.cache = Path(cache) if cache is not None else cache_dir()
         self.seed = seed
         self.progress = progress or (lambda message: None)
@@ -79,14 +89,13 @@ class ModelSource:
             if not self.ckpt_path.is_file():
                 raise CoordGANError(f"Checkpoint {ckpt} does not exist or is not a file.")
         else:
-            from coordgan.config import get_preset
-
             self.config = get_preset(preset)
             self.ckpt_path = None
 
     def describe(self) -> str:
-        return f"checkpoint {self.ckpt_path}" if self.preset is None else \
-            f"preset {self.preset}, random weights (seed {self.seed})"
+        if self.preset is not None:
+            return f"preset {self.preset}, random weights (seed {self.seed})"
+        return f"checkpoint {self.ckpt_path}" + (f" as preset {self.as_preset}" if self.as_preset else "")
 
     def _preset_checkpoint(self) -> Path:
         path = self.cache / "presets" / f"{self.preset}-seed{self.seed}.safetensors"
@@ -103,7 +112,8 @@ class ModelSource:
         if self._ck is None:
             from coordgan.checkpoint import load
 
-            self._ck = load(self.ckpt_path or self._preset_checkpoint())
+            self._ck = load(self.ckpt_path, preset=self.as_preset) if self.ckpt_path else \
+                load(self._preset_checkpoint())
         return self._ck
 
     def onnx_dir(self, model: str, fp16: bool = False) -> Path:

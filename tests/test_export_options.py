@@ -87,3 +87,35 @@ def test_manifest_states_the_opset_written_and_verify_checks_it(tmp_path, tiny_c
     (out / "manifest.json").write_text(json.dumps(manifest))
     failures = verify_directory(out, batches=(1,)).failures
     assert f"encoder: it is opset {newest}, not the manifest's 999." in failures, failures
+
+
+def test_as_preset_names_the_preset_of_a_public_checkpoint(tmp_path, monkeypatch, capsys):
+    """celeba-128, cars-128 and cats-128 have the same shapes, and an authors' .pt names none: the first that
+    fits was taken, with no way to say which (--preset became random weights). --as-preset NAME says it,
+    checked against the shapes. Here a twin of tiny plays the presets that share shapes."""
+    import dataclasses
+
+    monkeypatch.setenv("COORDGAN_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setitem(PRESETS, "tiny-twin", dataclasses.replace(PRESETS["tiny"], name="tiny-twin"))
+    torch.manual_seed(0)
+    nets = build(PRESETS["tiny"], which=("g", "e"))
+    public = tmp_path / "public.pt"
+    torch.save({"g_ema": nets["g"].state_dict(), "e": nets["e"].state_dict()}, public)
+    for as_preset, expected in ((None, "tiny"), ("tiny-twin", "tiny-twin")):
+        out = tmp_path / f"exp-{expected}"
+        code, stdout, err = run_main(monkeypatch, capsys, "export", "onnx", public, "--out", out, "--only",
+                                     "encoder", "--no-verify", *(("--as-preset", as_preset) if as_preset else ()))
+        assert code == 0, err
+        assert json.loads((out / "manifest.json").read_text())["preset"] == expected
+    assert f"loading checkpoint {public} as preset tiny-twin ..." in " ".join(stdout.split())
+    for args, message in [(("--as-preset", "celeba-128"), f"Checkpoint {public} [g_ema] does not match preset "
+                                                          "'celeba-128': "),
+                          (("--as-preset", "huge"), "Unknown preset 'huge'"),
+                          (("--preset", "tiny", "--as-preset", "tiny"), "Give exactly one of a checkpoint")]:
+        code, stdout, err = run_main(monkeypatch, capsys, "export", "onnx", public, "--out", tmp_path / "x", *args)
+        assert code == 1 and err.startswith(f"Error: {message}") and err.count("\n") == 1, (args, err)
+    code, stdout, err = run_main(monkeypatch, capsys, "export", "onnx", "--preset", "tiny", "--as-preset", "tiny",
+                                 "--out", tmp_path / "x")
+    assert code == 1 and err == ("Error: --as-preset names the preset of a checkpoint; --preset tiny has random "
+                                 "weights of its own preset, so give one of them.\n"), err
+    assert not (tmp_path / "x").exists()

@@ -41,6 +41,9 @@ def onnx_command(
     verify_batches: str = typer.Option("1,8", "--verify-batches", help="Batch sizes the verification runs at."),
     preset: Optional[str] = typer.Option(None, "--preset", help="Instead of a checkpoint: this preset with random "
                                          "weights (seed 0), to try the export without training."),
+    as_preset: Optional[str] = typer.Option(None, "--as-preset", help="The checkpoint's preset, checked against "
+                                            "its shapes: an authors' .pt names none, and celeba-128, cars-128 and "
+                                            "cats-128 share shapes (default: the first preset that fits)."),
     warp_grid: Optional[int] = typer.Option(None, "--warp-grid", help="Faster, approximate encoder: run the "
                                             "coordinate warping network on an N x N grid and upsample its map "
                                             "(default: the model's own grid, exact). Its cost in quality: "
@@ -63,7 +66,7 @@ def onnx_command(
                             verify_batches=positive_ints(verify_batches, "--verify-batches"), warp_grid=warp_grid,
                             int8=int8, calibration=calibration)
     with status(out_console) as say:
-        source = ModelSource(ckpt, preset, progress=say)  # exactly one; a missing file or unknown preset fails now
+        source = ModelSource(ckpt, preset, progress=say, as_preset=as_preset)  # exactly one; a missing file or unknown preset fails now
         result = export_onnx(source, out, options, on_report=lambda r: print_report(r, out_console), progress=say)
     files = ", ".join(m["file"] for m in result.manifest["models"].values())
     out_console.print(f"wrote {result.directory}: {files}, manifest.json")
