@@ -264,6 +264,96 @@ def test_a_worker_killed_mid_sequence_is_restarted_and_its_sequence_resumes_to_t
     assert {r["sequence"]: r["attempts"] for r in record["sequences"]} == {"long0": 2, "long1": 1}
 
 
+def test_a_retry_that_finds_the_folder_still_locked_waits_for_it_instead_of_failing(head, model, long_data, tmp_path):
+    """The worker is killed mid-sequence, and another process takes the sequence folder's lock before the
+    retry comes (as an earlier attempt on a cut-off node, or on a worker Ray only lost touch with, still
+    holds it) and lets go 3 s later: the retry goes again until it gets the lock, then resumes."""
+    from runtime.propagation.cluster import ClusterObserver, ClusterOptions, ModelSpec, run_cluster
+    from runtime.propagation.jobs import plan
+    from runtime.propagation.output import LOCK_FILE
+    from runtime.propagation.sequence import PropagateOptions
+
+    root, reference, _ = long_data
+    out = tmp_path / "out"
+    holder = []
+
+    class KillAndHold(ClusterObserver):
+        def progress(self, p):
+            entry = p.running.get("long0")
+            if not holder and entry and entry["done"] >= 2 * BATCH:
+                holder.append(subprocess.Popen(  # blocks until the worker's lock is gone with it
+                    [sys.executable, "-c", "import fcntl, os, time\n"
+                     f"fd = os.open({str(out / 'long0' / LOCK_FILE)!r}, os.O_RDWR)\n"
+                     "fcntl.flock(fd, fcntl.LOCK_EX)\nprint('held', flush=True)\ntime.sleep(3)"],
+                    stdout=subprocess.PIPE, text=True))
+                os.kill(entry["pid"], signal.SIGKILL)
+                assert holder[0].stdout.readline().strip() == "held"  # before the driver can give it again
+
+    try:
+        result = run_cluster(plan(root, out), PropagateOptions(batch=BATCH),
+                             ModelSpec(str(model / "encoder.onnx"), "onnxruntime", "cpu", BATCH),  # one backend on every worker
+                             ClusterOptions(head[0], workers=2, max_retries=1), out, observer=KillAndHold())
+    finally:
+        for proc in holder:
+            proc.kill()
+            proc.wait()
+    assert holder
+    rows = {r.sequence: r for r in result.sequences}
+    assert rows["long0"].status == "done", rows["long0"].reason
+    assert rows["long0"].attempts == 2 and rows["long0"].resumed_from > 0  # the refused calls are no attempts
+    assert pngs(out) == pngs(reference)
+
+
+def sever(pid: int) -> int:
+    """Cut this process's TCP connections to the worker `pid` (ss -K, as a network blip would): Ray then
+    says ActorUnavailableError while the worker goes on. The count of connections cut."""
+    listening_ports = {line.split()[3].rsplit(":", 1)[1] for line in subprocess.run(
+        ["ss", "-Hltnp"], capture_output=True, text=True).stdout.splitlines() if f"pid={pid}," in line}
+    cut = 0
+    for line in subprocess.run(["ss", "-Htnp", "state", "established"], capture_output=True,
+                               text=True).stdout.splitlines():
+        local, peer = line.split()[2:4]
+        if f"pid={os.getpid()}," in line and peer.rsplit(":", 1)[1] in listening_ports:
+            run = subprocess.run(["ss", "-HK", "src", local.rsplit(":", 1)[0], "sport", "=", ":" +
+                                  local.rsplit(":", 1)[1], "dport", "=", ":" + peer.rsplit(":", 1)[1]],
+                                 capture_output=True, text=True)
+            cut += len(run.stdout.splitlines())
+    return cut
+
+
+def test_a_worker_only_unreachable_is_waited_for_and_its_sequence_is_not_run_twice(head, model, tmp_path):
+    """The driver's connection to a worker is cut early in a long sequence: about 2 s later Ray says
+    ActorUnavailableError (a subclass of RayActorError) while the worker goes on. The sequence is given
+    again only once that worker has answered, i.e. its attempt ended: the retry finds it complete. (Taken
+    for a dead worker, the retry went at once to the other, idle, worker and stopped at the lock the first
+    attempt still held: failed.)"""
+    from runtime.propagation.cluster import ClusterObserver, ClusterOptions, ModelSpec, run_cluster
+    from runtime.propagation.jobs import plan
+    from runtime.propagation.sequence import PropagateOptions
+
+    root = davis_root(tmp_path / "davis", {"long": 300, "z": 3})
+    out = tmp_path / "out"
+    cut = []
+
+    class Sever(ClusterObserver):
+        def progress(self, p):
+            entry = p.running.get("long")
+            if not cut and entry and entry["done"] >= BATCH:
+                cut.append(sever(entry["pid"]))
+
+    result = run_cluster(plan(root, out), PropagateOptions(batch=BATCH),
+                         ModelSpec(str(model / "encoder.onnx"), "onnxruntime", "cpu", BATCH),  # one backend on every worker
+                         ClusterOptions(head[0], workers=2, max_retries=1), out, observer=Sever())
+    if cut == [0]:
+        pytest.skip("ss -K cut no connection here (it needs CAP_NET_ADMIN and the kernel's sock_destroy)")
+    rows = {r.sequence: r for r in result.sequences}
+    assert rows["long"].status == "done", rows["long"].reason
+    assert rows["long"].attempts == 2, "the cut connection went unnoticed"
+    # the first attempt did it all; the retry found it complete
+    assert rows["long"].frames_processed == 300 and not rows["long"].resumed_from and rows["z"].status == "done"
+    assert len(list((out / "long").glob("*.png"))) == 300 and (out / "long" / "summary.json").is_file()
+
+
 def test_a_bad_mask_fails_its_sequence_alone_on_a_head_given_by_address(head, model, tmp_path, monkeypatch, capsys):
     root = davis_root(tmp_path / "davis", {"a": 4, "b": 5, "c": 4}, bad="b")
     out = tmp_path / "out"

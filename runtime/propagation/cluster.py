@@ -15,7 +15,10 @@ Faults: a worker process that dies (killed, out of memory, its node lost) is res
 its sequence is given again, up to `max_retries` more times, with resume on: the retry continues
 from the sequence's own resume state and ends with the same bytes. Ray's own task retry is off
 (max_task_retries=0) because a retry must run with other options than the first attempt. A
-sequence that fails with an error of its own (a bad mask) is reported and the others go on.
+worker that is only unreachable for a while (Ray's ActorUnavailableError: the attempt may still be
+running there) is waited for before its sequence goes again, and a retry that finds the sequence's
+folder still locked by an earlier attempt goes again a little later; both waits end after
+`wait_s`. A sequence that fails with an error of its own (a bad mask) is reported and the others go on.
 Ctrl-C kills the workers; every sequence is left resumable.
 
 `local` starts an embedded Ray instance that stays on 127.0.0.1 (no dashboard, usage stats off,
@@ -47,6 +50,9 @@ INSTALL_HINT = "pip install 'coordgan-deploy[cluster]' (or pip install ray)"
 _CONNECT_TIMEOUT_S = 5.0  # an unreachable address is refused within this, not after Ray's minute of retries
 _POLL_S = 0.2  # how often the driver looks at results and progress
 _PUSH_S = 0.1  # how often a worker reports its frame count
+_BUSY_RETRY_S = 1.0  # a retry refused by its folder's lock goes again after this
+# the sentence of runtime.propagation.output.SequenceFolder's lock refusal
+_BUSY = "is being written by another propagation run right now"
 
 
 @dataclass(frozen=True)
@@ -56,6 +62,9 @@ class ClusterOptions:
     cpus_per_worker: float = 1.0  # also the worker's threads (OMP_NUM_THREADS, which the runtime follows)
     gpus_per_worker: float = 0.0
     max_retries: int = 2  # more attempts of a sequence whose worker died
+    # How long a retry waits for an earlier attempt that may still be running: for its unreachable worker
+    # to answer, and for its folder's lock to be let go; past this the sequence fails (--resume continues it).
+    wait_s: float = 300.0
     object_store_mb: int = 256  # of the embedded instance: job descriptions and summaries are all it holds
 
     def validate(self) -> None:
@@ -69,6 +78,8 @@ class ClusterOptions:
             raise CoordGANError(f"--gpus-per-worker must be 0 or more, got {self.gpus_per_worker}.")
         if self.max_retries < 0:
             raise CoordGANError(f"--max-retries must be 0 or more, got {self.max_retries}.")
+        if self.wait_s < 0:
+            raise CoordGANError(f"The wait for an earlier attempt must be 0 s or more, got {self.wait_s}.")
 
     @property
     def local(self) -> bool:
@@ -275,6 +286,9 @@ class _Scheduler:
         self.ray, self.options, self.model, self.cluster, self.observer = ray, options, model, cluster, observer
         self.jobs = {job.name: job for job in jobs}
         self.pending = deque((job.name, 1) for job in jobs)  # (sequence, attempt)
+        self.delayed: list = []  # (when, sequence, attempt): a retry its folder's lock refused, to go again
+        self.busy_since: dict[str, float] = {}  # sequence -> when a retry of it was first refused by its lock
+        self.parked: dict = {}  # worker index -> (sequence, attempt, until): waits for that worker to answer
         self.results: dict[str, SequenceResult] = {}
         self.workers: list = []
         self.idle: deque = deque()
@@ -332,15 +346,21 @@ class _Scheduler:
 
     def run(self) -> None:
         ray = self.ray
-        while self.pending or self.running:
+        while self.pending or self.running or self.delayed or self.parked:
+            self._release()
             while self.idle and self.pending:
                 self._submit(self.idle.popleft(), *self.pending.popleft())
-            if not self.running and not self.restarting:  # every worker is gone for good
-                for name, attempt in self.pending:
+            if not self.running and not self.restarting and not self.idle:  # every worker is gone for good
+                for name, attempt in [*self.pending, *((n, a) for _, n, a in self.delayed)]:
                     self._finish(SequenceResult(name, "failed", attempt - 1, reason="no worker was left to run it"))
                 self.pending.clear()
+                self.delayed.clear()
                 break
-            done, _ = ray.wait([*self.running, *self.restarting], num_returns=1, timeout=_POLL_S)
+            waiting = [*self.running, *self.restarting]
+            if not waiting:  # idle workers, and retries that wait for their time
+                time.sleep(_POLL_S)
+                continue
+            done, _ = ray.wait(waiting, num_returns=1, timeout=_POLL_S)
             for ref in done:
                 if ref in self.restarting:
                     self._rejoined(ref)
@@ -352,35 +372,79 @@ class _Scheduler:
         options = self.options if attempt == 1 else replace(self.options, resume=True, overwrite=False)
         self.running[self.workers[index].run.remote(self.jobs[name], options)] = (index, name, attempt)
 
+    def _release(self) -> None:
+        """Retries whose time has come to pending: those refused by a lock after their delay, those
+        parked on an unreachable worker once it answered (_rejoined) or once they waited wait_s."""
+        now = time.monotonic()
+        due = [d for d in self.delayed if d[0] <= now]
+        self.delayed = [d for d in self.delayed if d[0] > now]
+        self.pending.extendleft((name, attempt) for _, name, attempt in reversed(due))
+        for index in [i for i, (_, _, until) in self.parked.items() if until <= now]:
+            name, attempt, _ = self.parked.pop(index)  # another worker then; a lock still held is waited for
+            self.pending.appendleft((name, attempt))
+
     def _ended(self, ref) -> None:
         ray = self.ray
         index, name, attempt = self.running.pop(ref)
         try:
             value = ray.get(ref)
+        except ray.exceptions.ActorUnavailableError as exc:
+            # Not (yet) a dead worker: the connection to it failed and the attempt may still be running there.
+            # The sequence waits for the worker to answer a ready() call, which it runs after the attempt
+            # (an actor runs its calls in order), then goes again resumed: a sequence that attempt completed is
+            # then found complete, not refused by the lock it still held. A worker dead after all is restarted
+            # by Ray and answers just the same.
+            self.progress.workers_alive -= 1
+            self.restarting[self.workers[index].ready.options(max_task_retries=-1).remote()] = index
+            self._again(name, attempt, f"its worker was unreachable {attempt} times (last: {_reason(exc)})",
+                        parked_on=index)
+            return
         except (ray.exceptions.RayActorError, ray.exceptions.OutOfMemoryError) as exc:
             # The worker process died: Ray restarts it; the sequence goes again, from its state.
             self.progress.workers_alive -= 1
             self.restarting[self.workers[index].ready.options(max_task_retries=-1).remote()] = index
-            if attempt <= self.cluster.max_retries:
-                self.progress.retries += 1
-                self.pending.appendleft((name, attempt + 1))
-            else:
-                self._finish(SequenceResult(name, "failed", attempt, reason=f"its worker died {attempt} times "
-                                            f"(last: {_reason(exc)})"))
+            self._again(name, attempt, f"its worker died {attempt} times (last: {_reason(exc)})")
             return
         except Exception as exc:  # the sequence's own error (a bad mask): retrying gives the same
             self.idle.append(index)
-            self._finish(SequenceResult(name, "failed", attempt, worker=index, reason=_reason(exc)))
+            reason = _reason(exc)
+            if attempt > 1 and _BUSY in reason:
+                # A retry stopped at the folder's lock: an earlier attempt (a worker that lost touch with the
+                # driver, a cut-off node) still writes it; this sequence goes again once that one lets go.
+                first = self.busy_since.setdefault(name, time.monotonic())
+                waited = time.monotonic() - first
+                if waited < self.cluster.wait_s:
+                    self.delayed.append((time.monotonic() + _BUSY_RETRY_S, name, attempt))
+                    return
+                reason = f"{reason} (a retry waited {waited:.0f} s for an earlier attempt to let go of it)"
+            self._finish(SequenceResult(name, "failed", attempt, worker=index, reason=reason))
             return
         self.idle.append(index)
         s = value["summary"]
+        # complete before this run: skipped; found complete by a retry: done, by an earlier attempt of this run
+        skipped = bool(s.get("skipped")) and attempt == 1
         self._finish(SequenceResult(
-            name, "skipped" if s.get("skipped") else "done", attempt, value["worker"], value["node"], value["pid"],
-            s.get("frames"), 0 if s.get("skipped") else s.get("frames_processed", 0), s.get("resumed_from"),
+            name, "skipped" if skipped else "done", attempt, value["worker"], value["node"], value["pid"],
+            s.get("frames"), 0 if skipped else s.get("frames_processed", 0), s.get("resumed_from"),
             value["seconds"], warnings=list(s.get("warnings", [])), summary_digest=summary_digest(s)))
+
+    def _again(self, name: str, attempt: int, why: str, parked_on: int | None = None) -> None:
+        """The sequence's attempt was lost with its worker: another one (resumed), within max_retries;
+        `parked_on`: not before that worker answers (or wait_s has passed)."""
+        if attempt > self.cluster.max_retries:
+            self._finish(SequenceResult(name, "failed", attempt, reason=why))
+            return
+        self.progress.retries += 1
+        if parked_on is None:
+            self.pending.appendleft((name, attempt + 1))
+        else:
+            self.parked[parked_on] = (name, attempt + 1, time.monotonic() + self.cluster.wait_s)
 
     def _rejoined(self, ref) -> None:
         index = self.restarting.pop(ref)
+        parked = self.parked.pop(index, None)
+        if parked is not None:  # the worker answered: the attempt it ran has ended, the sequence goes again
+            self.pending.appendleft(parked[:2])
         try:
             self.ray.get(ref)
         except Exception:  # out of restarts, or its model no longer opens: the others go on
