@@ -101,6 +101,23 @@ class ModelSpec:
     batch: int = 8
 
 
+def _settled_backend(spec: ModelSpec, cluster: ClusterOptions) -> str | None:
+    """`auto` decided once, here, for every worker: each worker's own trial could pick another backend,
+    and a sequence retried on another worker would then be refused (the resume fingerprint names the
+    backend). On GPU workers auto is ONNX Runtime's CUDA provider, no trial needed."""
+    from runtime.backends import backend_for
+
+    if spec.backend not in (None, "auto") or backend_for(spec.artifact) != "onnxruntime":
+        return spec.backend
+    if cluster.gpus_per_worker > 0 or spec.device == "cuda":
+        return "onnxruntime"
+    from runtime.backends.auto import open_auto
+
+    chosen = open_auto(spec.artifact, "cpu", threads=cluster.threads, trial_batch=spec.batch)
+    chosen.close()
+    return chosen.name
+
+
 @dataclass
 class SequenceResult:
     sequence: str
@@ -194,6 +211,7 @@ def run_cluster(jobs, options, model: ModelSpec, cluster: ClusterOptions, out, *
     lengths = {job.name: _length(job) for job in jobs}
     jobs.sort(key=lambda job: (-(lengths[job.name] or 0), job.name))
     model = replace(model, artifact=_absolute_artifact(model.artifact))
+    model = replace(model, backend=_settled_backend(model, cluster))
     tick = time.perf_counter()
     with _connected(cluster) as ray:
         scheduler = _Scheduler(ray, jobs, lengths, options, model, cluster, observer)
