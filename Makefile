@@ -26,8 +26,11 @@ demo: $(PY)
 	@if [ -f $(SHIPPED) ]; then $(VENV)/bin/coordgan demo; \
 	else $(VENV)/bin/coordgan sample --preset tiny --out demo-out/sample.png --overwrite; fi
 
+# Training runs in a pytest process of its own: after the propagation tests have compiled many models
+# in OpenVINO's CPU plugin in the same process, a later training step there died with SIGSEGV (never
+# in isolation, never in a command, which loads one or the other).
 test: $(PY)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --ignore-glob='tests/test_train_*.py' && $(PY) -m pytest -q tests/test_train_*.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -67,13 +67,13 @@ def davis_root(root: Path, lengths: dict, bad: str | None = None) -> Path:
     return root
 
 
-def in_process(model, root, out):
+def in_process(model, root, out, backend=None):
     """The path without --cluster, through the same library calls the command makes."""
     from runtime.propagation.jobs import plan, run_jobs
     from runtime.propagation.model import open_model
     from runtime.propagation.sequence import PropagateOptions
 
-    with open_model(str(model / "encoder.onnx"), device="cpu", batch=BATCH) as m:
+    with open_model(str(model / "encoder.onnx"), backend=backend, device="cpu", batch=BATCH) as m:
         return dict((job.name, summary) for job, summary in run_jobs(m, plan(root, out), PropagateOptions(batch=BATCH)))
 
 
@@ -81,7 +81,7 @@ def in_process(model, root, out):
 def long_data(model, tmp_path_factory):
     root = davis_root(tmp_path_factory.mktemp("long"), LONG)
     reference = tmp_path_factory.mktemp("long_ref")
-    return root, reference, in_process(model, root, reference)
+    return root, reference, in_process(model, root, reference, backend="onnxruntime")  # as the fault tests pin it
 
 
 def free_port() -> int:
@@ -248,8 +248,9 @@ def test_a_worker_killed_mid_sequence_is_restarted_and_its_sequence_resumes_to_t
                 killed.append(entry)
 
     out = tmp_path / "out"
+    # onnxruntime, as the other fault tests: auto may pick the faster backend, done before the kill lands
     result = run_cluster(plan(root, out), PropagateOptions(batch=BATCH),
-                         ModelSpec(str(model / "encoder.onnx"), device="cpu", batch=BATCH),
+                         ModelSpec(str(model / "encoder.onnx"), backend="onnxruntime", device="cpu", batch=BATCH),
                          ClusterOptions(head[0], workers=2, max_retries=1), out, observer=KillOnce())
     assert killed and killed[0]["done"] < LONG["long0"]
     rows = {r.sequence: r for r in result.sequences}
@@ -378,7 +379,7 @@ def test_ctrl_c_stops_the_workers_and_resume_finishes_with_the_same_bytes(head, 
     root, reference, _ = long_data
     out = tmp_path / "out"
     args = ["propagate", root, "--model", model, "--out", out, "--batch", BATCH, "--device", "cpu",
-            "--cluster", head[0], "--workers", "2"]
+            "--backend", "onnxruntime", "--cluster", head[0], "--workers", "2"]
     code = "import sys; sys.argv = ['coordgan', *sys.argv[1:]]; from coordgan.cli import main; main()"
     driver = subprocess.Popen([sys.executable, "-c", code, *map(str, args)], stderr=subprocess.PIPE, text=True)
     try:
@@ -473,11 +474,14 @@ def test_cluster_options_without_cluster_are_refused(model, tmp_path, monkeypatc
 def test_a_model_the_workers_cannot_open_is_one_sentence(head, tmp_path, monkeypatch, capsys):
     root = davis_root(tmp_path / "davis", {"a": 3})
     (tmp_path / "broken.onnx").write_bytes(b"not an onnx model")
-    code, _, err = run_main(monkeypatch, capsys, "propagate", root, "--model", tmp_path / "broken.onnx", "--out",
-                            tmp_path / "out", "--device", "cpu", "--cluster", head[0], "--workers", "1")
+    args = ["propagate", root, "--model", tmp_path / "broken.onnx", "--out", tmp_path / "out", "--device", "cpu",
+            "--cluster", head[0], "--workers", "1"]
+    code, _, err = run_main(monkeypatch, capsys, *args, "--backend", "onnxruntime")  # opened by the workers only
     assert code == 1
     assert re.search(r"Error: Worker 0 could not open the model \S*broken.onnx: ONNX Runtime cannot load", err), err
     assert "Traceback" not in err and not (tmp_path / "out" / "a").exists()
+    code, _, err = run_main(monkeypatch, capsys, *args)  # auto: the driver's trial opens it first
+    assert code == 1 and err.startswith("Error: ONNX Runtime cannot load") and err.count("\n") == 1, err
 
 
 def test_auto_joins_the_cluster_that_ray_address_names(head, model, tmp_path, monkeypatch, capsys):

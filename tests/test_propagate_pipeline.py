@@ -202,7 +202,8 @@ def test_sigterm_stops_a_real_process_cleanly(exported, data, tmp_path):
         time.sleep(0.02)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 143 and err.endswith("Stopped by SIGTERM.\n") and "Traceback" not in err
+    assert proc.returncode == 143 and err.endswith("Stopped by SIGTERM.\n") and "Traceback" not in err, (proc.returncode,
+                                                                                                        err[-2000:])
     assert not (out / "summary.json").exists() and len(list(out.glob("*.png"))) < 240
     assert not list(out.rglob(".*.tmp*"))
 

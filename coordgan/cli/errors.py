@@ -35,6 +35,17 @@ def run_app(typer_app: typer.Typer) -> None:
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None
     try:
+        _run(typer_app)
+    except KeyboardInterrupt:  # a stop that landed while the command was already ending (in a handler below)
+        _stopped()
+    finally:
+        if main_thread:  # callers in-process (tests) get theirs back
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+        _terminated.clear()
+
+
+def _run(typer_app: typer.Typer) -> None:
+    try:
         typer_app()
     except CoordGANError as exc:
         _fail(str(exc))
@@ -52,10 +63,6 @@ def run_app(typer_app: typer.Typer) -> None:
         if exc.code == 130 and isinstance(getattr(exc.__context__, "__cause__", None), KeyboardInterrupt):
             _stopped()
         raise
-    finally:
-        if main_thread:  # callers in-process (tests) get theirs back
-            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
-        _terminated.clear()
 
 
 def _fail(sentence: str):
