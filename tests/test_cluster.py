@@ -29,7 +29,7 @@ from runtime.io.masks import DAVIS_PALETTE, write_mask
 
 SIZE, BATCH = 64, 4
 SHORT = {f"s{i}": 6 + i for i in range(6)}  # six sequences of 6..11 frames
-LONG = {"long0": 48, "long1": 40}  # long enough to be stopped part-way
+LONG = {"long0": 160, "long1": 120}  # long enough to be stopped part-way on a busy machine (48 frames ran out)
 
 
 @pytest.fixture(scope="module", autouse=True)
