@@ -6,17 +6,12 @@ where the kernel or the container does not allow one.
 
 import json
 import os
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from runtime.errors import CoordGANError
 from runtime.fileio import WriteError, atomic_write
-
-ROOT = Path(__file__).resolve().parents[1]
+from tmpfs_helpers import run_on_tiny_tmpfs
 
 
 def write(path, data=b"x"):
@@ -83,17 +78,8 @@ print(json.dumps(report))
 
 def test_a_full_disk_names_the_file_and_leaves_nothing(tmp_path):
     """A full disk read "cannot access: No space left on device.": no path, the CLI's OSError fallback."""
-    if shutil.which("unshare") is None:
-        pytest.skip("no unshare here to mount a tiny tmpfs")
     disk = tmp_path / "disk"
-    disk.mkdir()
-    run = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c",
-                          'mount -t tmpfs -o size=256k tmpfs "$1" || exit 99; exec "$2" -c "$3" "$1"', "sh",
-                          str(disk), sys.executable, FILL_THE_DISK], cwd=ROOT, capture_output=True, text=True)
-    if run.returncode == 99 or run.stderr.startswith("unshare:"):
-        pytest.skip(f"cannot mount a tmpfs here: {run.stderr.strip()}")
-    assert run.returncode == 0, run.stderr
-    report = json.loads(run.stdout)
+    report = json.loads(run_on_tiny_tmpfs(disk, FILL_THE_DISK, "256k").stdout)
     assert report["file"] == ["WriteError", True, f"Cannot write {disk / 'big.bin'} (No space left on device)."]
     assert report["video"] == ["WriteError", True, f"Cannot write {disk / 'overlay.mp4'} (No space left on device)."]
     assert report["left"] == []  # neither the targets nor a temp file

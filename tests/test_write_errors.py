@@ -6,14 +6,8 @@ tiny tmpfs in a private mount namespace (`unshare`), skipped where the kernel or
 """
 
 import json
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 
-import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
+from tmpfs_helpers import run_on_tiny_tmpfs
 
 WRITERS = """
 import json, sys
@@ -62,17 +56,8 @@ print(json.dumps({"results": results, "left": sorted(p.name for p in disk.iterdi
 
 
 def test_a_full_disk_is_one_sentence_from_every_writer(tmp_path):
-    if shutil.which("unshare") is None:
-        pytest.skip("no unshare here to mount a tiny tmpfs")
     disk = tmp_path / "disk"
-    disk.mkdir()
-    run = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c",
-                          'mount -t tmpfs -o size=64k tmpfs "$1" || exit 99; exec "$2" -c "$3" "$1"', "sh",
-                          str(disk), sys.executable, WRITERS], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    if run.returncode == 99 or run.stderr.startswith("unshare:"):
-        pytest.skip(f"cannot mount a tmpfs here: {run.stderr.strip()}")
-    assert run.returncode == 0, run.stderr
-    report = json.loads(run.stdout.strip().splitlines()[-1])
+    report = json.loads(run_on_tiny_tmpfs(disk, WRITERS, "64k").stdout.strip().splitlines()[-1])
     for name, kind, sentence in report["results"]:
         assert (kind, sentence) == ("WriteError", f"Cannot write {disk / name} (No space left on device).")
     assert report["left"] == []  # neither a target nor a temp file
