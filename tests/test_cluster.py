@@ -18,7 +18,6 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 from PIL import Image
 
@@ -26,6 +25,7 @@ from cli_helpers import run_main
 from coordgan.data.synthetic_faces import make_sequence
 from export_helpers import export_tiny
 from runtime.io.masks import DAVIS_PALETTE, write_mask
+from triton_models.server import free_port
 
 SIZE, BATCH = 64, 4
 SHORT = {f"s{i}": 6 + i for i in range(6)}  # six sequences of 6..11 frames
@@ -82,12 +82,6 @@ def long_data(model, tmp_path_factory):
     root = davis_root(tmp_path_factory.mktemp("long"), LONG)
     reference = tmp_path_factory.mktemp("long_ref")
     return root, reference, in_process(model, root, reference, backend="onnxruntime")  # as the fault tests pin it
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
