@@ -175,6 +175,24 @@ def test_sparse_on_tiny_model_maps(rng, mode, k):
     assert (l_s == l_d).mean() >= 0.999, f"seed {rng.seed_value}"
 
 
+def test_sparse_soft_where_the_nearest_distance_jumps(rng):
+    """The soft kernel weighs relative to the previous query's nearest distance and weighs again where
+    this query's differs by more than 11 tau: queries alternating between the references and far
+    outside them (every neighbour a jump), and far queries at a tiny tau (the nearest pixel takes more
+    rounds of growth than the kernel keeps ranges for, so they are merged) stay within the bound."""
+    q, kmap, v = case(rng, n=1, r=2, c=5, hq=32, wq=32, hk=32, wk=32)
+    kmap = (kmap * 0.45 - 0.5).astype(np.float32)  # the references in [-0.95, -0.05]^2
+    q = (q * 0.45 - 0.5).astype(np.float32)
+    q[:, :, :, 1::2] += 1.0  # every other column 0.1 .. 1.9 away from them
+    for tau, query in ((0.01, q), (1e-4, (q * 0.1 + 0.85).astype(np.float32))):
+        info: dict = {}
+        p_s, l_s = lookup_sparse(query, kmap, v, tau=tau, dense_above=1.0, info=info)
+        p_d, l_d = lookup_dense(query, kmap, v, tau=tau)
+        assert info["path"] == "sparse"
+        assert np.abs(p_s - p_d).max() <= 1e-4 * v.max() + 1e-6, (tau, rng.seed_value)
+        assert (l_s == l_d).mean() >= 0.999, (tau, rng.seed_value)
+
+
 @pytest.mark.parametrize("mode,k", [("soft", None), ("hard", None), ("topk", 3)])
 def test_sparse_degenerate_maps(rng, mode, k):
     """References squeezed into a tiny area or a corner, all on one point, or scattered at random;

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -63,7 +64,7 @@ class Prepared:
     qy: np.ndarray  # (N, Hq*Wq)
     kx: np.ndarray  # (N, M), j = (r, y, x)
     ky: np.ndarray  # (N, M)
-    vaug: np.ndarray  # (N, M, C + 1): V with a column of ones, so one GEMM gives sum(w V) and sum(w)
+    v: np.ndarray  # (N, R, C, Hk*Wk): V as given (a view), pixel j = r * Hk*Wk + s at v[:, r, :, s]
     hq: int
     wq: int
     tau: float
@@ -80,7 +81,17 @@ class Prepared:
 
     @property
     def c(self) -> int:
-        return self.vaug.shape[2] - 1
+        return self.v.shape[2]
+
+    @functools.cached_property
+    def vaug(self) -> np.ndarray:
+        """(N, M, C + 1): V pixel-major with a column of ones, so one GEMM gives sum(w V) and sum(w)
+        (the dense paths; made on first use)."""
+        n, r, c, hw = self.v.shape
+        vaug = np.empty((n, r * hw, c + 1), np.float32)
+        vaug[..., :c] = self.v.transpose(0, 1, 3, 2).reshape(n, r * hw, c)
+        vaug[..., c] = 1.0
+        return vaug
 
 
 def prepare(query: object, ref_maps: object, ref_probs: object, *, tau: object, mode: object, k: object) -> Prepared:
@@ -89,15 +100,12 @@ def prepare(query: object, ref_maps: object, ref_probs: object, *, tau: object, 
     n, r, c, hk, wk = v.shape
     m = r * hk * wk
     hq, wq = q.shape[2], q.shape[3]
-    vaug = np.empty((n, m, c + 1), np.float32)
-    vaug[..., :c] = v.transpose(0, 1, 3, 4, 2).reshape(n, m, c)
-    vaug[..., c] = 1.0
     return Prepared(
         qx=np.ascontiguousarray(q[:, 0].reshape(n, hq * wq)),
         qy=np.ascontiguousarray(q[:, 1].reshape(n, hq * wq)),
         kx=np.ascontiguousarray(kmap[:, :, 0].reshape(n, m)),
         ky=np.ascontiguousarray(kmap[:, :, 1].reshape(n, m)),
-        vaug=vaug,
+        v=np.ascontiguousarray(v).reshape(n, r, c, hk * wk),
         hq=hq,
         wq=wq,
         tau=tau,

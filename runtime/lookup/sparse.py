@@ -32,7 +32,9 @@ since e_{i-1} > e_i: any upper bound Fhat >= F may replace F (the last term is t
 Fhat(r) = (pixels in the cells meeting the square of half-width max(r, rho) around q, an O(1)
 summed-area-table count) - |A|: those cells hold A and every pixel within r. The query is done
 when B <= tol * Z_A, so eps <= tol (default 1e-4) and |dP| <= tol * max(V), plus float32
-rounding (the weights use a polynomial exp, relative error < 3e-6). Otherwise rho grows by
+rounding (the weights use a polynomial 2^x, relative error < 3e-7, relative to a distance within
+11 tau of d0, so the logit floor sits at most a factor 2^16 from the reference's: < 1e-12 of the
+sum; see kernels/soft.py). Otherwise rho grows by
 tau (ln(B / (tol Z_A)) + 0.3) and the newly reached cells are added. Where the bound cannot be
 met before the disk holds every pixel, U is empty and that query is computed exactly: the dense
 computation, per query. On smooth 128x128 maps at tau = 0.01 this evaluates ~245 pixels per
@@ -93,38 +95,11 @@ class _Grid:
 
     kx: np.ndarray
     ky: np.ndarray
-    vf: np.ndarray
-    cp: int
+    vt: np.ndarray
     order: np.ndarray
     start: np.ndarray
     sat: np.ndarray
     geo: np.ndarray
-
-
-def _grid(kern, kx: np.ndarray, ky: np.ndarray, vaug: np.ndarray, tau: float) -> _Grid:
-    m, c = vaug.shape[0], vaug.shape[1] - 1
-    x0, y0 = float(kx.min()), float(ky.min())
-    wx, wy = max(float(kx.max()) - x0, 1e-6), max(float(ky.max()) - y0, 1e-6)
-    # Row bands a quarter of a typical query radius high (half the pixel spacing + 12 tau): ~8 bands
-    # per query. Columns are cheap (a band's cells are one slice), so they are narrow.
-    spacing = math.sqrt(wx * wy / m)
-    band = (spacing / 2 + 12 * tau) / 4
-    gy = int(np.clip(math.ceil(wy / band), 1, 1024))
-    gx = int(np.clip(math.ceil(wx / min(band / 8, spacing / 4)), 1, max(1, (1 << 20) // gy)))
-    geo = np.array([x0, y0, wx / gx * (1 + 1e-6), wy / gy * (1 + 1e-6), gx, gy], np.float64)
-    cp = -(-c // 8) * 8  # channels padded to whole 8-lane vectors
-    g = _Grid(
-        kx=np.full(m + 8, 1e4, np.float32),  # + 8 far-away entries: the kernels read whole 8-lane vectors
-        ky=np.full(m + 8, 1e4, np.float32),
-        vf=np.zeros((m + 8) * cp, np.float32),
-        cp=cp,
-        order=np.empty(m, np.int64),
-        start=np.empty(gx * gy + 1, np.int64),
-        sat=np.empty((gy + 1, gx + 1), np.int64),
-        geo=geo,
-    )
-    kern.build_grid(kx, ky, vaug, geo, g.order, g.start, g.sat, g.kx, g.ky, g.vf)
-    return g
 
 
 _pool_lock = threading.Lock()
@@ -156,17 +131,51 @@ def _in_chunks(run, nq: int, threads: int) -> int:
     return int(stats.sum())
 
 
+def _grid(kern, x: Prepared, i: int, threads: int) -> _Grid:
+    """Batch item i's reference pixels sorted by cell, their probabilities gathered on `threads` threads."""
+    kx, ky, tau = x.kx[i], x.ky[i], x.tau
+    m, c = x.m, x.c
+    x0, y0 = float(kx.min()), float(ky.min())
+    wx, wy = max(float(kx.max()) - x0, 1e-6), max(float(ky.max()) - y0, 1e-6)
+    # Row bands a quarter of a typical query radius high (half the pixel spacing + 12 tau): ~8 bands
+    # per query. Columns are cheap (a band's cells are one slice), so they are narrow.
+    spacing = math.sqrt(wx * wy / m)
+    band = (spacing / 2 + 12 * tau) / 4
+    gy = int(np.clip(math.ceil(wy / band), 1, 1024))
+    gx = int(np.clip(math.ceil(wx / min(band / 8, spacing / 4)), 1, max(1, (1 << 20) // gy)))
+    geo = np.array([x0, y0, wx / gx * (1 + 1e-6), wy / gy * (1 + 1e-6), gx, gy], np.float64)
+    c8 = -(-c // 8) * 8  # channels padded to whole blocks of 8
+    pad = kern.PAD  # far-away entries after the pixels: the kernels read whole vectors
+    g = _Grid(
+        kx=np.full(m + pad, kern.FAR, np.float32),
+        ky=np.full(m + pad, kern.FAR, np.float32),
+        vt=np.zeros(c8 * (m + pad), np.float32),
+        order=np.empty(m, np.int64),
+        start=np.empty(gx * gy + 1, np.int64),
+        sat=np.empty((gy + 1, gx + 1), np.int64),
+        geo=geo,
+    )
+    kern.sort_grid(kx, ky, geo, g.order, g.start, g.sat, g.kx, g.ky)
+    vpm = np.ascontiguousarray(x.v[i].transpose(0, 2, 1)).reshape(m, c)  # pixel-major rows
+    _in_chunks(lambda p0, p1, stats: kern.gather_channels(vpm, g.order, p0, p1, g.vt), m, threads)
+    return g
+
+
 def _sparse_item(kern, x: Prepared, i: int, tol: float, threads: int, out: np.ndarray, labels: np.ndarray) -> int:
-    g = _grid(kern, x.kx[i], x.ky[i], x.vaug[i], x.tau)
+    g = _grid(kern, x, i, threads)
     qx, qy = x.qx[i], x.qy[i]
     if x.mode == "soft":
+        ks = math.log2(math.e) / x.tau  # the kernel's distances in log2 units: a weight is one 2^x
+        kxs, kys = g.kx * np.float32(ks), g.ky * np.float32(ks)
+
         def run(q0, q1, stats):
-            kern.soft(q0, q1, qx, qy, g.kx, g.ky, g.vf, g.cp, g.start, g.sat, g.geo, x.tau, tol, out, labels, stats)
+            kern.soft(q0, q1, qx, qy, g.kx, g.ky, ks, kxs, kys, g.vt, g.start, g.sat, g.geo, x.tau, tol, out, labels,
+                      stats)
     else:
         k = 1 if x.mode == "hard" else x.k
+
         def run(q0, q1, stats):
-            kern.nearest_k(q0, q1, qx, qy, g.kx, g.ky, g.vf, g.cp, g.order, g.start, g.geo, x.tau, k, out, labels,
-                           stats)
+            kern.nearest_k(q0, q1, qx, qy, g.kx, g.ky, g.vt, g.order, g.start, g.geo, x.tau, k, out, labels, stats)
     return _in_chunks(run, qx.shape[0], threads)
 
 
@@ -276,7 +285,8 @@ def lookup_sparse(
         labels = np.empty((n, nq), np.int32)  # the kernels write the argmax too
         for i in range(n):
             stats["pairs"] += _sparse_item(kern, x, i, float(tol), int(threads), out[i], labels[i])
-        flush_tiny(out)
+        if x.mode != "soft":  # (the soft kernel flushes as it writes)
+            flush_tiny(out)
         result = out.reshape(n, x.c, x.hq, x.wq), labels.reshape(n, x.hq, x.wq)
     elif kern is not None and x.mode == "soft":  # every pair, compiled
         stats.update(path="dense", pairs=stats["dense_pairs"], reason=reason)

@@ -22,7 +22,7 @@ import numpy as np
 
 from runtime.lookup.kernels.grid import argmax_first
 from runtime.lookup.kernels.jit import jit
-from runtime.lookup.kernels.simd import exp_neg, v8_hmin, v8_load, v8_min, v8_norm2, v8_splat, v8_sub
+from runtime.lookup.kernels.simd import exp_neg, v8_load, v8_splat, v_hmin, v_min, v_norm2, v_sub
 
 TILE = 512  # reference pixels per tile: a channel's tile (2 KiB) and four weight rows stay in L1
 ROWS = 4  # queries sharing each tile
@@ -37,11 +37,11 @@ def _nearest(x, y, kx, ky):
     b0 = v8_splat(np.float32(np.inf))
     b1, b2, b3 = b0, b0, b0  # four chains: the loop is bound by min's throughput, not its latency
     for j in range(0, kx.shape[0], 32):
-        b0 = v8_min(b0, v8_norm2(v8_sub(xv, v8_load(kx, j)), v8_sub(yv, v8_load(ky, j))))
-        b1 = v8_min(b1, v8_norm2(v8_sub(xv, v8_load(kx, j + 8)), v8_sub(yv, v8_load(ky, j + 8))))
-        b2 = v8_min(b2, v8_norm2(v8_sub(xv, v8_load(kx, j + 16)), v8_sub(yv, v8_load(ky, j + 16))))
-        b3 = v8_min(b3, v8_norm2(v8_sub(xv, v8_load(kx, j + 24)), v8_sub(yv, v8_load(ky, j + 24))))
-    return np.sqrt(v8_hmin(v8_min(v8_min(b0, b1), v8_min(b2, b3))))
+        b0 = v_min(b0, v_norm2(v_sub(xv, v8_load(kx, j)), v_sub(yv, v8_load(ky, j))))
+        b1 = v_min(b1, v_norm2(v_sub(xv, v8_load(kx, j + 8)), v_sub(yv, v8_load(ky, j + 8))))
+        b2 = v_min(b2, v_norm2(v_sub(xv, v8_load(kx, j + 16)), v_sub(yv, v8_load(ky, j + 16))))
+        b3 = v_min(b3, v_norm2(v_sub(xv, v8_load(kx, j + 24)), v_sub(yv, v8_load(ky, j + 24))))
+    return np.sqrt(v_hmin(v_min(v_min(b0, b1), v_min(b2, b3))))
 
 
 @jit(nogil=True, fastmath=True)

@@ -1,12 +1,14 @@
 """The reference pixels of one batch item bucketed into a grid of cells, and the geometry of a query's disk.
 
-The pixels are bucketed by :func:`build_grid` into a gx x gy grid of cells over their bounding box
-(sizes chosen by ``runtime.lookup.sparse._grid``): cells are ordered row-major (row = y band,
+The pixels are bucketed by :func:`sort_grid` into a gx x gy grid of cells over their bounding box
+(sizes chosen by ``runtime.lookup.sparse._grid``; :func:`gather_channels` then lays their
+probabilities out in the same order, on the caller's threads): cells are ordered row-major (row = y band,
 column = x), and the pixels are stored sorted by cell, so the cells ``lo..hi`` of one row are one
 contiguous slice of the pixel arrays. Arrays:
 
-    kx, ky (M + 8,) float32         pixel coordinates, sorted by cell (then 8 far-away padding entries)
-    vf ((M + 8) * cp,) float32      V rows in the same order, cp = C rounded up to 8 (zero padded)
+    kx, ky (M + PAD,) float32       pixel coordinates, sorted by cell, then PAD far-away entries
+    vt (c8 * sv,) float32           V channel-major in the same order: channel u of pixel p at
+                                    vt[u * sv + p], sv = M + PAD, c8 = C rounded up to 8 (zero padded)
     order (M,) int64                sorted position -> original pixel index j = (r, y, x)
     start (gx * gy + 1,) int64      pixels of cell c are start[c] : start[c + 1]
     sat (gy + 1, gx + 1) int64      summed-area table of pixels per cell (counts of any cell rectangle)
@@ -41,6 +43,8 @@ _DECAY = np.exp(-OFFSETS)
 _LOGIT_FLOOR_WEIGHT = math.exp(spec.LOGIT_FLOOR)
 # Padding coordinate: its distance (> 1e3) marks vector lanes that hold no pixel.
 FAR = np.float32(1e4)
+# Entries after the last pixel: the kernels read whole 16-lane vectors.
+PAD = 16
 
 
 @numba.njit(inline="always")
@@ -153,13 +157,10 @@ def argmax_first(out, i):
 
 
 @jit
-def build_grid(kx, ky, vaug, geo, order, start, sat, kxs, kys, vf):
-    """Bucket the pixels (kx, ky, V = vaug[:, :C]) into the grid geo: stable counting sort by cell
-    (fills order, start, the summed-area table sat, and the sorted kxs, kys, vf; the padding entries
-    are left as they are)."""
+def sort_grid(kx, ky, geo, order, start, sat, kxs, kys):
+    """Bucket the pixels (kx, ky) into the grid geo: stable counting sort by cell (fills order, start,
+    the summed-area table sat, and the sorted kxs, kys; the padding entries are left as they are)."""
     m = kx.shape[0]
-    c = vaug.shape[1] - 1
-    cp = vf.shape[0] // kxs.shape[0]
     gx, gy = int(geo[4]), int(geo[5])
     inv_sx, inv_sy = 1.0 / geo[2], 1.0 / geo[3]
     cell = np.empty(m, np.int64)
@@ -180,8 +181,6 @@ def build_grid(kx, ky, vaug, geo, order, start, sat, kxs, kys, vf):
         order[p] = j
         kxs[p] = kx[j]
         kys[p] = ky[j]
-        for u in range(c):
-            vf[p * cp + u] = vaug[j, u]
     for t in range(gx + 1):
         sat[0, t] = 0
     for r in range(gy):
@@ -190,4 +189,17 @@ def build_grid(kx, ky, vaug, geo, order, start, sat, kxs, kys, vf):
         for t in range(gx):
             row += start[r * gx + t + 1] - start[r * gx + t]
             sat[r + 1, t + 1] = sat[r, t + 1] + row
+    return 0
+
+
+@jit(nogil=True)
+def gather_channels(vpm, order, p0, p1, vt):
+    """vt[u * sv + p] = vpm[order[p], u] for sorted positions p0..p1-1: the probabilities pixel-major
+    (one cache line per pixel read), written channel-major (sv = len(vt) // (C rounded up to 8))."""
+    c = vpm.shape[1]
+    sv = vt.shape[0] // (-(-c // 8) * 8)
+    for p in range(p0, p1):
+        j = order[p]
+        for u in range(c):
+            vt[u * sv + p] = vpm[j, u]
     return 0

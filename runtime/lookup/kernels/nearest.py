@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 
-from runtime.lookup.kernels.grid import DIST_MARGIN, argmax_first, grow
+from runtime.lookup.kernels.grid import DIST_MARGIN, PAD, argmax_first, grow
 from runtime.lookup.kernels.jit import jit
 
 
@@ -41,14 +41,15 @@ def _kth_smallest(a, n, kth):
 
 
 @jit(nogil=True)
-def nearest_k(q0, q1, qx, qy, kx, ky, vf, cp, order, start, geo, tau, k, out, labels, stats):
+def nearest_k(q0, q1, qx, qy, kx, ky, vt, order, start, geo, tau, k, out, labels, stats):
     """Top-k lookup (k = 1: hard, the nearest pixel's V) of queries q0..q1-1 into out[:, q] and
     labels[q].
 
     The disk grows until at least k pixels are closer than its radius (minus a rounding margin):
     then the k nearest pixels, and all pixels tied with the k-th, have been evaluated."""
     c = out.shape[0]
-    m = kx.shape[0] - 8
+    m = kx.shape[0] - PAD
+    sv = kx.shape[0]
     gy = int(geo[5])
     rng = np.empty((2 * gy + 2, 2), np.int64)
     lo_c = np.empty(gy, np.int64)
@@ -106,7 +107,7 @@ def nearest_k(q0, q1, qx, qy, kx, ky, vf, cp, order, start, geo, tau, k, out, la
         pairs += n
         if k == 1:
             for u in range(c):
-                out[u, i] = vf[best_p * cp + u]
+                out[u, i] = vt[u * sv + best_p]
             labels[i] = argmax_first(out, i)
             rho_prev = np.float64(best) + 2.0 * DIST_MARGIN
             continue
@@ -133,9 +134,8 @@ def nearest_k(q0, q1, qx, qy, kx, ky, vf, cp, order, start, geo, tau, k, out, la
             if d < kth or (d == kth and order[jb[q]] <= j_cut):
                 w = np.float32(math.exp(max((d - d0) / neg_tau, np.float32(-50.0))))
                 z += w
-                base = jb[q] * cp
                 for u in range(c):
-                    acc[u] += w * vf[base + u]
+                    acc[u] += w * vt[u * sv + jb[q]]
         for u in range(c):
             out[u, i] = acc[u] / z
         labels[i] = argmax_first(out, i)
