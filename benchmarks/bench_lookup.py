@@ -2,6 +2,7 @@
 
     python benchmarks/bench_lookup.py            # CPU part (1 and 2 threads), then the GPU part if any
     python benchmarks/bench_lookup.py --threads 1 --size 96 --repeat 5
+    python benchmarks/bench_lookup.py --skip-gpu --refs 4   # 4 reference maps, as propagation at memory 3
     python benchmarks/bench_lookup.py --skip-cpu   # the GPU part alone
 
 CPU: dense numpy vs the compiled CPU path (runtime.lookup.lookup_sparse; numba kernels) at
@@ -73,7 +74,7 @@ def cpu_child(args) -> None:
     """One thread count, in this process (BLAS threads already set): prints one JSON line."""
     threads = int(args.threads)
     rng = np.random.default_rng(args.seed)
-    q, k, v = make_inputs(rng, 1, args.size, args.classes)
+    q, k, v = make_inputs(rng, 1, args.size, args.classes, args.refs)
     t0 = time.perf_counter()
     lookup_sparse(q[..., :16, :16], k[..., :16, :16], v[..., :16, :16], tau=0.001, threads=threads)
     first_call = time.perf_counter() - t0  # numba: compile, or load from its on-disk cache
@@ -100,13 +101,13 @@ def cpu_child(args) -> None:
 
 def cpu_part(args) -> None:
     thread_counts = [int(t) for t in str(args.threads).split(",")]
-    print(f"CPU: Q (1, 2, {args.size}, {args.size}), K (1, 1, 2, {args.size}, {args.size}), C {args.classes}, "
-          f"tau {args.tau}, tol {args.tol}, seed {args.seed}")
+    print(f"CPU: Q (1, 2, {args.size}, {args.size}), K (1, {args.refs}, 2, {args.size}, {args.size}), "
+          f"C {args.classes}, tau {args.tau}, tol {args.tol}, seed {args.seed}")
     rows, notes = [], []
     for threads in thread_counts:
         cmd = [sys.executable, __file__, "--cpu-child", "--threads", str(threads), "--size", str(args.size),
-               "--classes", str(args.classes), "--tau", str(args.tau), "--tol", str(args.tol), "--repeat",
-               str(args.repeat), "--dense-repeat", str(args.dense_repeat), "--seed", str(args.seed)]
+               "--classes", str(args.classes), "--refs", str(args.refs), "--tau", str(args.tau), "--tol", str(args.tol),
+               "--repeat", str(args.repeat), "--dense-repeat", str(args.dense_repeat), "--seed", str(args.seed)]
         out = subprocess.run(cmd, capture_output=True, text=True)
         if out.returncode != 0:
             raise SystemExit(f"CPU benchmark with {threads} thread(s) failed:\n{out.stderr}")
@@ -281,6 +282,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size", type=int, default=128, help="query and reference maps are size x size")
     parser.add_argument("--classes", type=int, default=8)
+    parser.add_argument("--refs", type=int, default=1, help="CPU: reference maps (propagation's memory 3 looks up 4)")
     parser.add_argument("--tau", type=float, default=0.01)
     parser.add_argument("--tol", type=float, default=1e-4, help="sparse path: neglected softmax mass per query")
     parser.add_argument("--repeat", type=int, default=5)

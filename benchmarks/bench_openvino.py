@@ -9,11 +9,18 @@ command in a fresh process with its defaults (batch 8, memory 3, tau 0.01, overl
 --backend, the runs interleaved (backend after backend, then again), the fastest of --repeat kept;
 the stage columns come from the run's summary.json. Before them, the encoder alone: ms per frame at
 batch 8 in this process, both backends timed alternately (the numbers auto's trial compares).
+
+    python benchmarks/bench_openvino.py --base 8779715        # also `--backend auto` as of that revision
+
+--base REV adds, interleaved with the others, a row per encoder running REV's code (a git worktree;
+one untimed run first compiles its kernels), and prints the lookup stage's ratio against this tree's.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -48,7 +55,28 @@ def main(argv=None) -> None:
     parser.add_argument("--encoders", default="exact,int8", help="exact and/or int8")
     parser.add_argument("--backends", default=",".join(BACKENDS))
     parser.add_argument("--repeat", type=int, default=2, help="runs per case (the fastest is shown)")
+    parser.add_argument("--base", help="a git revision whose `--backend auto` runs beside this tree's")
     args = parser.parse_args(argv)
+    with base_tree(args.base) as base:
+        measure(args, base)
+
+
+@contextlib.contextmanager
+def base_tree(rev: str | None):
+    """A temporary git worktree of rev (None: no base)."""
+    if rev is None:
+        yield None
+        return
+    tree = Path(tempfile.mkdtemp(prefix="coordgan-bench-base-"))
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-f", str(tree), rev], check=True,
+                   capture_output=True)
+    try:
+        yield tree
+    finally:
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], capture_output=True)
+
+
+def measure(args, base: Path | None) -> None:
 
     from coordgan.data.synthetic_faces import make_sequence
     from export.cache import ModelSource
@@ -81,13 +109,22 @@ def main(argv=None) -> None:
     rows = [[kind, *(f"{v:.1f}" for v in encoder_ms(path).values())] for kind, path in encoders.items()]
     print(text_table(rows, ["encoder", "onnxruntime", "openvino"]))
 
-    backends = args.backends.split(",")
+    cases = [(backend, backend, ROOT) for backend in args.backends.split(",")]
+    if base is not None:
+        label = f"auto @ {args.base}"
+        cases.append((label, "auto", base))
+        warm = work / "warm.mp4"  # 16 frames, untimed: compiles the base's kernels
+        with VideoWriter(warm, fps=12) as writer:
+            for frame in frames[:16]:
+                writer.write(frame)
+        for kind, path in encoders.items():
+            run(warm, path, ref, work / f"warm-{kind}", ["--backend", "auto"], tree=base)
     best: dict[tuple[str, str], dict] = {}
     for _ in range(args.repeat):
         for kind, path in encoders.items():
-            for backend in backends:
-                s = run(video, path, ref, work / f"out-{kind}-{backend}", ["--backend", backend])
-                key = (kind, backend)
+            for name, backend, tree in cases:
+                s = run(video, path, ref, work / f"out-{kind}-{backend}-{tree.name}", ["--backend", backend], tree=tree)
+                key = (kind, name)
                 if key not in best or s["frames_per_s"] > best[key]["frames_per_s"]:
                     best[key] = s
     header = ["encoder", "--backend", "ran on", "frames/s", "ms/frame"] + [f"{s} ms" for s in STAGES]
@@ -102,6 +139,11 @@ def main(argv=None) -> None:
     for (kind, backend), s in best.items():
         if backend == "auto":
             print(f"  {kind} auto: {s['model'].split(': (')[0]}")
+    if base is not None:
+        for kind in encoders:
+            before, after = (best[(kind, key)]["seconds"]["lookup"] for key in (label, "auto"))
+            print(f"  {kind}: lookup {before / after:.2f}x faster than at {args.base}, frames/s "
+                  f"{best[(kind, label)]['frames_per_s']:.2f} -> {best[(kind, 'auto')]['frames_per_s']:.2f}")
 
 
 if __name__ == "__main__":

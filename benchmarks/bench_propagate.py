@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -81,11 +82,12 @@ def first_mask(kind: str, mask: np.ndarray) -> np.ndarray:
     return (tiles % n).astype(np.uint8)
 
 
-def run(video: Path, encoder: Path, ref: Path, out: Path, extra: list[str]) -> dict:
+def run(video: Path, encoder: Path, ref: Path, out: Path, extra: list[str], tree: Path = ROOT) -> dict:
+    """`coordgan propagate` in a fresh process, its summary.json; tree: the checkout whose code runs."""
     cmd = [sys.executable, "-m", "coordgan.cli", "propagate", str(video), "--model", str(encoder), "--ref", str(ref),
            "--out", str(out), "--overwrite", "--device", "cpu", *extra]
     t0 = time.perf_counter()
-    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    done = subprocess.run(cmd, cwd=tree, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(tree)})
     if done.returncode != 0:
         raise SystemExit(f"coordgan propagate failed:\n{done.stderr}")
     summary = json.loads((out / "summary.json").read_text())

@@ -46,7 +46,8 @@ def _same(*ts) -> bool:
 def _splat(builder, value, lanes: int):
     vec = ir.VectorType(_F32, lanes)
     v = builder.insert_element(ir.Constant(vec, ir.Undefined), value, ir.Constant(_I32, 0))
-    return builder.shuffle_vector(v, ir.Constant(vec, ir.Undefined), ir.Constant(ir.VectorType(_I32, lanes), [0] * lanes))
+    zeros = ir.Constant(ir.VectorType(_I32, lanes), [0] * lanes)
+    return builder.shuffle_vector(v, ir.Constant(vec, ir.Undefined), zeros)
 
 
 def _call(builder, name: str, *args):
