@@ -202,7 +202,7 @@ def soft(q0, q1, qx, qy, kx, ky, ks, kxs, kys, vt, start, sat, geo, tau, tol, ou
             _reset(accb)
             _weigh(kxs, kys, vt, sv, rl, 0, _band_spans(rows, lo_c, hi_c, start, geo, rl), xs, ys, d_ref, accb, wb)
         d0 = np.float64(d0s) / ks
-        scale = 2.0 ** (np.float64(d0s) - np.float64(d_ref))  # to weights relative to the nearest pixel's
+        scale = np.exp2(np.float64(d0s) - np.float64(d_ref))  # to weights relative to the nearest pixel's
         while True:  # grow until the bound on the neglected weight is <= tol * z
             z = np.float64(v_hsum(v16_load(accb, 0))) * scale
             bound = tail_bound(x, y, rho, n, m, d0, tau, geo, sat)
