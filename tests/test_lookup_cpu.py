@@ -29,6 +29,13 @@ from lookup_helpers import assert_labels, case, degenerate_maps, grid, ref, tiny
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def run_snippet(code: str, **env: str) -> None:
+    """Run `code` in a fresh Python process at the project root; it must exit 0."""
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                            env={**os.environ, **env})
+    assert result.returncode == 0, result.stderr
+
+
 # --------------------------------------------------------------------------------------------------
 
 
@@ -41,8 +48,7 @@ def test_runtime_lookup_imports_without_torch():
         "v = np.ones((1, 1, 3, 4, 4), np.float32)\n"
         "runtime.lookup.lookup(q, k, v, impl='sparse')\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
+    run_snippet(code)
 
 
 @pytest.mark.parametrize(
@@ -234,8 +240,7 @@ def test_sparse_without_numba_runs_dense():
         "assert sum('numba is not installed' in str(x.message) for x in w) == 1, [str(x.message) for x in w]\n"
         "assert np.array_equal(p, lookup_dense(q, k, v, tau=0.001)[0])\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
+    run_snippet(code)
 
 
 def test_kernel_cache_falls_back_to_a_temp_dir_when_read_only():
@@ -248,9 +253,37 @@ def test_kernel_cache_falls_back_to_a_temp_dir_when_read_only():
         "from runtime.lookup.kernels import jit as k\n"
         "assert k.CACHE and numba.config.CACHE_DIR.startswith(tempfile.gettempdir()), numba.config.CACHE_DIR\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
-                            env={**os.environ, "NUMBA_CACHE_DIR": ""})
-    assert result.returncode == 0, result.stderr
+    run_snippet(code, NUMBA_CACHE_DIR="")
+
+
+def test_warm_up_loads_the_kernels_of_the_mode_once_on_a_background_thread():
+    """In a fresh process: warm_up starts one daemon thread per kernel kind, whatever the number of
+    calls, which leaves the mode's kernels compiled for the real calls' argument types; a dense or
+    CUDA impl starts none."""
+    code = (
+        "import threading\n"
+        "from runtime import lookup as L\n"
+        "from runtime.lookup import sparse\n"
+        "def warmers():\n"
+        "    return [t for t in threading.enumerate() if t.name == 'coordgan-lookup-warm']\n"
+        "L.warm_up('dense'); L.warm_up('cuda')\n"
+        "assert not warmers()\n"
+        "L.warm_up('sparse', 'soft'); L.warm_up('auto', 'soft')\n"
+        "started = warmers(); assert len(started) == 1 and started[0].daemon, started\n"
+        "started[0].join()\n"
+        "kern, _ = sparse._kernels()\n"
+        "assert kern.soft.signatures and kern.sort_grid.signatures and kern.gather_channels.signatures\n"
+        "assert not kern.nearest_k.signatures\n"
+        "L.warm_up('sparse', 'topk'); [t.join() for t in warmers()]\n"
+        "assert kern.nearest_k.signatures\n"
+        "import numpy as np\n"
+        "q = np.zeros((1, 2, 4, 4), np.float32); k = np.zeros((1, 1, 2, 5, 5), np.float32)\n"
+        "v = np.ones((1, 1, 2, 5, 5), np.float32) / 2\n"
+        "n = len(kern.soft.signatures)\n"
+        "sparse.lookup_sparse(q, k, v, dense_above=1.0)\n"
+        "assert len(kern.soft.signatures) == n, 'a real call compiled another signature'\n"
+    )
+    run_snippet(code)
 
 
 @pytest.mark.parametrize("c,threads", [(3, 1), (8, 2), (40, 2)])

@@ -28,7 +28,7 @@ from runtime.lookup.sparse import lookup_sparse
 from runtime.lookup.spec import IMPLS, MODES
 
 __all__ = ["IMPLS", "MODES", "lookup", "lookup_dense", "lookup_sparse", "choose_impl", "impl_for_device",
-           "cuda_available"]
+           "cuda_available", "warm_up"]
 
 # What the `device` options of the CLI and the Triton models (runtime.devices) mean for the lookup.
 _DEVICE_IMPL = {"auto": "auto", "cpu": "sparse", "cuda": "cuda"}
@@ -76,6 +76,16 @@ def choose_impl(impl: str, *, classes: int, mode: str = "soft", k: int | None = 
     if on_gpu and not on_cuda:
         raise CoordGANError(f"impl={impl!r} runs on the CPU; these tensors are on a GPU (use impl='cuda' or 'auto').")
     return impl
+
+
+def warm_up(impl: str = "auto", mode: str = "soft") -> None:
+    """Where `impl` runs the sparse CPU path, load its compiled kernels now, on a background thread
+    (runtime.lookup.sparse.warm_in_background); a caller about to run other work (an encoder batch)
+    saves the first lookup that wait."""
+    if impl == "sparse" or (impl == "auto" and not cuda_available()):
+        from runtime.lookup.sparse import warm_in_background
+
+        warm_in_background(mode)
 
 
 def lookup(

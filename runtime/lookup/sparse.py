@@ -102,6 +102,33 @@ class _Grid:
     geo: np.ndarray
 
 
+_warm_lock = threading.Lock()
+_warmed: set[str] = set()
+
+
+def warm_in_background(mode: str = "soft") -> None:
+    """Load the compiled kernels of `mode` on a daemon thread, once per process: importing numba and
+    reading its disk cache take 0.3-0.5 s (a first compile ~10 s), which the first lookup would
+    otherwise wait for; propagation starts this before its first encoder batch, which then runs
+    beside it. A lookup that comes first waits for the same load (numba's compile lock), no longer."""
+    kind = "soft" if mode == "soft" else "nearest"
+    with _warm_lock:
+        if kind in _warmed:
+            return
+        _warmed.add(kind)
+    threading.Thread(target=_warm, args=(mode,), name="coordgan-lookup-warm", daemon=True).start()
+
+
+def _warm(mode: str) -> None:
+    """A tiny lookup through the kernels (the real calls' argument types, so the same compiled code)."""
+    g = np.stack(np.meshgrid(np.linspace(-1, 1, 8), np.linspace(-1, 1, 8))).astype(np.float32)
+    try:
+        lookup_sparse(g[None, :, :4, :4], g[None, None], np.ones((1, 1, 1, 8, 8), np.float32),
+                      mode=mode, k=1 if mode == "topk" else None, threads=1, dense_above=1.0)
+    except Exception:  # never fails a run: a real lookup reports whatever went wrong
+        pass
+
+
 _pool_lock = threading.Lock()
 _pool: tuple[int, ThreadPoolExecutor] | None = None
 
