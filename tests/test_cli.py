@@ -138,6 +138,37 @@ def test_interrupts_end_with_one_sentence(capsys, monkeypatch):
         assert info.value.code == 130 and capsys.readouterr().err == expected
 
 
+@pytest.mark.parametrize("stop_signal", ["SIGTERM", "SIGHUP"])
+def test_stop_signals_unwind_the_command_and_end_with_one_sentence(tmp_path, stop_signal):
+    """SIGTERM and SIGHUP (the terminal closed) unwind a command like Ctrl-C (its cleanup runs), then
+    one sentence and exit 128 + the signal; a second signal during the cleanup does not cut it short."""
+    import signal
+    import subprocess
+
+    marker = tmp_path / "cleaned"
+    code = (
+        "import os, signal, time, typer\n"
+        "from coordgan.cli.errors import run_app\n"
+        "app = typer.Typer()\n"
+        "@app.command()\n"
+        "def cmd():\n"
+        "    try:\n"
+        f"        os.kill(os.getpid(), signal.{stop_signal}); time.sleep(10)\n"
+        "    finally:\n"
+        f"        os.kill(os.getpid(), signal.{stop_signal})\n"
+        f"        open({str(marker)!r}, 'w').close()\n"
+        "@app.command()\n"
+        "def other():\n"
+        "    pass\n"
+        "import sys; sys.argv = ['coordgan', 'cmd']\n"
+        "run_app(app)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    number = getattr(signal, stop_signal)
+    assert done.returncode == 128 + number and done.stderr == f"Stopped by {stop_signal}.\n", done.stderr
+    assert marker.exists()
+
+
 def test_device_reading(monkeypatch):
     import torch
 

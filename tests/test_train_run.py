@@ -208,9 +208,10 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     assert "step 3" in (out / "train.log").read_text()
 
 
-def test_sigterm_to_the_process_group_writes_a_checkpoint(tmp_path):
-    """SIGTERM to the whole process group (docker stop, Slurm, a terminal's Ctrl-C do that), data
-    workers included: the trainer still finishes the step, checkpoints and exits 128 + 15."""
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGHUP])
+def test_a_stop_signal_to_the_process_group_writes_a_checkpoint(tmp_path, stop_signal):
+    """SIGTERM (docker stop, Slurm) or SIGHUP (the terminal closed) to the whole process group, data
+    workers included: the trainer still finishes the step, checkpoints and exits 128 + the signal."""
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "coordgan.cli", "train", "--preset", "tiny", "--data", "synthetic-faces",
            "--out", str(out), "--steps", "100000", "--batch", "2", "--ckpt-every", "100000",
@@ -223,13 +224,13 @@ def test_sigterm_to_the_process_group_writes_a_checkpoint(tmp_path):
             assert proc.poll() is None, proc.communicate()[1]
             assert time.monotonic() < deadline, "no training step within 120 s"
             time.sleep(0.2)
-        os.killpg(proc.pid, signal.SIGTERM)
+        os.killpg(proc.pid, stop_signal)
         _, stderr = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 128 + signal.SIGTERM, stderr
-    assert "Stopped by SIGTERM" in stderr and "--resume" in stderr
+    assert proc.returncode == 128 + stop_signal, stderr
+    assert f"Stopped by {stop_signal.name}" in stderr and "--resume" in stderr
     step = latest_step(out)
     assert step >= 1 and (out / "checkpoints" / f"step_{step:06d}.state.safetensors").is_file()
     assert set(load(out / "checkpoints" / f"step_{step:06d}.safetensors").networks) == {"g", "g_ema", "d", "d_patch"}

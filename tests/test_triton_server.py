@@ -194,10 +194,11 @@ def test_killed_server_leaves_no_shared_memory(tmp_path):
 
 @needs_tritonserver
 @pytest.mark.parametrize("stop_signal, code, sentence", [(signal.SIGINT, 130, "Interrupted."),
-                                                         (signal.SIGTERM, 143, "Stopped by SIGTERM.")])
+                                                         (signal.SIGTERM, 143, "Stopped by SIGTERM."),
+                                                         (signal.SIGHUP, 129, "Stopped by SIGHUP.")])
 def test_serve_stops_cleanly_on_signal(tmp_path, stop_signal, code, sentence):
-    """Ctrl-C and SIGTERM end `serve` as any command (exit 130 / 143, one sentence), with its server,
-    stubs, shared memory and temp log gone."""
+    """Ctrl-C, SIGTERM and SIGHUP (the terminal closed) end `serve` as any command (exit 130 / 143 /
+    129, one sentence), with its server, stubs, shared memory and temp log gone."""
     import tritonclient.http as http
 
     repo = write_echo_repo(tmp_path / "repo")

@@ -1,4 +1,4 @@
-"""How every `coordgan` command ends: one sentence for a user error, one for Ctrl-C or SIGTERM.
+"""How every `coordgan` command ends: one sentence for a user error, one for Ctrl-C, SIGTERM or SIGHUP.
 
 Never imports the app (so anything may import this without building it): `run_app` takes any
 Typer app and runs it with the project's error contract.
@@ -14,33 +14,37 @@ import typer
 
 from runtime.errors import CoordGANError
 
-_terminated: list[bool] = []
+# SIGTERM: docker stop, Slurm, kill. SIGHUP: the terminal closed (a `serve` left running would keep
+# its server and ports).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+_terminated: list[int] = []  # the stop signal received
 
 
-def _on_sigterm(signum, frame):
+def _on_stop_signal(signum, frame):
     # Unwind like Ctrl-C (temp files removed, no half-written output left); Python's default would
-    # end the process on the spot. A second SIGTERM must not cut that cleanup short. Training
-    # installs its own handler while it runs; `serve` stops its server as this unwinds it.
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    _terminated.append(True)
+    # end the process on the spot. A second signal must not cut that cleanup short. Training
+    # installs its own handlers while it runs; `serve` stops its server as this unwinds it.
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    _terminated.append(signum)
     raise KeyboardInterrupt
 
 
 def run_app(typer_app: typer.Typer) -> None:
     """Run a Typer app with the project's error contract: one sentence and exit 1, no traceback.
 
-    Ctrl-C and SIGTERM end a command with one sentence too (exit 130 and 143); Typer turns the
-    KeyboardInterrupt into a silent exit 130, so the message is printed here.
+    Ctrl-C, SIGTERM and SIGHUP end a command with one sentence too (exit 130, 143 and 129); Typer
+    turns the KeyboardInterrupt into a silent exit 130, so the message is printed here.
     """
     main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None
+    previous = {sig: signal.signal(sig, _on_stop_signal) for sig in STOP_SIGNALS} if main_thread else {}
     try:
         _run(typer_app)
     except KeyboardInterrupt:  # a stop that landed while the command was already ending (in a handler below)
         _stopped()
     finally:
-        if main_thread:  # callers in-process (tests) get theirs back
-            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+        for sig, handler in previous.items():  # callers in-process (tests) get theirs back
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
         _terminated.clear()
 
 
@@ -72,7 +76,7 @@ def _fail(sentence: str):
 
 def _stopped():
     if _terminated:
-        print("Stopped by SIGTERM.", file=sys.stderr)
-        sys.exit(143)
+        print(f"Stopped by {signal.Signals(_terminated[0]).name}.", file=sys.stderr)
+        sys.exit(128 + _terminated[0])
     print("Interrupted.", file=sys.stderr)
     sys.exit(130)

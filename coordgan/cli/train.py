@@ -46,7 +46,7 @@ _HELP = {
     "steps": "Total optimizer steps of the run (a resumed run continues up to it).",
     "preset": "Model preset (celeba-128, celeba-512, ..., tiny); taken from the run on --resume.",
     "batch": "Global batch over all processes; each process gets an even share (default: the preset's).",
-    "ckpt_every": "Checkpoint every N steps (and always at the end and on SIGTERM / Ctrl-C; 0: only then).",
+    "ckpt_every": "Checkpoint every N steps (and always at the end and on SIGTERM / SIGHUP / Ctrl-C; 0: only then).",
     "sample_every": "Write RUN_DIR/samples/step_XXXXXX.png every M steps (0: never).",
     "resume": "Continue the run in --out exactly where its last checkpoint left it.",
     "amp": "bfloat16 autocast (CUDA GPUs with bf16 support, or CPU).",

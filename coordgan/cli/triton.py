@@ -85,7 +85,7 @@ def serve(
                                        "kept only when an error names it)."),
     startup_timeout: float = typer.Option(120.0, "--startup-timeout", help="Seconds to wait for readiness."),
 ):
-    """Serve a model repository with a real tritonserver until Ctrl-C / SIGTERM."""
+    """Serve a model repository with a real tritonserver until Ctrl-C / SIGTERM / SIGHUP."""
     from triton_models.server import TritonServer
 
     if not startup_timeout > 0:
@@ -108,7 +108,7 @@ def serve(
             time.sleep(0.5)
         raise CoordGANError(f"tritonserver stopped on its own (code {server.process.returncode}): "
                             f"{server.first_error()} (log: {server.log_path}).")
-    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM through cli.errors, which ends with 130 or 143
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM / SIGHUP through cli.errors, which ends with 130, 143 or 129
         stopped = True
         print(f"tritonserver stopped (exit code {server.stop()}).", flush=True)
         raise

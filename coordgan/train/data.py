@@ -37,11 +37,12 @@ _UNIT = torch.arange(256, dtype=torch.float32).div_(127.5).sub_(1.0)
 
 
 def _leave_signals_to_the_trainer(_worker_id: int) -> None:
-    """Workers ignore SIGTERM/SIGINT. Ctrl-C, `docker stop`, Slurm and `kill -- -PGID` signal the
-    whole process group; a worker that died of it would crash the trainer mid-step instead of
-    letting it finish the step, checkpoint and stop (the trainer ends its workers itself)."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    """Workers ignore SIGTERM/SIGINT/SIGHUP. Ctrl-C, `docker stop`, Slurm, `kill -- -PGID` and a
+    closing terminal signal the whole process group; a worker that died of it would crash the
+    trainer mid-step instead of letting it finish the step, checkpoint and stop (the trainer ends
+    its workers itself)."""
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
 
 
 class ImageFolder(Dataset):

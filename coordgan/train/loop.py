@@ -291,7 +291,8 @@ def write_png(path: Path, grid: np.ndarray) -> None:
 
 
 class _Signals:
-    """SIGTERM / first Ctrl-C: finish the step, checkpoint, stop. Second Ctrl-C: stop now."""
+    """SIGTERM, SIGHUP (the terminal closed) / first Ctrl-C: finish the step, checkpoint, stop. Second
+    Ctrl-C: stop now."""
 
     def __init__(self):
         self.received: tuple[str, int] | None = None
@@ -301,7 +302,7 @@ class _Signals:
         import threading
 
         if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
                 self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
