@@ -43,6 +43,7 @@ from pathlib import Path
 from runtime.errors import CoordGANError, first_line
 from runtime.fileio import atomic_write
 from runtime.io.video import open_frames
+from runtime.propagation.output import FolderBusy
 
 SUMMARY_FILE = "cluster_summary.json"
 FORMAT = "coordgan-cluster/1"
@@ -51,8 +52,6 @@ _CONNECT_TIMEOUT_S = 5.0  # an unreachable address is refused within this, not a
 _POLL_S = 0.2  # how often the driver looks at results and progress
 _PUSH_S = 0.1  # how often a worker reports its frame count
 _BUSY_RETRY_S = 1.0  # a retry refused by its folder's lock goes again after this
-# the sentence of runtime.propagation.output.SequenceFolder's lock refusal
-_BUSY = "is being written by another propagation run right now"
 
 
 @dataclass(frozen=True)
@@ -426,7 +425,7 @@ class _Scheduler:
         except Exception as exc:  # the sequence's own error (a bad mask): retrying gives the same
             self.idle.append(index)
             reason = _reason(exc)
-            if attempt > 1 and _BUSY in reason:
+            if attempt > 1 and isinstance(_cause(exc), FolderBusy):
                 # A retry stopped at the folder's lock: an earlier attempt (a worker that lost touch with the
                 # driver, a cut-off node) still writes it; this sequence goes again once that one lets go.
                 first = self.busy_since.setdefault(name, time.monotonic())
@@ -496,12 +495,15 @@ class _Scheduler:
                 self.ray.kill(self.board)
 
 
+def _cause(exc: BaseException) -> BaseException:
+    """The error a worker raised, out of Ray's wrapper."""
+    cause = getattr(exc, "cause", None)
+    return cause if isinstance(cause, BaseException) else exc
+
+
 def _reason(exc: BaseException) -> str:
     """One clause: the error a worker raised (not Ray's wrapper and its traceback)."""
-    cause = getattr(exc, "cause", None)
-    if isinstance(cause, BaseException):
-        exc = cause
-    return first_line(exc)
+    return first_line(_cause(exc))
 
 
 # --- connecting ---------------------------------------------------------------------------------

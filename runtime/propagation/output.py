@@ -89,6 +89,10 @@ def input_digest(source: FrameSource) -> str:
     return digest.hexdigest()[:16]
 
 
+class FolderBusy(CoordGANError):
+    """The folder's lock is held by another run (a cluster's retry waits for it to be let go)."""
+
+
 class SequenceFolder:
     """The output folder of one sequence, held (locked) from `open` to `close`."""
 
@@ -186,8 +190,8 @@ class SequenceFolder:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             os.close(fd)
-            raise CoordGANError(f"{self.path} is being written by another propagation run right now; wait for it "
-                                "to finish or stop it first.") from None
+            raise FolderBusy(f"{self.path} is being written by another propagation run right now; wait for it "
+                             "to finish or stop it first.") from None
         self._lock_fd = fd
 
     # ---------------------------------------------------------------- while running, and after
