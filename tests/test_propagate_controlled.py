@@ -217,6 +217,26 @@ def test_grid_resampling_helpers():
     assert np.allclose(upsample(np.ones((1, 8, 8), np.float32), (17, 5)), 1)  # rows of weights sum to 1
 
 
+def test_a_reference_given_as_probabilities_acts_as_its_mask():
+    """Propagator.add_reference (a benchmark's workload memory) gives the masks the annotated mask it
+    was made from gives; probabilities over another label count are one sentence."""
+    from coordgan.correspondence import canonical_grid
+    from runtime.propagation.label_resize import labels_to_grid
+    from runtime.propagation.step import Propagator
+
+    corr = canonical_grid(8, 8).numpy()
+    mask = np.kron(np.array([[0, 3], [7, 0]], np.uint8), np.ones((16, 16), np.uint8))  # 32x32, 3 labels
+    annotated = Propagator(LookupParams(memory=0), labels=[0, 3, 7])
+    annotated.annotate("ref", corr, mask)
+    given = Propagator(LookupParams(memory=0), labels=[0, 3, 7])
+    given.add_reference("ref", corr, labels_to_grid(given.labels.channel_of[mask], 3, 8))
+    shifted_corr = np.roll(corr, 1, axis=2)
+    (m_a, p_a), (m_g, p_g) = (s.propagate("next", shifted_corr, (32, 32)) for s in (annotated, given))
+    assert np.array_equal(m_a, m_g) and np.array_equal(p_a, p_g) and set(np.unique(m_g)) == {0, 3, 7}
+    with pytest.raises(CoordGANError, match="have 2 label channels; this sequence knows 3 labels"):
+        given.add_reference("bad", corr, np.ones((2, 8, 8), np.float32) / 2)
+
+
 def test_bilinear_upsampling_matches_torch_interpolate():
     torch = pytest.importorskip("torch")
     p = np.random.default_rng(2).random((3, 8, 8)).astype(np.float32)

@@ -96,7 +96,7 @@ class BackendRunner(Runner):
         step = Propagator(LookupParams(memory=0, tau=wl.tau), impl=self.lookup_impl, labels=range(wl.classes))
         k, v = wl.reference_memory()
         for r in range(wl.refs):
-            step.memory.add_reference(f"ref{r}", k[0, r], v[0, r])
+            step.add_reference(f"ref{r}", k[0, r], v[0, r])
         out = self._scratch.writer(step.labels.values)
 
         def call():

@@ -95,6 +95,14 @@ class Propagator:
             self.memory.add_reference(name, corr, probs)
         return probs
 
+    def add_reference(self, name: str, corr: np.ndarray, probs: np.ndarray) -> None:
+        """A reference given as grid probabilities over the known labels (C, G, G) rather than a mask
+        (a benchmark's workload): kept for the whole sequence, as an annotated frame is."""
+        if probs.shape[0] != len(self.labels):
+            raise CoordGANError(f"A reference's probabilities have {probs.shape[0]} label channels; this sequence "
+                                f"knows {len(self.labels)} labels.")
+        self.memory.add_reference(name, corr, probs)
+
     def propagate(self, name: str, corr: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
         """Any other frame: (mask (H, W) uint8 label values at size = (H, W), grid probabilities (C, G, G))."""
         if not self.memory.refs:
