@@ -14,12 +14,12 @@ from typer.testing import CliRunner
 
 from coordgan.cli import app
 from coordgan.config import PRESETS
+from net_helpers import free_port
 from runtime.backends.triton_backend import parse_address
 from runtime.bench.triton_load import LoadOptions, run_load
 from runtime.bench.triton_target import TritonTarget
 from runtime.errors import CoordGANError
 from triton_helpers import needs_tritonserver, start_server, write_echo_repo
-from triton_models.server import free_port
 
 
 def invoke(*args):

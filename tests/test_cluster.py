@@ -24,8 +24,8 @@ from PIL import Image
 from cli_helpers import run_main
 from coordgan.data.synthetic_faces import make_sequence
 from export_helpers import export_tiny
+from net_helpers import free_port
 from runtime.io.masks import DAVIS_PALETTE, write_mask
-from triton_models.server import free_port
 
 SIZE, BATCH = 64, 4
 SHORT = {f"s{i}": 6 + i for i in range(6)}  # six sequences of 6..11 frames

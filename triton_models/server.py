@@ -78,12 +78,6 @@ def python_backend_dir(dest: Path) -> Path:
     return dest
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
 def _bind(host: str, port: int) -> socket.socket:
     """A socket bound as Triton binds (SO_REUSEADDR: a port in TIME_WAIT is free, a listening one is not)."""
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
