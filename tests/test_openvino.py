@@ -79,12 +79,17 @@ def test_auto_never_picks_a_slower_backend(exported, slow):
 
 
 def test_auto_remembers_its_trial_for_the_file(exported, tmp_path):
+    """The trial is remembered per model file, whatever the batch: a resume with another --batch gets
+    the same backend (the other one's bytes would be refused by the folder's fingerprint)."""
     first = open_auto(exported / "encoder.onnx", device="cpu", trial_batch=2)
     assert first.name in ("onnxruntime", "openvino") and first.note.endswith("per batch of 2 (trial)")
-    again = open_auto(exported / "encoder.onnx", device="cpu", trial_batch=2)
-    assert again.name == first.name and again.note == first.note.replace("(trial)", "(remembered trial)")
-    remembered = list((tmp_path / "cache" / "backends").glob("auto-*-b2-*.json"))
-    assert len(remembered) == 1 and set(json.loads(remembered[0].read_text())) == {"onnxruntime", "openvino"}
+    for batch in (2, 5):
+        again = open_auto(exported / "encoder.onnx", device="cpu", trial_batch=batch)
+        assert again.name == first.name and again.note == first.note.replace("(trial)", "(remembered trial)")
+    remembered = list((tmp_path / "cache" / "backends").glob("auto-*.json"))
+    assert len(remembered) == 1
+    trial = json.loads(remembered[0].read_text())
+    assert trial["batch"] == 2 and set(trial["seconds"]) == {"onnxruntime", "openvino"}
 
 
 def test_propagate_backend_choice_is_printed_and_recorded(tmp_path, monkeypatch, capsys):

@@ -10,10 +10,11 @@ the same. The slower backend is closed. The backend's `note` (shown by describe(
 summary.json) says what was chosen and the times, e.g. "auto: fastest of onnxruntime 571.0 ms,
 openvino 445.2 ms per batch of 8 (trial)" (celeba-128 here).
 
-The outcome is remembered per model file (its SHA-256), batch and the packages' versions under
-runtime.fileio.cache_dir("backends"): a later run on this machine (a --resume, a cluster worker with
-fewer threads) takes the same backend, hence the same bytes, without a new trial (remove that folder
-to time them again, e.g. after a trial under heavy load). The two backends agree within what
+The outcome is remembered per model file (its SHA-256) and the packages' versions under
+runtime.fileio.cache_dir("backends"): a later run on this machine (a --resume, another --batch, a
+cluster worker with fewer threads) takes the same backend, hence the same bytes, without a new trial
+(remove that folder to time them again, e.g. after a trial under heavy load). Not per batch: a resume
+with another --batch must not land on the other backend, whose bytes its fingerprint refuses. The two backends agree within what
 `export verify` allows (max |diff| 1e-4 on the maps; 1e-7 between them on celeba-128's maps), so the
 chosen backend can change a mask's bytes only where a pixel's two best labels are that close.
 """
@@ -73,26 +74,28 @@ def _versions() -> str:
     return "_".join(out)
 
 
-def _remembered_path(artifact, batch: int):
-    return cache_dir("backends", f"auto-{sha256_file(artifact)[:16]}-b{batch}-{_versions()}.json")
+def _remembered_path(artifact):
+    return cache_dir("backends", f"auto-{sha256_file(artifact)[:16]}-{_versions()}.json")
 
 
-def _remembered(path, candidates) -> dict[str, float] | None:
-    """The seconds a remembered trial measured for these backends (None: no trial of them remembered)."""
+def _remembered(path, candidates) -> tuple[dict[str, float], int] | None:
+    """(the seconds a remembered trial measured for these backends, its batch); None: no such trial."""
     try:
-        seconds = json.loads(path.read_text())
-    except (AttributeError, OSError, ValueError):  # no path, no file, a damaged one
+        trial = json.loads(path.read_text())
+        seconds, batch = trial["seconds"], trial["batch"]
+    except (AttributeError, OSError, ValueError, TypeError, KeyError):  # no path, no file, a damaged one
         return None
     names = {b.name for b in candidates}
-    ok = isinstance(seconds, dict) and set(seconds) == names and all(isinstance(v, float) for v in seconds.values())
-    return seconds if ok else None
+    ok = (isinstance(seconds, dict) and set(seconds) == names and all(isinstance(v, float) for v in seconds.values())
+          and isinstance(batch, int))
+    return (seconds, batch) if ok else None
 
 
-def _remember(path, seconds: dict[str, float]) -> None:
+def _remember(path, seconds: dict[str, float], batch: int) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_write(path, "w") as f:
-            f.write(json.dumps(seconds))
+            f.write(json.dumps({"seconds": seconds, "batch": batch}))
     except (OSError, CoordGANError):  # a read-only cache: the next run times them again
         pass
 
@@ -114,22 +117,24 @@ def open_auto(artifact, device: str = "auto", threads: int | None = None, trial_
     except CoordGANError as exc:
         ort.note = f"auto: onnxruntime; openvino skipped: {str(exc).rstrip('.')}"
         return ort
-    path = _remembered_path(artifact, trial_batch) if remember else None
+    path = _remembered_path(artifact) if remember else None
     return choose([ort, ov], trial_batch, path)
 
 
 def choose(candidates: list[Backend], trial_batch: int, remembered=None) -> Backend:
     """The fastest of `candidates` (by a trial on a batch of `trial_batch`, or the one remembered in the
-    file `remembered`, where the trial is then kept); the others are closed, the choice's note set."""
-    seconds, how = _remembered(remembered, candidates), "remembered trial"
-    if seconds is None:
-        seconds, how = time_backends(candidates, trial_feeds(candidates[0], trial_batch)), "trial"
+    file `remembered`, whatever its batch, where the trial is then kept); the others are closed, the
+    choice's note set."""
+    found, how = _remembered(remembered, candidates), "remembered trial"
+    if found is None:
+        found, how = (time_backends(candidates, trial_feeds(candidates[0], trial_batch)), trial_batch), "trial"
         if remembered is not None:
-            _remember(remembered, seconds)
+            _remember(remembered, *found)
+    seconds, batch = found
     chosen = min(candidates, key=lambda b: seconds[b.name])
     for backend in candidates:
         if backend is not chosen:
             backend.close()
     times = ", ".join(f"{name} {1e3 * s:.1f} ms" for name, s in sorted(seconds.items()))
-    chosen.note = f"auto: fastest of {times} per batch of {trial_batch} ({how})"
+    chosen.note = f"auto: fastest of {times} per batch of {batch} ({how})"
     return chosen
