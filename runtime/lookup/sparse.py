@@ -196,8 +196,7 @@ def _sparse_item(kern, x: Prepared, i: int, tol: float, threads: int, out: np.nd
         kxs, kys = g.kx * np.float32(ks), g.ky * np.float32(ks)
 
         def run(q0, q1, stats):
-            kern.soft(q0, q1, qx, qy, g.kx, g.ky, ks, kxs, kys, g.vt, g.start, g.sat, g.geo, x.tau, tol, out, labels,
-                      stats)
+            kern.soft(q0, q1, qx, qy, ks, kxs, kys, g.vt, g.start, g.sat, g.geo, x.tau, tol, out, labels, stats)
     else:
         k = 1 if x.mode == "hard" else x.k
 

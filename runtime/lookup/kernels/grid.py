@@ -41,7 +41,7 @@ DIST_MARGIN = 1e-5
 OFFSETS = np.array([0.5, 1.0, 1.5, 2.0, 3.0, 4.5, 7.0, 10.0])
 _DECAY = np.exp(-OFFSETS)
 _LOGIT_FLOOR_WEIGHT = math.exp(spec.LOGIT_FLOOR)
-# Padding coordinate: its distance (> 1e3) marks vector lanes that hold no pixel.
+# Padding coordinate after the last pixel: finite, far from every query (the lanes it fills are masked).
 FAR = np.float32(1e4)
 # Entries after the last pixel: the kernels read whole 16-lane vectors.
 PAD = 16

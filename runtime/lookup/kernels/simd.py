@@ -67,8 +67,8 @@ def _f32_array(a) -> bool:
     return isinstance(a, types.Array) and a.dtype == types.float32
 
 
-def _constructors(lanes: int):
-    vt = F32xN(lanes)
+def _constructors(vt: F32xN):
+    lanes = vt.lanes
 
     @intrinsic
     def splat(typingctx, w):
@@ -91,8 +91,8 @@ def _constructors(lanes: int):
     return splat, load
 
 
-v8_splat, v8_load = _constructors(8)
-v16_splat, v16_load = _constructors(16)
+v8_splat, v8_load = _constructors(f32x8)
+v16_splat, v16_load = _constructors(f32x16)
 
 
 @intrinsic

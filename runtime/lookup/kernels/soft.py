@@ -145,21 +145,21 @@ def _band_spans(rows, lo_c, hi_c, start, geo, rl):
 
 
 @jit(nogil=True)
-def soft(q0, q1, qx, qy, kx, ky, ks, kxs, kys, vt, start, sat, geo, tau, tol, out, labels, stats):
+def soft(q0, q1, qx, qy, ks, kxs, kys, vt, start, sat, geo, tau, tol, out, labels, stats):
     """Soft lookup of queries q0..q1-1 into out[:, q] (C, Nq) and labels[q] (argmax, first maximum);
     stats[0] += pixels evaluated.
 
-    kx, ky: the sorted pixel coordinates (grid.py); kxs, kys the same times ks = log2(e) / tau
-    (the queries qx, qy are scaled here); vt: channel-major probabilities (grid.py), channels padded
-    with zeros to a multiple of 8.
+    kxs, kys: the sorted pixel coordinates (grid.py) times ks = log2(e) / tau (the queries qx, qy are
+    scaled here); vt: channel-major probabilities (grid.py), channels padded with zeros to a multiple
+    of 8.
 
-    Per query: the nearest distance d0 (grow the disk until it holds a pixel closer than its radius),
-    then weights exp(-(d - d0)/tau) over the evaluated pixels, growing the disk until the bound on
-    the weight of the rest (tail_bound) is <= tol * (their sum). The first radius is guessed from
-    the previous query (neighbouring queries need about the same)."""
+    Per query: grow the disk until it holds a pixel closer than its radius (the nearest, d0), weighing
+    what it adds as it goes (weights 2^(d_ref - d), d_ref the previous query's d0), then keep growing
+    until the bound on the weight of the rest (tail_bound) is <= tol * (their sum). The first radius
+    is guessed from the previous query too (neighbouring queries need about the same)."""
     c = out.shape[0]
-    m = kx.shape[0] - PAD
-    sv = kx.shape[0]
+    m = kxs.shape[0] - PAD
+    sv = kxs.shape[0]
     c8 = vt.shape[0] // sv
     gy = int(geo[5])
     ks32 = np.float32(ks)
