@@ -37,14 +37,14 @@ def write_and_say(folder: Path, out: Optional[Path] = None, **options) -> None:
     """runtime.report.write_report, then one line saying where (and which sequences are unfinished);
     `propagate --report` ends with it too."""
     from runtime.report import write_report
+    from runtime.report.page import counted
 
     page, run = write_report(folder, out, **options)
     err = console(stderr=True)
     if run.incomplete:
         err.print(tagged("warning", f" incomplete sequences, drawn as far as they got: {', '.join(run.incomplete)}"),
                   soft_wrap=True)
-    count = len(run.sequences)
-    console().print(f"wrote {page} ({count} sequence{'s' if count != 1 else ''})", soft_wrap=True)
+    console().print(f"wrote {page} ({counted(len(run.sequences), 'sequence')})", soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

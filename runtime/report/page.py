@@ -143,9 +143,9 @@ def _facts(run: Run) -> str:
     if run.cluster:
         c = run.cluster
         retries = sum(max(0, (s.get("attempts") or 1) - 1) for s in c.get("sequences", []))
-        rows.append(("cluster", f"Ray {c.get('address')}: {_count(c.get('workers') or 0, 'worker')} x "
-                                f"{_count(c.get('threads_per_worker') or 0, 'thread')}, start-up {_num(c.get('startup_s'), 1)} s, run {_num(c.get('seconds'), 1)} s, "
-                                f"{_num(c.get('frames_per_s'), 1)} frames/s, {retries} {'retry' if retries == 1 else 'retries'}, "
+        rows.append(("cluster", f"Ray {c.get('address')}: {counted(c.get('workers') or 0, 'worker')} x "
+                                f"{counted(c.get('threads_per_worker') or 0, 'thread')}, start-up {_num(c.get('startup_s'), 1)} s, run {_num(c.get('seconds'), 1)} s, "
+                                f"{_num(c.get('frames_per_s'), 1)} frames/s, {counted(retries, 'retry', 'retries')}, "
                                 f"{c.get('failed', 0)} failed"))
     body = "\n".join(f"<dt>{escape(k)}</dt><dd>{escape(str(v))}</dd>" for k, v in rows)
     return f'<dl class="facts">\n{body}\n</dl>'
@@ -166,15 +166,16 @@ def _totals(run: Run) -> str:
     processed = sum(s.get("frames_processed") or 0 for s in summaries)
     seconds = sum((s.get("seconds") or {}).get("total") or 0.0 for s in summaries)
     warnings = sum(len(s.get("warnings") or []) for s in summaries)
-    text = (_count(len(run.sequences), "sequence") + " (" + ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
-            + f"); {_count(frames, 'frame')}, {processed} propagated in {seconds:.1f} s")
+    text = (counted(len(run.sequences), "sequence") + " (" + ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
+            + f"); {counted(frames, 'frame')}, {processed} propagated in {seconds:.1f} s")
     if seconds > 0:
         text += f" ({processed / seconds:.1f} frames/s)"
-    return text + f"; {_count(warnings, 'warning')}"
+    return text + f"; {counted(warnings, 'warning')}"
 
 
-def _count(n: int, word: str) -> str:
-    return f"{n} {word}{'' if n == 1 else 's'}"
+def counted(n: int, word: str, plural: str | None = None) -> str:
+    """'1 warning', '3 warnings' ('retry', 'retries' with plural=)."""
+    return f"{n} {word if n == 1 else plural or word + 's'}"
 
 
 def _mean(values) -> float:
