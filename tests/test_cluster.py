@@ -488,15 +488,20 @@ def test_auto_joins_the_cluster_that_ray_address_names(head, model, tmp_path, mo
     assert record["address"] == "auto" and [r["status"] for r in record["sequences"]] == ["done"]
 
 
-def test_auto_is_decided_once_by_the_driver_for_every_worker(model, tmp_path):
+def test_auto_is_decided_once_by_the_driver_for_every_worker(model, tmp_path, monkeypatch):
     """Each worker's own trial could pick another backend than its neighbour, and a retry on the other
     worker would then be refused by the resume fingerprint: the driver names one backend for all."""
     from runtime.propagation.cluster import ClusterOptions, ModelSpec, _settled_backend
 
     onnx = str(model / "encoder.onnx")
+    import runtime.backends.auto as auto
+
     chosen = _settled_backend(ModelSpec(onnx), ClusterOptions())
     assert chosen in ("onnxruntime", "openvino")
-    assert _settled_backend(ModelSpec(onnx, backend="auto"), ClusterOptions()) == chosen  # remembered trial
+    timed, real_time = [], auto.time_backends
+    monkeypatch.setattr(auto, "time_backends", lambda *a, **k: timed.append(1) or real_time(*a, **k))
+    assert _settled_backend(ModelSpec(onnx, backend="auto"), ClusterOptions()) == chosen
+    assert timed == []  # the remembered trial, not a new one
     assert _settled_backend(ModelSpec(onnx), ClusterOptions(gpus_per_worker=1)) == "onnxruntime"  # CUDA provider
     assert _settled_backend(ModelSpec(onnx, backend="openvino"), ClusterOptions()) == "openvino"  # as asked
     assert _settled_backend(ModelSpec("triton://127.0.0.1:1/enc"), ClusterOptions()) is None  # not ONNX: unchanged

@@ -448,6 +448,7 @@ class _Scheduler:
     def _again(self, name: str, attempt: int, why: str, parked_on: int | None = None) -> None:
         """The sequence's attempt was lost with its worker: another one (resumed), within max_retries;
         `parked_on`: not before that worker answers (or wait_s has passed)."""
+        self.busy_since.pop(name, None)  # an attempt ran: the next one's wait for a held lock starts afresh
         if attempt > self.cluster.max_retries:
             self._finish(SequenceResult(name, "failed", attempt, reason=why))
             return
