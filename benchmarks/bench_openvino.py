@@ -57,8 +57,8 @@ def main(argv=None) -> None:
     parser.add_argument("--repeat", type=int, default=2, help="runs per case (the fastest is shown)")
     parser.add_argument("--base", help="a git revision whose `--backend auto` runs beside this tree's")
     args = parser.parse_args(argv)
-    with base_tree(args.base) as base:
-        measure(args, base)
+    with base_tree(args.base) as base, tempfile.TemporaryDirectory(prefix="coordgan-bench-openvino-") as work:
+        measure(args, base, Path(work))
 
 
 @contextlib.contextmanager
@@ -76,7 +76,7 @@ def base_tree(rev: str | None):
         subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], capture_output=True)
 
 
-def measure(args, base: Path | None) -> None:
+def measure(args, base: Path | None, work: Path) -> None:
 
     from coordgan.data.synthetic_faces import make_sequence
     from export.cache import ModelSource
@@ -85,7 +85,6 @@ def measure(args, base: Path | None) -> None:
     from runtime.io.masks import DAVIS_PALETTE, write_mask
     from runtime.io.video import VideoWriter
 
-    work = Path(tempfile.mkdtemp(prefix="coordgan-bench-openvino-"))
     source = ModelSource(preset=args.preset, seed=0, progress=lambda m: print(f"  {m}", flush=True))
     encoders = {}
     for kind in args.encoders.split(","):

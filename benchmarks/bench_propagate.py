@@ -110,12 +110,16 @@ def main(argv=None) -> None:
                         "network's hidden layer in int8, approximate)")
     args = parser.parse_args(argv)
 
+    with tempfile.TemporaryDirectory(prefix="coordgan-bench-propagate-") as work:
+        measure(args, Path(work))
+
+
+def measure(args, work: Path) -> None:
     from coordgan.data.synthetic_faces import make_sequence
     from export.cache import ModelSource
     from runtime.io.masks import DAVIS_PALETTE, write_mask
     from runtime.io.video import VideoWriter
 
-    work = Path(tempfile.mkdtemp(prefix="coordgan-bench-propagate-"))
     source = ModelSource(preset=args.preset, seed=0, progress=lambda m: print(f"  {m}", flush=True))
     export = source.onnx_dir("encoder")
     if args.warp_grid or args.int8:
@@ -130,7 +134,7 @@ def main(argv=None) -> None:
         for frame in frames:
             writer.write(frame)
     how = " ".join([f"--warp-grid {args.warp_grid}"] * bool(args.warp_grid) + ["--int8"] * args.int8) or "exact"
-    print(f"{args.frames} frames {args.size}x{args.size} ({video}), {args.preset} encoder ({how}), propagate defaults "
+    print(f"{args.frames} frames {args.size}x{args.size}, {args.preset} encoder ({how}), propagate defaults "
           f"{args.extra or ''}".rstrip())
     header = ["maps", "labels", "frames/s", "ms/frame"] + [f"{s} ms" for s in STAGES]
     rows = []
