@@ -116,14 +116,15 @@ def propagate(
         failure = propagate_on_cluster(jobs, options, ModelSpec(artifact, backend, device, batch),
                                        ClusterOptions(cluster, workers, cpus_per_worker, gpus_per_worker, max_retries),
                                        out, err)
-        if failure is None:
-            _report(report, out, artifact)
-            return
-        try:  # the page shows the failed sequences too; the command still ends with the failure's sentence
+        try:  # the page shows failed sequences too; the command then ends with the failure's sentence
             _report(report, out, artifact)
         except CoordGANError as exc:
+            if failure is None:
+                raise
             err.print(tagged("warning", f" no report: {exc}"), soft_wrap=True)
-        raise failure
+        if failure is not None:
+            raise failure
+        return
     with open_model(artifact, backend=backend, device=device, batch=batch) as corr_model:
         chose = corr_model.backend.note  # how auto chose: said with the first result (an error stays one sentence)
         for job, summary in run_jobs(corr_model, jobs, options, frames_bar=lambda name: frames_bar(err, name),
