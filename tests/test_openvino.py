@@ -78,14 +78,27 @@ def test_auto_never_picks_a_slower_backend(exported, slow):
     assert chosen.run({"image": image})["corr_map"].shape == (1, 2, 32, 32)  # the chosen one still runs
 
 
-def test_auto_remembers_its_trial_for_the_file(exported, tmp_path):
+def test_auto_remembers_its_trial_for_the_file(exported, tmp_path, monkeypatch):
     """The trial is remembered per model file, whatever the batch: a resume with another --batch gets
-    the same backend (the other one's bytes would be refused by the folder's fingerprint)."""
+    the same backend (the other one's bytes would be refused by the folder's fingerprint), and the
+    backend not chosen is not even opened."""
+    import runtime.backends.openvino_backend as ov_module
+    import runtime.backends.ort_backend as ort_module
+
     first = open_auto(exported / "encoder.onnx", device="cpu", trial_batch=2)
     assert first.name in ("onnxruntime", "openvino") and first.note.endswith("per batch of 2 (trial)")
+    other = ort_module.OrtBackend if first.name == "openvino" else ov_module.OpenVINOBackend
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"{other.name} was opened although the remembered trial chose {first.name}")
+
+    monkeypatch.setattr(other, "__init__", refuse)
     for batch in (2, 5):
         again = open_auto(exported / "encoder.onnx", device="cpu", trial_batch=batch)
         assert again.name == first.name and again.note == first.note.replace("(trial)", "(remembered trial)")
+        image = np.zeros((batch, 3, 32, 32), np.float32)
+        assert again.run({"image": image})["corr_map"].shape == (batch, 2, 32, 32)
+        again.close()
     remembered = list((tmp_path / "cache" / "backends").glob("auto-*.json"))
     assert len(remembered) == 1
     trial = json.loads(remembered[0].read_text())

@@ -12,8 +12,8 @@ openvino 445.2 ms per batch of 8 (trial)" (celeba-128 here).
 
 The outcome is remembered per model file (its SHA-256) and the packages' versions under
 runtime.fileio.cache_dir("backends"): a later run on this machine (a --resume, another --batch, a
-cluster worker with fewer threads) takes the same backend, hence the same bytes, without a new trial
-(remove that folder to time them again, e.g. after a trial under heavy load). Not per batch: a resume
+cluster worker with fewer threads) takes the same backend, hence the same bytes, without a new trial,
+and opens only that one (remove that folder to time them again, e.g. after a trial under heavy load). Not per batch: a resume
 with another --batch must not land on the other backend, whose bytes its fingerprint refuses. The two backends agree within what
 `export verify` allows (max |diff| 1e-4 on the maps; 1e-7 between them on celeba-128's maps), so the
 chosen backend can change a mask's bytes only where a pixel's two best labels are that close.
@@ -78,14 +78,14 @@ def _remembered_path(artifact):
     return cache_dir("backends", f"auto-{sha256_file(artifact)[:16]}-{_versions()}.json")
 
 
-def _remembered(path, candidates) -> tuple[dict[str, float], int] | None:
-    """(the seconds a remembered trial measured for these backends, its batch); None: no such trial."""
+def _remembered(path, names: set[str]) -> tuple[dict[str, float], int] | None:
+    """(the seconds a remembered trial measured for the backends of these names, its batch); None: no
+    such trial."""
     try:
         trial = json.loads(path.read_text())
         seconds, batch = trial["seconds"], trial["batch"]
     except (AttributeError, OSError, ValueError, TypeError, KeyError):  # no path, no file, a damaged one
         return None
-    names = {b.name for b in candidates}
     ok = (isinstance(seconds, dict) and set(seconds) == names and all(isinstance(v, float) for v in seconds.values())
           and isinstance(batch, int))
     return (seconds, batch) if ok else None
@@ -103,9 +103,14 @@ def _remember(path, seconds: dict[str, float], batch: int) -> None:
 def open_auto(artifact, device: str = "auto", threads: int | None = None, trial_batch: int = 8,
               remember: bool = True) -> Backend:
     """The backend `auto` names for an ONNX model (the module docstring)."""
-    from runtime.backends.ort_backend import OrtBackend
+    from runtime.backends.ort_backend import OrtBackend, may_get_cuda
 
     threads = threads or cpu_threads()
+    path = _remembered_path(artifact) if remember else None
+    if not may_get_cuda(device):
+        known = _open_remembered(artifact, path, threads)
+        if known is not None:
+            return known
     ort = OrtBackend(artifact, device=device, threads=threads)
     if ort.device != "cpu":
         ort.note = "auto: ONNX Runtime's CUDA provider"
@@ -117,15 +122,39 @@ def open_auto(artifact, device: str = "auto", threads: int | None = None, trial_
     except CoordGANError as exc:
         ort.note = f"auto: onnxruntime; openvino skipped: {str(exc).rstrip('.')}"
         return ort
-    path = _remembered_path(artifact) if remember else None
     return choose([ort, ov], trial_batch, path)
+
+
+def _open_remembered(artifact, path, threads: int) -> Backend | None:
+    """The CPU backend a remembered trial of both chose, opened alone (the other one is not opened: a
+    start-up saved); None where there is no such trial or the choice does not open here."""
+    from runtime.backends.openvino_backend import OpenVINOBackend
+    from runtime.backends.ort_backend import OrtBackend
+
+    kinds = {"onnxruntime": OrtBackend, "openvino": OpenVINOBackend}
+    found = _remembered(path, set(kinds))
+    if found is None:
+        return None
+    seconds, batch = found
+    name = min(seconds, key=seconds.get)
+    try:
+        backend = kinds[name](artifact, device="cpu", threads=threads)
+    except CoordGANError:  # e.g. OpenVINO uninstalled since: the full procedure says what runs instead
+        return None
+    backend.note = _note(seconds, batch, "remembered trial")
+    return backend
+
+
+def _note(seconds: dict[str, float], batch: int, how: str) -> str:
+    times = ", ".join(f"{name} {1e3 * s:.1f} ms" for name, s in sorted(seconds.items()))
+    return f"auto: fastest of {times} per batch of {batch} ({how})"
 
 
 def choose(candidates: list[Backend], trial_batch: int, remembered=None) -> Backend:
     """The fastest of `candidates` (by a trial on a batch of `trial_batch`, or the one remembered in the
     file `remembered`, whatever its batch, where the trial is then kept); the others are closed, the
     choice's note set."""
-    found, how = _remembered(remembered, candidates), "remembered trial"
+    found, how = _remembered(remembered, {b.name for b in candidates}), "remembered trial"
     if found is None:
         found, how = (time_backends(candidates, trial_feeds(candidates[0], trial_batch)), trial_batch), "trial"
         if remembered is not None:
@@ -135,6 +164,5 @@ def choose(candidates: list[Backend], trial_batch: int, remembered=None) -> Back
     for backend in candidates:
         if backend is not chosen:
             backend.close()
-    times = ", ".join(f"{name} {1e3 * s:.1f} ms" for name, s in sorted(seconds.items()))
-    chosen.note = f"auto: fastest of {times} per batch of {batch} ({how})"
+    chosen.note = _note(seconds, batch, how)
     return chosen

@@ -81,6 +81,13 @@ def _gpu_driver_present() -> bool:
     return True
 
 
+def may_get_cuda(device: str) -> bool:
+    """Whether a session for `device` tries the CUDA provider: asked for (or auto), in this build, and a
+    driver to run it. False means the session is sure to run on the CPU."""
+    return (device in ("auto", "cuda") and "CUDAExecutionProvider" in _import_ort().get_available_providers()
+            and _gpu_driver_present())
+
+
 def _specs(nodes) -> list[TensorSpec]:
     return [TensorSpec(n.name, tuple(d if isinstance(d, int) else None for d in n.shape),
                        np.dtype(_ORT_TYPES.get(n.type, np.float32))) for n in nodes]
@@ -116,8 +123,7 @@ class OrtBackend(Backend):
         if device == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
             raise CoordGANError("The CUDA execution provider is not in this ONNX Runtime build; "
                                 "install onnxruntime-gpu on a machine with an NVIDIA GPU.")
-        want_cuda = device in ("auto", "cuda") and "CUDAExecutionProvider" in ort.get_available_providers() \
-            and _gpu_driver_present()
+        want_cuda = may_get_cuda(device)
         providers = (["CUDAExecutionProvider"] if want_cuda else []) + ["CPUExecutionProvider"]
         # A CUDA provider that cannot load logs errors through ORT's default logger; we check the
         # outcome ourselves below, so mute that logger while the session is made.
