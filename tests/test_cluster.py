@@ -474,7 +474,7 @@ def test_a_model_the_workers_cannot_open_is_one_sentence(head, tmp_path, monkeyp
     assert code == 1
     assert re.search(r"Error: Worker 0 could not open the model \S*broken.onnx: ONNX Runtime cannot load", err), err
     assert "Traceback" not in err and not (tmp_path / "out" / "a").exists()
-    code, _, err = run_main(monkeypatch, capsys, *args)  # auto: the driver's trial opens it first
+    code, _, err = run_main(monkeypatch, capsys, *args)  # auto: the task that decides it opens it first
     assert code == 1 and err.startswith("Error: ONNX Runtime cannot load") and err.count("\n") == 1, err
 
 
@@ -486,22 +486,40 @@ def test_auto_joins_the_cluster_that_ray_address_names(head, model, tmp_path, mo
     assert code == 0, err
     record = json.loads((tmp_path / "out" / "cluster_summary.json").read_text())
     assert record["address"] == "auto" and [r["status"] for r in record["sequences"]] == ["done"]
+    assert f"encoder: {record['backend']} ({record['backend_note']})" in err  # how auto chose, said
 
 
-def test_auto_is_decided_once_by_the_driver_for_every_worker(model, tmp_path, monkeypatch):
+def test_auto_is_decided_once_on_a_worker_for_every_worker(head, model, tmp_path, monkeypatch):
     """Each worker's own trial could pick another backend than its neighbour, and a retry on the other
-    worker would then be refused by the resume fingerprint: the driver names one backend for all."""
-    from runtime.propagation.cluster import ClusterOptions, ModelSpec, _settled_backend
-
-    onnx = str(model / "encoder.onnx")
+    worker would then be refused by the resume fingerprint: one backend is named for all. It is decided
+    on a worker (the driver may be another kind of machine than the nodes), remembered there, and said
+    in cluster_summary.json."""
     import runtime.backends.auto as auto
+    from runtime.propagation.cluster import ClusterOptions, ModelSpec, _settled_backend, run_cluster
+    from runtime.propagation.jobs import plan
+    from runtime.propagation.sequence import PropagateOptions
 
-    chosen = _settled_backend(ModelSpec(onnx), ClusterOptions())
-    assert chosen in ("onnxruntime", "openvino")
-    timed, real_time = [], auto.time_backends
-    monkeypatch.setattr(auto, "time_backends", lambda *a, **k: timed.append(1) or real_time(*a, **k))
-    assert _settled_backend(ModelSpec(onnx, backend="auto"), ClusterOptions()) == chosen
-    assert timed == []  # the remembered trial, not a new one
-    assert _settled_backend(ModelSpec(onnx), ClusterOptions(gpus_per_worker=1)) == "onnxruntime"  # CUDA provider
-    assert _settled_backend(ModelSpec(onnx, backend="openvino"), ClusterOptions()) == "openvino"  # as asked
-    assert _settled_backend(ModelSpec("triton://127.0.0.1:1/enc"), ClusterOptions()) is None  # not ONNX: unchanged
+    def on_the_driver(*args, **kwargs):
+        raise AssertionError("auto was decided on the driver")
+
+    monkeypatch.setattr(auto, "open_auto", on_the_driver)
+    onnx = str(model / "encoder.onnx")
+    root = davis_root(tmp_path / "davis", {"a": 3, "b": 4})
+    notes = []
+    for run in ("first", "second"):
+        out = tmp_path / run
+        result = run_cluster(plan(root, out), PropagateOptions(batch=BATCH), ModelSpec(onnx, batch=BATCH),
+                             ClusterOptions(head[0], workers=2), out)
+        assert not result.failed and result.backend in ("onnxruntime", "openvino")
+        opened = {json.loads((out / seq / "summary.json").read_text())["model"].split()[0] for seq in "ab"}
+        assert opened == {result.backend}  # both workers opened the one backend
+        record = json.loads((out / "cluster_summary.json").read_text())
+        assert (record["backend"], record["backend_note"]) == (result.backend, result.backend_note)
+        notes.append(result.backend_note)
+    assert re.fullmatch(r"auto: fastest of onnxruntime .* ms per batch of 4 \((remembered )?trial\), on \S+ "
+                        r"\(127\.0\.0\.1\)", notes[0]), notes[0]
+    assert "(remembered trial)" in notes[1]  # the node remembered its trial: no second one
+    # no trial, and no task, where auto needs none
+    assert _settled_backend(None, ModelSpec(onnx), ClusterOptions(gpus_per_worker=1)) == ("onnxruntime", None)
+    assert _settled_backend(None, ModelSpec(onnx, backend="openvino"), ClusterOptions()) == ("openvino", None)
+    assert _settled_backend(None, ModelSpec("triton://127.0.0.1:1/enc"), ClusterOptions()) == (None, None)

@@ -169,6 +169,8 @@ def propagate_on_cluster(jobs, options, spec, cluster, out: Path, err) -> CoordG
         table.add_row(r.sequence, r.status, str(r.attempts), where, f"{r.frames or 0}{resumed}",
                       "" if r.seconds is None else f"{r.seconds:.1f}", r.reason or "")
     err.print(table)
+    if result.backend_note:
+        err.print(f"encoder: {result.backend} ({result.backend_note})", soft_wrap=True)
     err.print(f"{result.frames_processed} frames in {result.seconds:.1f} s ({result.frames_per_s} frames/s) on "
               f"{result.workers} workers of {result.threads_per_worker} threads; start-up {result.startup_s:.1f} s -> "
               f"{out / SUMMARY_FILE}")

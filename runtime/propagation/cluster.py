@@ -100,21 +100,28 @@ class ModelSpec:
     batch: int = 8
 
 
-def _settled_backend(spec: ModelSpec, cluster: ClusterOptions) -> str | None:
-    """`auto` decided once, here, for every worker: each worker's own trial could pick another backend,
-    and a sequence retried on another worker would then be refused (the resume fingerprint names the
-    backend). On GPU workers auto is ONNX Runtime's CUDA provider, no trial needed."""
+def _settled_backend(ray, spec: ModelSpec, cluster: ClusterOptions) -> tuple[str | None, str | None]:
+    """(the backend every worker opens, how `auto` chose it or None): `auto` is decided once for all the
+    workers, since each one's own trial could pick another backend and a sequence retried on another
+    worker would then be refused (the resume fingerprint names the backend). It is decided on a
+    worker of the run's size, by a Ray task (_decide_auto), not here: the driver may be another kind of
+    machine than the cluster's nodes. On GPU workers auto is ONNX Runtime's CUDA provider, no trial."""
     from runtime.backends import backend_for
 
     if spec.backend not in (None, "auto") or backend_for(spec.artifact) != "onnxruntime":
-        return spec.backend
+        return spec.backend, None
     if cluster.gpus_per_worker > 0 or spec.device == "cuda":
-        return "onnxruntime"
-    from runtime.backends.auto import open_auto
-
-    chosen = open_auto(spec.artifact, "cpu", threads=cluster.threads, trial_batch=spec.batch)
-    chosen.close()
-    return chosen.name
+        return "onnxruntime", None
+    task = ray.remote(_decide_auto).options(num_cpus=cluster.cpus_per_worker, max_retries=0,
+                                            runtime_env={"env_vars": _worker_env(cluster)})
+    try:
+        name, note, node = ray.get(task.remote(spec, cluster.threads))
+    except ray.exceptions.RayError as exc:
+        cause = _cause(exc)
+        if isinstance(cause, CoordGANError):  # the model does not open: its own sentence
+            raise cause from None
+        raise CoordGANError(f"Choosing the backend on a worker failed: {_reason(exc)}.") from None
+    return name, f"{note}, on {node}"
 
 
 @dataclass
@@ -164,9 +171,11 @@ class ClusterResult:
     address: str
     workers: int
     threads_per_worker: int
-    startup_s: float  # connecting (or starting the local instance) until every worker has its model
+    startup_s: float  # connecting (or starting the local instance), auto's choice, until every worker has its model
     seconds: float  # after start-up until the last sequence ended
     sequences: list[SequenceResult]
+    backend: str | None = None  # what the workers opened the model with (None: what the artifact names)
+    backend_note: str | None = None  # how auto chose it, and on which node
 
     @property
     def failed(self) -> list[SequenceResult]:
@@ -182,7 +191,8 @@ class ClusterResult:
 
     def to_json(self) -> dict:
         return {"format": FORMAT, "address": self.address, "workers": self.workers,
-                "threads_per_worker": self.threads_per_worker, "startup_s": round(self.startup_s, 3),
+                "threads_per_worker": self.threads_per_worker, "backend": self.backend,
+                "backend_note": self.backend_note, "startup_s": round(self.startup_s, 3),
                 "seconds": round(self.seconds, 3), "frames_processed": self.frames_processed,
                 "frames_per_s": self.frames_per_s, "failed": len(self.failed),
                 "sequences": [{k: v for k, v in asdict(r).items() if k != "warnings"} for r in self.sequences]}
@@ -210,9 +220,10 @@ def run_cluster(jobs, options, model: ModelSpec, cluster: ClusterOptions, out, *
     lengths = {job.name: _length(job) for job in jobs}
     jobs.sort(key=lambda job: (-(lengths[job.name] or 0), job.name))
     model = replace(model, artifact=_absolute_artifact(model.artifact))
-    model = replace(model, backend=_settled_backend(model, cluster))
     tick = time.perf_counter()
     with _connected(cluster) as ray:
+        backend, chose = _settled_backend(ray, model, cluster)
+        model = replace(model, backend=backend)
         scheduler = _Scheduler(ray, jobs, lengths, options, model, cluster, observer)
         try:
             scheduler.start()
@@ -223,7 +234,7 @@ def run_cluster(jobs, options, model: ModelSpec, cluster: ClusterOptions, out, *
         finally:
             scheduler.stop()  # Ctrl-C too: the workers die, each sequence keeps its resume state
     result = ClusterResult(cluster.address, len(scheduler.workers), cluster.threads, startup, seconds,
-                           [scheduler.results[job.name] for job in jobs])
+                           [scheduler.results[job.name] for job in jobs], backend=model.backend, backend_note=chose)
     with atomic_write(Path(out).absolute() / SUMMARY_FILE, "w") as f:
         json.dump(result.to_json(), f, indent=2)
         f.write("\n")
@@ -241,6 +252,26 @@ def _propagate(model, job, options, on_frame) -> dict:
     raise AssertionError("run_jobs yielded nothing for one job")
 
 
+def _node() -> str:
+    import ray
+
+    return f"{socket.gethostname()} ({ray.util.get_node_ip_address()})"
+
+
+def _worker_env(cluster: ClusterOptions) -> dict:
+    return {"OMP_NUM_THREADS": str(cluster.threads)}
+
+
+def _decide_auto(spec: ModelSpec, threads: int) -> tuple[str, str, str]:
+    """A Ray task on a worker's resources: the backend `auto` picks there (by its trial, remembered on
+    that node), how, and the node."""
+    from runtime.backends.auto import open_auto
+
+    chosen = open_auto(spec.artifact, "cpu", threads=threads, trial_batch=spec.batch)
+    chosen.close()
+    return chosen.name, chosen.note, _node()
+
+
 class _Worker:
     """A Ray actor: the model opened once, then whole sequences, one at a time."""
 
@@ -248,7 +279,10 @@ class _Worker:
         import ray
 
         import runtime.propagation.jobs  # noqa: F401  (the sequence code's imports, numba's, count as start-up)
+        from runtime.lookup import impl_for_device, warm_up
         from runtime.propagation.model import open_model
+
+        warm_up(impl_for_device(spec.device))  # the lookup's kernels load beside the model's opening
 
         try:
             self.model, self.error = open_model(spec.artifact, backend=spec.backend, device=spec.device,
@@ -257,8 +291,7 @@ class _Worker:
             self.model, self.error = None, exc
         # by name: a handle among the arguments would keep them in the object store, which a restart needs
         self.board = ray.get_actor(board)
-        self.where = {"worker": index, "node": f"{socket.gethostname()} ({ray.util.get_node_ip_address()})",
-                      "pid": os.getpid()}
+        self.where = {"worker": index, "node": _node(), "pid": os.getpid()}
 
     def ready(self) -> dict:
         if self.error is not None:
@@ -327,7 +360,7 @@ class _Scheduler:
         actor = ray.remote(_Worker).options(
             num_cpus=self.cluster.cpus_per_worker, num_gpus=self.cluster.gpus_per_worker,
             max_restarts=len(self.jobs) * (self.cluster.max_retries + 1), max_task_retries=0,
-            runtime_env={"env_vars": {"OMP_NUM_THREADS": str(self.cluster.threads)}})
+            runtime_env={"env_vars": _worker_env(self.cluster)})
         self.workers = [actor.remote(i, self.model, board) for i in range(count)]
         # through restarts (a worker killed while it starts comes back); an error of its own ends the run
         waiting = {w.ready.options(max_task_retries=-1).remote(): i for i, w in enumerate(self.workers)}
