@@ -7,7 +7,8 @@ For each encoder (the exact export, and the --int8 one) on spread maps (bench_pr
 a trained model's smooth maps, the encoder and warping network still computed in full), the real
 command in a fresh process with its defaults (batch 8, memory 3, tau 0.01, overlap on) and each
 --backend, the runs interleaved (backend after backend, then again), the fastest of --repeat kept;
-the stage columns come from the run's summary.json. Before them, the encoder alone: ms per frame at
+the stage columns come from the run's summary.json (frames/s: its frames over the pass's wall time),
+"command s" is the whole process (start-up, opening the encoder, the pass) as the caller timed it. Before them, the encoder alone: ms per frame at
 batch 8 in this process, both backends timed alternately (the numbers auto's trial compares).
 
     python benchmarks/bench_openvino.py --base 8779715        # also `--backend auto` as of that revision
@@ -126,13 +127,13 @@ def measure(args, base: Path | None, work: Path) -> None:
                 key = (kind, name)
                 if key not in best or s["frames_per_s"] > best[key]["frames_per_s"]:
                     best[key] = s
-    header = ["encoder", "--backend", "ran on", "frames/s", "ms/frame"] + [f"{s} ms" for s in STAGES]
+    header = ["encoder", "--backend", "ran on", "frames/s", "ms/frame"] + [f"{s} ms" for s in STAGES] + ["command s"]
     rows = []
     for (kind, backend), s in best.items():
         n = s["frames_processed"]
         ran = s["model"].split(":")[0].split(" (")[0]  # "openvino on cpu"
         rows.append([kind, backend, ran, f"{s['frames_per_s']:.2f}", f"{1e3 * s['seconds']['total'] / n:.1f}",
-                     *(f"{1e3 * s['seconds'].get(k, 0.0) / n:.1f}" for k in STAGES)])
+                     *(f"{1e3 * s['seconds'].get(k, 0.0) / n:.1f}" for k in STAGES), f"{s['command_s']:.2f}"])
     print(f"\n`coordgan propagate` {args.frames} frames 128x128, spread maps, defaults, best of {args.repeat}:")
     print(text_table(rows, header))
     for (kind, backend), s in best.items():

@@ -92,7 +92,7 @@ def propagate(
 ):
     """Propagate label masks from annotated frames to every frame through CoordGAN correspondence maps."""
     from runtime.devices import check_device
-    from runtime.lookup import impl_for_device
+    from runtime.lookup import impl_for_device, warm_up
     from runtime.propagation.jobs import plan, run_jobs
     from runtime.propagation.model import open_model
     from runtime.propagation.sequence import PropagateOptions
@@ -125,6 +125,7 @@ def propagate(
         if failure is not None:
             raise failure
         return
+    warm_up(options.lookup, options.params.mode)  # the lookup's kernels load beside the encoder's opening
     with open_model(artifact, backend=backend, device=device, batch=batch) as corr_model:
         chose = corr_model.backend.note  # how auto chose: said with the first result (an error stays one sentence)
         for job, summary in run_jobs(corr_model, jobs, options, frames_bar=lambda name: frames_bar(err, name),

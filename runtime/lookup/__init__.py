@@ -80,8 +80,9 @@ def choose_impl(impl: str, *, classes: int, mode: str = "soft", k: int | None = 
 
 def warm_up(impl: str = "auto", mode: str = "soft") -> None:
     """Where `impl` runs the sparse CPU path, load its compiled kernels now, on a background thread
-    (runtime.lookup.sparse.warm_in_background); a caller about to run other work (an encoder batch)
-    saves the first lookup that wait."""
+    (runtime.lookup.sparse.warm_in_background); a caller about to run other work saves the first lookup
+    that wait. Best beside work that leaves a core idle: `propagate` starts it before opening the
+    encoder (mostly one thread), not beside an encoder batch (every thread)."""
     if impl == "sparse" or (impl == "auto" and not cuda_available()):
         from runtime.lookup.sparse import warm_in_background
 
