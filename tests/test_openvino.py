@@ -17,6 +17,7 @@ from export_helpers import export_tiny
 from propagate_helpers import G, frames_with_red, objects, read_outputs, shift_encoder
 from runtime.backends import Backend, open_backend
 from runtime.backends.auto import choose, open_auto
+from runtime.errors import CoordGANError
 from runtime.io.masks import write_mask
 
 pytest.importorskip("openvino")
@@ -87,6 +88,9 @@ def test_auto_remembers_its_trial_for_the_file(exported, tmp_path, monkeypatch):
 
     first = open_auto(exported / "encoder.onnx", device="cpu", trial_batch=2)
     assert first.name in ("onnxruntime", "openvino") and first.note.endswith("per batch of 2 (trial)")
+    if not ort_module.may_get_cuda("cuda"):  # a CPU trial remembered does not answer a request for the GPU
+        with pytest.raises(CoordGANError, match="The CUDA execution provider"):
+            open_auto(exported / "encoder.onnx", device="cuda")
     other = ort_module.OrtBackend if first.name == "openvino" else ov_module.OpenVINOBackend
 
     def refuse(*args, **kwargs):

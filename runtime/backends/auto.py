@@ -107,7 +107,7 @@ def open_auto(artifact, device: str = "auto", threads: int | None = None, trial_
 
     threads = threads or cpu_threads()
     path = _remembered_path(artifact) if remember else None
-    if not may_get_cuda(device):
+    if device != "cuda" and not may_get_cuda(device):  # sure to be the CPU (cuda: ONNX Runtime says why not)
         known = _open_remembered(artifact, path, threads)
         if known is not None:
             return known
