@@ -259,44 +259,70 @@ def test_a_worker_killed_mid_sequence_is_restarted_and_its_sequence_resumes_to_t
     assert {r["sequence"]: r["attempts"] for r in record["sequences"]} == {"long0": 2, "long1": 1}
 
 
+class KillAndHold:
+    """A ClusterObserver (by its two methods) that, once long0 is 2 batches in, has another process take long0's folder lock
+    (blocking until the killed worker's lock is gone with it) and hold it for `hold_s`, then kills the
+    worker: as an earlier attempt on a cut-off node, or on a worker Ray only lost touch with, would
+    still hold it when the retry comes."""
+
+    def __init__(self, out: Path, hold_s: float):
+        self.out, self.hold_s, self.holder = out, hold_s, []
+
+    def progress(self, p):
+        from runtime.propagation.output import LOCK_FILE
+
+        entry = p.running.get("long0")
+        if not self.holder and entry and entry["done"] >= 2 * BATCH:
+            self.holder.append(subprocess.Popen(
+                [sys.executable, "-c", "import fcntl, os, time\n"
+                 f"fd = os.open({str(self.out / 'long0' / LOCK_FILE)!r}, os.O_RDWR)\n"
+                 f"fcntl.flock(fd, fcntl.LOCK_EX)\nprint('held', flush=True)\ntime.sleep({self.hold_s})"],
+                stdout=subprocess.PIPE, text=True))
+            os.kill(entry["pid"], signal.SIGKILL)
+            assert self.holder[0].stdout.readline().strip() == "held"  # before the driver can give it again
+
+    def finished(self, r):
+        pass
+
+    def run(self, head, model, root, **options):
+        from runtime.propagation.cluster import ClusterOptions, ModelSpec, run_cluster
+        from runtime.propagation.jobs import plan
+        from runtime.propagation.sequence import PropagateOptions
+
+        try:
+            result = run_cluster(plan(root, self.out), PropagateOptions(batch=BATCH),
+                                 ModelSpec(str(model / "encoder.onnx"), "onnxruntime", "cpu", BATCH),  # one backend on every worker
+                                 ClusterOptions(head[0], workers=2, max_retries=1, **options), self.out, observer=self)
+        finally:
+            for proc in self.holder:
+                proc.kill()
+                proc.wait()
+        assert self.holder
+        return {r.sequence: r for r in result.sequences}
+
+
 def test_a_retry_that_finds_the_folder_still_locked_waits_for_it_instead_of_failing(head, model, long_data, tmp_path):
-    """The worker is killed mid-sequence, and another process takes the sequence folder's lock before the
-    retry comes (as an earlier attempt on a cut-off node, or on a worker Ray only lost touch with, still
-    holds it) and lets go 3 s later: the retry goes again until it gets the lock, then resumes."""
-    from runtime.propagation.cluster import ClusterObserver, ClusterOptions, ModelSpec, run_cluster
-    from runtime.propagation.jobs import plan
-    from runtime.propagation.output import LOCK_FILE
-    from runtime.propagation.sequence import PropagateOptions
-
+    """The lock is let go 3 s after the kill: the retry goes again until it gets the lock, then resumes."""
     root, reference, _ = long_data
-    out = tmp_path / "out"
-    holder = []
-
-    class KillAndHold(ClusterObserver):
-        def progress(self, p):
-            entry = p.running.get("long0")
-            if not holder and entry and entry["done"] >= 2 * BATCH:
-                holder.append(subprocess.Popen(  # blocks until the worker's lock is gone with it
-                    [sys.executable, "-c", "import fcntl, os, time\n"
-                     f"fd = os.open({str(out / 'long0' / LOCK_FILE)!r}, os.O_RDWR)\n"
-                     "fcntl.flock(fd, fcntl.LOCK_EX)\nprint('held', flush=True)\ntime.sleep(3)"],
-                    stdout=subprocess.PIPE, text=True))
-                os.kill(entry["pid"], signal.SIGKILL)
-                assert holder[0].stdout.readline().strip() == "held"  # before the driver can give it again
-
-    try:
-        result = run_cluster(plan(root, out), PropagateOptions(batch=BATCH),
-                             ModelSpec(str(model / "encoder.onnx"), "onnxruntime", "cpu", BATCH),  # one backend on every worker
-                             ClusterOptions(head[0], workers=2, max_retries=1), out, observer=KillAndHold())
-    finally:
-        for proc in holder:
-            proc.kill()
-            proc.wait()
-    assert holder
-    rows = {r.sequence: r for r in result.sequences}
+    rows = KillAndHold(tmp_path / "out", 3).run(head, model, root)
     assert rows["long0"].status == "done", rows["long0"].reason
     assert rows["long0"].attempts == 2 and rows["long0"].resumed_from > 0  # the refused calls are no attempts
-    assert pngs(out) == pngs(reference)
+    assert pngs(tmp_path / "out") == pngs(reference)
+
+
+def test_a_retry_refused_by_the_lock_for_longer_than_wait_s_fails_with_that_reason(head, model, long_data, tmp_path):
+    """The lock is held past wait_s (1.5 s here): the sequence fails, saying so, and the other finishes;
+    its folder is left resumable (no summary.json)."""
+    root, reference, _ = long_data
+    started = time.monotonic()
+    rows = KillAndHold(tmp_path / "out", 60).run(head, model, root, wait_s=1.5)
+    assert time.monotonic() - started < 50  # not held up until the lock was let go
+    assert rows["long0"].status == "failed" and rows["long0"].attempts == 2
+    assert re.search(r"\(a retry waited [12] s for an earlier attempt to let go of it\)$", rows["long0"].reason), \
+        rows["long0"].reason
+    assert rows["long1"].status == "done"
+    assert not (tmp_path / "out" / "long0" / "summary.json").exists()
+    assert pngs(tmp_path / "out" / "long1") == pngs(reference / "long1")
 
 
 def sever(pid: int) -> int:
