@@ -109,6 +109,14 @@ def test_auto_remembers_its_trial_for_the_file(exported, tmp_path, monkeypatch):
     assert trial["batch"] == 2 and set(trial["seconds"]) == {"onnxruntime", "openvino"}
 
 
+def test_auto_refuses_a_missing_file_and_a_bad_device_in_one_sentence(exported, tmp_path):
+    open_auto(exported / "encoder.onnx", device="cpu", trial_batch=2).close()  # a trial remembered
+    with pytest.raises(CoordGANError, match=r"^ONNX model \S*missing.onnx does not exist\.$"):
+        open_auto(tmp_path / "missing.onnx", device="cpu")
+    with pytest.raises(CoordGANError, match="device must be auto, cpu or cuda, not .gpu."):
+        open_auto(exported / "encoder.onnx", device="gpu")  # not quietly the remembered CPU backend
+
+
 def test_propagate_backend_choice_is_printed_and_recorded(tmp_path, monkeypatch, capsys):
     """--backend openvino and the default (auto) on a model whose maps are known: the masks are the ones
     ONNX Runtime gives (spread maps: the backends' 1e-7 differences decide no label), and summary.json

@@ -1,7 +1,8 @@
 """`auto`: for an ONNX encoder, the fastest CPU backend installed, by a short timed trial.
 
-ONNX Runtime is opened first; where it got the CUDA provider, that is the choice (a GPU, no trial).
-On the CPU, OpenVINO is opened too (where it is installed and loads the model), and each runs a
+Where a trial is remembered (below) and the run is sure to be on the CPU, only its choice is opened.
+Otherwise ONNX Runtime is opened first; where it got the CUDA provider, that is the choice (a GPU, no
+trial). On the CPU, OpenVINO is opened too (where it is installed and loads the model), and each runs a
 batch of the run's size: `WARMUP` runs (ONNX Runtime's first two runs of the celeba-128 --int8
 encoder took 1.7x and 1.3x its steady time), then `RUNS` timed runs interleaved, the best kept.
 The trial feeds synthetic inputs of the model's input shape: the encoder is dense convolutions and
@@ -23,11 +24,12 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 
 from runtime.backends.base import Backend
-from runtime.devices import cpu_threads
+from runtime.devices import check_device, cpu_threads
 from runtime.errors import CoordGANError
 from runtime.fileio import atomic_write, cache_dir, sha256_file
 
@@ -105,9 +107,13 @@ def open_auto(artifact, device: str = "auto", threads: int | None = None, trial_
     """The backend `auto` names for an ONNX model (the module docstring)."""
     from runtime.backends.ort_backend import OrtBackend, may_get_cuda
 
+    check_device(device, "device")
     threads = threads or cpu_threads()
-    path = _remembered_path(artifact) if remember else None
-    if device != "cuda" and not may_get_cuda(device):  # sure to be the CPU (cuda: ONNX Runtime says why not)
+    # Sure to be the CPU: a remembered choice opens alone. (cuda: ONNX Runtime says why it does not
+    # load; a missing file: ONNX Runtime's sentence.)
+    sure_cpu = device != "cuda" and not may_get_cuda(device)
+    path = _remembered_path(artifact) if remember and sure_cpu and Path(artifact).is_file() else None
+    if path is not None:
         known = _open_remembered(artifact, path, threads)
         if known is not None:
             return known
@@ -122,7 +128,7 @@ def open_auto(artifact, device: str = "auto", threads: int | None = None, trial_
     except CoordGANError as exc:
         ort.note = f"auto: onnxruntime; openvino skipped: {str(exc).rstrip('.')}"
         return ort
-    return choose([ort, ov], trial_batch, path)
+    return choose([ort, ov], trial_batch, path or (_remembered_path(artifact) if remember else None))
 
 
 def _open_remembered(artifact, path, threads: int) -> Backend | None:
