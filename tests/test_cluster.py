@@ -6,6 +6,7 @@ The reference everywhere is the in-process run (no --cluster): the same mask byt
 """
 
 import contextlib
+import importlib.util
 import json
 import os
 import re
@@ -43,6 +44,7 @@ def ray_env(tmp_path_factory):
         mp.setenv("RAY_AUTH_MODE", "token")
         mp.setenv("RAY_AUTH_TOKEN_PATH", str(token))
         mp.delenv("RAY_ADDRESS", raising=False)
+        mp.setenv("COORDGAN_CACHE", str(tmp_path_factory.mktemp("cache")))  # the workers' remembered trials too
         yield
 
 
@@ -315,10 +317,10 @@ def test_a_retry_refused_by_the_lock_for_longer_than_wait_s_fails_with_that_reas
     its folder is left resumable (no summary.json)."""
     root, reference, _ = long_data
     started = time.monotonic()
-    rows = KillAndHold(tmp_path / "out", 60).run(head, model, root, wait_s=1.5)
-    assert time.monotonic() - started < 50  # not held up until the lock was let go
+    rows = KillAndHold(tmp_path / "out", 600).run(head, model, root, wait_s=1.5)
+    assert time.monotonic() - started < 300  # not held up until the lock was let go
     assert rows["long0"].status == "failed" and rows["long0"].attempts == 2
-    assert re.search(r"\(a retry waited [12] s for an earlier attempt to let go of it\)$", rows["long0"].reason), \
+    assert re.search(r"\(a retry waited \d+ s for an earlier attempt to let go of it\)$", rows["long0"].reason), \
         rows["long0"].reason
     assert rows["long1"].status == "done"
     assert not (tmp_path / "out" / "long0" / "summary.json").exists()
@@ -501,7 +503,8 @@ def test_a_model_the_workers_cannot_open_is_one_sentence(head, tmp_path, monkeyp
     assert re.search(r"Error: Worker 0 could not open the model \S*broken.onnx: ONNX Runtime cannot load", err), err
     assert "Traceback" not in err and not (tmp_path / "out" / "a").exists()
     code, _, err = run_main(monkeypatch, capsys, *args)  # auto: the task that decides it opens it first
-    assert code == 1 and err.startswith("Error: ONNX Runtime cannot load") and err.count("\n") == 1, err
+    last = err.rstrip("\n").split("\n")[-1]  # (after the start-up display)
+    assert code == 1 and last.startswith("Error: ONNX Runtime cannot load") and "Traceback" not in err, err
 
 
 def test_auto_joins_the_cluster_that_ray_address_names(head, model, tmp_path, monkeypatch, capsys):
@@ -513,6 +516,29 @@ def test_auto_joins_the_cluster_that_ray_address_names(head, model, tmp_path, mo
     record = json.loads((tmp_path / "out" / "cluster_summary.json").read_text())
     assert record["address"] == "auto" and [r["status"] for r in record["sequences"]] == ["done"]
     assert f"encoder: {record['backend']} ({record['backend_note']})" in err  # how auto chose, said
+
+
+def test_a_cluster_too_small_for_one_worker_is_one_sentence_not_a_wait(head, model, tmp_path):
+    """auto's choice runs as a task with a worker's resources: asked for more CPUs than the cluster has,
+    the run is refused first, instead of waiting for ever for that task to be placed."""
+    from runtime.errors import CoordGANError
+    from runtime.propagation.cluster import ClusterOptions, ModelSpec, run_cluster
+    from runtime.propagation.jobs import plan
+    from runtime.propagation.sequence import PropagateOptions
+
+    def waited(*_):
+        raise TimeoutError("the run waited for a worker that cannot be placed")
+
+    root, out = davis_root(tmp_path / "davis", {"a": 3}), tmp_path / "out"
+    previous = signal.signal(signal.SIGALRM, waited)
+    signal.alarm(120)
+    try:
+        with pytest.raises(CoordGANError, match=r"has 2 CPUs and 0 GPUs: not enough for one worker of 4 CPUs"):
+            run_cluster(plan(root, out), PropagateOptions(batch=BATCH), ModelSpec(str(model / "encoder.onnx")),
+                        ClusterOptions(head[0], cpus_per_worker=4), out)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def test_auto_is_decided_once_on_a_worker_for_every_worker(head, model, tmp_path, monkeypatch):
@@ -542,9 +568,13 @@ def test_auto_is_decided_once_on_a_worker_for_every_worker(head, model, tmp_path
         record = json.loads((out / "cluster_summary.json").read_text())
         assert (record["backend"], record["backend_note"]) == (result.backend, result.backend_note)
         notes.append(result.backend_note)
-    assert re.fullmatch(r"auto: fastest of onnxruntime .* ms per batch of 4 \((remembered )?trial\), on \S+ "
-                        r"\(127\.0\.0\.1\)", notes[0]), notes[0]
-    assert "(remembered trial)" in notes[1]  # the node remembered its trial: no second one
+    node = r", on \S+ \(127\.0\.0\.1\)"
+    if importlib.util.find_spec("openvino") is None:  # one backend: nothing to time
+        assert all(re.fullmatch(r"auto: onnxruntime; openvino skipped: .*" + node, n) for n in notes), notes
+    else:  # (an earlier test of this module may have had the trial made already)
+        assert re.fullmatch(r"auto: fastest of onnxruntime .* ms per batch of 4 \((remembered )?trial\)" + node,
+                            notes[0]), notes[0]
+        assert "(remembered trial)" in notes[1]  # the node remembered its trial: no second one
     # no trial, and no task, where auto needs none
     assert _settled_backend(None, ModelSpec(onnx), ClusterOptions(gpus_per_worker=1)) == ("onnxruntime", None)
     assert _settled_backend(None, ModelSpec(onnx, backend="openvino"), ClusterOptions()) == ("openvino", None)

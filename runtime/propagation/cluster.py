@@ -222,8 +222,6 @@ def run_cluster(jobs, options, model: ModelSpec, cluster: ClusterOptions, out, *
     model = replace(model, artifact=_absolute_artifact(model.artifact))
     tick = time.perf_counter()
     with _connected(cluster) as ray:
-        backend, chose = _settled_backend(ray, model, cluster)
-        model = replace(model, backend=backend)
         scheduler = _Scheduler(ray, jobs, lengths, options, model, cluster, observer)
         try:
             scheduler.start()
@@ -234,7 +232,8 @@ def run_cluster(jobs, options, model: ModelSpec, cluster: ClusterOptions, out, *
         finally:
             scheduler.stop()  # Ctrl-C too: the workers die, each sequence keeps its resume state
     result = ClusterResult(cluster.address, len(scheduler.workers), cluster.threads, startup, seconds,
-                           [scheduler.results[job.name] for job in jobs], backend=model.backend, backend_note=chose)
+                           [scheduler.results[job.name] for job in jobs], backend=scheduler.model.backend,
+                           backend_note=scheduler.backend_note)
     with atomic_write(Path(out).absolute() / SUMMARY_FILE, "w") as f:
         json.dump(result.to_json(), f, indent=2)
         f.write("\n")
@@ -275,14 +274,15 @@ def _decide_auto(spec: ModelSpec, threads: int) -> tuple[str, str, str]:
 class _Worker:
     """A Ray actor: the model opened once, then whole sequences, one at a time."""
 
-    def __init__(self, index: int, spec: ModelSpec, board: str):
+    def __init__(self, index: int, spec: ModelSpec, board: str, warm: tuple[str, str]):
+        """warm: the run's lookup path and mode, whose kernels load beside the model's opening."""
         import ray
 
         import runtime.propagation.jobs  # noqa: F401  (the sequence code's imports, numba's, count as start-up)
-        from runtime.lookup import impl_for_device, warm_up
+        from runtime.lookup import warm_up
         from runtime.propagation.model import open_model
 
-        warm_up(impl_for_device(spec.device))  # the lookup's kernels load beside the model's opening
+        warm_up(*warm)
 
         try:
             self.model, self.error = open_model(spec.artifact, backend=spec.backend, device=spec.device,
@@ -345,14 +345,17 @@ class _Scheduler:
         self.running: dict = {}  # ref -> (worker index, sequence, attempt)
         self.restarting: dict = {}  # ref of a ready() call -> worker index
         self.board = None
+        self.backend_note: str | None = None  # how auto chose the backend (start())
         known = [n for n in lengths.values() if n is not None]
         self.progress = Progress(frames_total=sum(known) if len(known) == len(jobs) else None, sequences=len(jobs))
 
     def start(self) -> None:
         ray = self.ray
-        count = self._worker_count()
+        count = self._worker_count()  # (first: a cluster too small for a worker would never run the choice)
         self.progress.workers = count
         self.observer.progress(self.progress)
+        backend, self.backend_note = _settled_backend(ray, self.model, self.cluster)
+        self.model = replace(self.model, backend=backend)
         board = f"coordgan-board-{os.getpid()}-{time.time_ns()}"
         self.board = ray.remote(_Board).options(num_cpus=0, name=board).remote()
         # Restarts are bounded by the attempts the run can ever make, so a worker that keeps dying
@@ -361,7 +364,8 @@ class _Scheduler:
             num_cpus=self.cluster.cpus_per_worker, num_gpus=self.cluster.gpus_per_worker,
             max_restarts=len(self.jobs) * (self.cluster.max_retries + 1), max_task_retries=0,
             runtime_env={"env_vars": _worker_env(self.cluster)})
-        self.workers = [actor.remote(i, self.model, board) for i in range(count)]
+        warm = (self.options.lookup, self.options.params.mode)
+        self.workers = [actor.remote(i, self.model, board, warm) for i in range(count)]
         # through restarts (a worker killed while it starts comes back); an error of its own ends the run
         waiting = {w.ready.options(max_task_retries=-1).remote(): i for i, w in enumerate(self.workers)}
         while waiting:
