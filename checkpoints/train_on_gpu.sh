@@ -171,13 +171,16 @@ copy_out() {  # checkpoints (per configuration, or the best two once ranked), th
         read -r best second < <("$PY" -c "import json, sys; r = json.load(open(sys.argv[1])); print(*(r + ['', ''])[:2])" \
             "$WORK/ranking.json") || true
     fi
-    if [[ -n ${best:-} ]]; then
-        g=$(newest "$WORK/$best/generator")
+    if [[ -n ${best:-} ]]; then  # in an order that never holds more than 8 files, a .partial included
+        for name in "${names[@]}"; do
+            [[ $name == "$best" || $name == "${second:-}" ]] || rm -f "$OUT/cfg-$name.safetensors"
+        done
         put "$(newest "$WORK/$best/encoder")" encoder.safetensors || true
         [[ -z ${second:-} ]] || put "$(newest "$WORK/$second/encoder")" encoder-2.safetensors || true
+        rm -f "$OUT"/cfg-*.safetensors
+        g=$(newest "$WORK/$best/generator")
         put "$g" generator.safetensors || true
         put "${g%.safetensors}.state.safetensors" generator.state.safetensors || true
-        rm -f "$OUT"/cfg-*.safetensors
     else
         for name in "${names[@]}"; do
             e=$(newest "$WORK/$name/encoder")
@@ -194,16 +197,19 @@ copy_out() {  # checkpoints (per configuration, or the best two once ranked), th
      tar -czf logs.tar.gz --null -T files.list 2>/dev/null) || true
     put "$WORK/logs.tar.gz" logs.tar.gz || true
     put "$WORK/summary.json" summary.json || true
+    rm -f "$OUT"/*.partial  # (one a killed snapshot left)
 }
 command -v flock >/dev/null || flock() { :; }  # (util-linux; without it snapshots may overlap, rarely)
-snapshot() {  # one at a time: the minute loop and the stages' ends share the files
+snapshot() {  # one at a time: the minute loop and the end share the files
     (flock 9 && copy_out) 9>"$WORK/snapshot.lock" || true
 }
 (while sleep "$SNAPSHOT_S"; do snapshot; done) </dev/null >/dev/null 2>&1 &
 SNAPSHOTS=$!
-# On exit (also a failed stage): stop the loop (its sleep first, so it cannot start another copy),
-# then one last snapshot. `set +e`: a loop already gone must not end the trap early.
-trap 'set +e; pkill -P $SNAPSHOTS 2>/dev/null; kill $SNAPSHOTS 2>/dev/null; wait $SNAPSHOTS 2>/dev/null; snapshot' EXIT
+# On exit (also a failed stage): take the lock (a snapshot under way finishes its copies first),
+# stop the loop (its sleep first, so it cannot start another), then one last snapshot under the
+# lock. `set +e`: a loop already gone must not end the trap early.
+trap 'set +e; exec 9>"$WORK/snapshot.lock"; flock 9; pkill -P $SNAPSHOTS 2>/dev/null; kill $SNAPSHOTS 2>/dev/null
+      wait $SNAPSHOTS 2>/dev/null; copy_out' EXIT
 
 say "mode $mode, budget ${BUDGET_S} s, preset $PRESET, batch $BATCH, bf16 $AMP, LPIPS $LPIPS (random backbone), work $WORK"
 say "configurations (NAME:SEED:GENERATOR_LOSSES:ENCODER_LOSSES): ${configs[*]}"
@@ -214,7 +220,8 @@ amp=(); [[ $AMP == 1 ]] && amp=(--amp)
 r1=$("$PY" -c "import sys; sys.path.insert(0, sys.argv[1]); from coordgan.config import get_preset;
 print(f'{0.0002 * get_preset(sys.argv[2]).size ** 2 / int(sys.argv[3]):.6g}')" "$ROOT" "$PRESET" "$BATCH")
 say "generators: until ${GEN_SHARE} of the budget, r1 $r1 unless a configuration sets it"
-cpus=$(nproc)
+mapfile -t allowed < <("$PY" -c "import os; print(*sorted(os.sched_getaffinity(0)), sep='\n')")  # (any ids)
+cpus=${#allowed[@]}
 share=$(( cpus / ${#names[@]} )); (( share >= 1 )) || share=1
 enc_until=$("$PY" -c "print(round($GEN_SHARE + $ENC_SHARE, 6))")
 
@@ -258,9 +265,10 @@ pids=()
 for i in "${!configs[@]}"; do
     IFS=: read -r name seed gen enc <<<"${configs[$i]}"
     mkdir -p "$WORK/$name"
-    first=$(( (i * share) % cpus )) last=$(( (i * share) % cpus + share - 1 ))
-    pin=""; command -v taskset >/dev/null && pin="$first-$last"
-    say "$name: seed $seed, generator losses '${gen:-preset}', encoder losses '${enc:-preset}', CPUs $first-$last"
+    first=$(( (i * share) % cpus ))
+    pin=$(IFS=,; echo "${allowed[*]:$first:$share}")
+    say "$name: seed $seed, generator losses '${gen:-preset}', encoder losses '${enc:-preset}', CPUs $pin"
+    command -v taskset >/dev/null || pin=""
     # (a configuration that stops early is marked scored too: the ranking need not wait for it)
     ( trap 'touch "$WORK/$name/scored"' EXIT
       export OMP_NUM_THREADS=$share MKL_NUM_THREADS=$share
@@ -284,5 +292,5 @@ for name in s["ranking"] or []:
           f"points, demo {demo}{bars}")
 print("ranked by eval-propagation:", ", ".join(s["ranking"] or ["none (no configuration was scored)"]))
 EOF
-cat "$OUT/summary.json"
+cat "$OUT/summary.json" || true
 say "done: $OUT"
