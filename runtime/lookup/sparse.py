@@ -109,8 +109,8 @@ _warmed: set[str] = set()
 def warm_in_background(mode: str = "soft") -> None:
     """Load the compiled kernels of `mode` on a daemon thread, once per process: importing numba and
     reading its disk cache take 0.3-0.5 s (a first compile ~10 s), which the first lookup would
-    otherwise wait for; propagation starts this before its first encoder batch, which then runs
-    beside it. A lookup that comes first waits for the same load (numba's compile lock), no longer."""
+    otherwise wait for; `propagate` starts this before it opens the encoder, which then runs beside
+    it. A lookup that comes first waits for the same load (numba's compile lock), no longer."""
     kind = "soft" if mode == "soft" else "nearest"
     with _warm_lock:
         if kind in _warmed:

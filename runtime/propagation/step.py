@@ -78,7 +78,7 @@ class Propagator:
         labels: the label values known up front (all annotations' values, for a run that has them).
         observer: hears the step's notes and the seconds of its lookup and upsampling."""
         self.params, self.impl = params, lookup_ops.spec.check_impl(impl)
-        lookup_ops.warm_up(self.impl, params.mode)  # (once per process: the CLI has started it already)
+        lookup_ops.warm_up(self.impl, params.mode)  # once per process and mode (`propagate` starts it earlier)
         self.memory = Memory(params.memory)
         self.labels = LabelChannels(labels)
         self.observer = observer or Observer()
