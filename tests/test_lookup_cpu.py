@@ -199,6 +199,24 @@ def test_sparse_soft_where_the_nearest_distance_jumps(rng):
         assert (l_s == l_d).mean() >= 0.999, (tau, rng.seed_value)
 
 
+@pytest.mark.parametrize("threads", [1, 3])
+def test_sparse_soft_pairs_of_neighbours_and_queries_alone(rng, threads):
+    """The soft kernel shares one disk between two neighbouring queries whose coordinates are within
+    4 tau, and takes the others alone: a fine query map (neighbours ~1.6 tau apart: pairs), its odd
+    last query (alone), and a band of queries far apart from their neighbours (alone), in one call;
+    every one within the bound of dense."""
+    q, kmap, v = case(rng, n=1, r=2, c=9, hq=101, wq=101, hk=64, wk=64)  # 10201 queries: chunks of odd length
+    q[:, :, :5] = rng.uniform(-1, 1, (1, 2, 5, 101)).astype(np.float32)  # 5 rows of scattered queries
+    step = np.abs(np.diff(q[0].reshape(2, -1), axis=1)).sum(axis=0)  # L1 from each query to the next
+    assert (step <= 0.04).mean() > 0.8 and (step > 0.04).sum() > 400  # pairs, and queries alone
+    info: dict = {}
+    p_s, l_s = lookup_sparse(q, kmap, v, threads=threads, dense_above=1.0, info=info)
+    p_d, l_d = lookup_dense(q, kmap, v)
+    assert info["path"] == "sparse"
+    assert np.abs(p_s - p_d).max() <= 1e-4 * v.max() + 1e-6, rng.seed_value
+    assert (l_s == l_d).mean() >= 0.999, rng.seed_value
+
+
 @pytest.mark.parametrize("mode,k", [("soft", None), ("hard", None), ("topk", 3)])
 def test_sparse_degenerate_maps(rng, mode, k):
     """References squeezed into a tiny area or a corner, all on one point, or scattered at random;

@@ -8,7 +8,10 @@ anyway, the dense path runs instead (same result).
 Reference pixels are bucketed into a grid of cells (row bands x narrow columns) over their
 bounding box, sorted by cell; a summed-area table counts the pixels of any cell rectangle in O(1).
 Each query grows a disk around itself, adding the cells the disk can reach (one contiguous slice of
-pixels per row band), in compiled code (numba) over the queries on ``threads`` threads.
+pixels per row band), in compiled code (numba) over the queries on ``threads`` threads. In soft mode
+two neighbouring queries whose coordinates are close share one disk around their bounding box (each
+pixel loaded once for both, the ranges and growing paid once): everything below holds for each,
+with "the disk" reaching every pixel closer than rho to any point of the box.
 
 Soft mode, and its error bound. For a query q let d0 be the distance to its nearest reference
 pixel (found exactly: the disk grows until it holds a pixel closer than its radius), and weigh
@@ -29,8 +32,10 @@ F(r) = #{u in U : d_u < r}, grouping U by shells gives
          <= sum_{i=1..K} Fhat(r_i) (e_{i-1} - e_i) + |U| e_K + |U| e^-50 =: B,
 
 since e_{i-1} > e_i: any upper bound Fhat >= F may replace F (the last term is the logit floor).
-Fhat(r) = (pixels in the cells meeting the square of half-width max(r, rho) around q, an O(1)
-summed-area-table count) - |A|: those cells hold A and every pixel within r. The query is done
+Fhat(r) = (pixels in the cells meeting the square of half-width max(r, rho) around q, or around
+the pair's box, an O(1) summed-area-table count) - |A|: those cells hold A and every pixel within
+r. (For a pair, B is the same sum for both but for the factor exp(d0 / tau) of all its terms but
+the floor's, so it is computed once.) The query is done
 when B <= tol * Z_A, so eps <= tol (default 1e-4) and |dP| <= tol * max(V), plus float32
 rounding (the weights use a polynomial 2^x, relative error < 3e-7, relative to a distance within
 11 tau of d0, so the logit floor sits at most a factor 2^16 from the reference's: < 1e-12 of the

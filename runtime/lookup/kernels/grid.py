@@ -40,7 +40,7 @@ DIST_MARGIN = 1e-5
 # Shell radii of the tail bound, rho + OFFSETS * tau, and exp(-OFFSETS).
 OFFSETS = np.array([0.5, 1.0, 1.5, 2.0, 3.0, 4.5, 7.0, 10.0])
 _DECAY = np.exp(-OFFSETS)
-_LOGIT_FLOOR_WEIGHT = math.exp(spec.LOGIT_FLOOR)
+LOGIT_FLOOR_WEIGHT = math.exp(spec.LOGIT_FLOOR)
 # Padding coordinate after the last pixel: finite, far from every query (the lanes it fills are masked).
 FAR = np.float32(1e4)
 # Entries after the last pixel: the kernels read whole 16-lane vectors.
@@ -53,28 +53,30 @@ def cell_of(v, lo, inv_s, n):
 
 
 @jit
-def grow(x, y, rho, geo, start, rows, lo_c, hi_c, rng):
-    """Extend the query's cell set to every cell that can hold a pixel closer than rho.
+def grow(xa, xb, ya, yb, rho, geo, start, rows, lo_c, hi_c, rng):
+    """Extend the cell set of the queries in the box [xa, xb] x [ya, yb] (one query: xa == xb, ya ==
+    yb) to every cell that can hold a pixel closer than rho to the box.
 
     rows[0..1]: first and last row band in the set (rows[0] > rows[1]: empty set); lo_c/hi_c: the
     set's column span per row. Writes the pixel ranges (sorted positions) of the added cells to rng
-    and returns how many there are. Within a row band at vertical gap g from the query, a pixel
-    closer than rho has |x - px| < sqrt(rho^2 - g^2), so its cell lies in the span computed below."""
+    and returns how many there are. Within a row band at vertical gap g from the box, a pixel
+    closer than rho to a point of the box is less than sqrt(rho^2 - g^2) left of xa or right of xb,
+    so its cell lies in the span computed below."""
     x0, y0, sx, sy = geo[0], geo[1], geo[2], geo[3]
     gx, gy = int(geo[4]), int(geo[5])
     inv_sx, inv_sy = 1.0 / sx, 1.0 / sy
-    r0 = cell_of(y - rho - EPS, y0, inv_sy, gy)
-    r1 = cell_of(y + rho + EPS, y0, inv_sy, gy)
+    r0 = cell_of(ya - rho - EPS, y0, inv_sy, gy)
+    r1 = cell_of(yb + rho + EPS, y0, inv_sy, gy)
     e0, e1 = rows[0], rows[1]
     n = 0
     for r in range(r0, r1 + 1):
-        ya = y0 + r * sy
-        g = max(0.0, ya - y, y - (ya + sy)) - EPS
+        yr = y0 + r * sy
+        g = max(0.0, yr - yb, ya - (yr + sy)) - EPS
         g = max(g, 0.0)
         h2 = rho * rho - g * g
         h = math.sqrt(h2) if h2 > 0.0 else 0.0
-        lo = cell_of(x - h - EPS, x0, inv_sx, gx)
-        hi = cell_of(x + h + EPS, x0, inv_sx, gx)
+        lo = cell_of(xa - h - EPS, x0, inv_sx, gx)
+        hi = cell_of(xb + h + EPS, x0, inv_sx, gx)
         base = r * gx
         if e0 <= r <= e1:
             ol, oh = lo_c[np.uint64(r)], hi_c[np.uint64(r)]
@@ -110,22 +112,23 @@ def grow(x, y, rho, geo, start, rows, lo_c, hi_c, rng):
 
 
 @numba.njit(inline="always")
-def square_count(x, y, h, geo, sat):
-    """Pixels in the cells meeting the square [x - h, x + h] x [y - h, y + h] (>= those within h)."""
+def square_count(xa, xb, ya, yb, h, geo, sat):
+    """Pixels in the cells meeting [xa - h, xb + h] x [ya - h, yb + h] (>= those within h of the box)."""
     inv_sx, inv_sy = 1.0 / geo[2], 1.0 / geo[3]
     gx, gy = int(geo[4]), int(geo[5])
-    c0 = cell_of(x - h - EPS, geo[0], inv_sx, gx)
-    c1 = cell_of(x + h + EPS, geo[0], inv_sx, gx) + 1
-    r0 = cell_of(y - h - EPS, geo[1], inv_sy, gy)
-    r1 = cell_of(y + h + EPS, geo[1], inv_sy, gy) + 1
+    c0 = cell_of(xa - h - EPS, geo[0], inv_sx, gx)
+    c1 = cell_of(xb + h + EPS, geo[0], inv_sx, gx) + 1
+    r0 = cell_of(ya - h - EPS, geo[1], inv_sy, gy)
+    r1 = cell_of(yb + h + EPS, geo[1], inv_sy, gy) + 1
     return sat[r1, c1] - sat[r0, c1] - sat[r1, c0] + sat[r0, c0]
 
 
 @jit
-def tail_bound(x, y, rho, n_eval, m, d0, tau, geo, sat):
+def tail_bound(xa, xb, ya, yb, rho, n_eval, m, d0, tau, geo, sat):
     """Upper bound on the sum over the not-evaluated pixels u of exp(-(d_u - d0)/tau) (each floored at
-    e^-50), given that every one of them is farther than rho and the n_eval evaluated ones lie in the
-    cells the disk of radius rho reaches (the derivation: runtime.lookup.sparse)."""
+    e^-50) for a query in the box [xa, xb] x [ya, yb], given that every one of them is farther than
+    rho from it and the n_eval evaluated ones lie in the cells that rho around the box reaches (the
+    derivation: runtime.lookup.sparse; pixels within r of the query lie within r of the box)."""
     u = m - n_eval
     if u == 0:
         return 0.0
@@ -136,14 +139,14 @@ def tail_bound(x, y, rho, n_eval, m, d0, tau, geo, sat):
     for i in range(OFFSETS.shape[0]):
         r = r0 + OFFSETS[i] * tau
         # pixels within r, not evaluated: at most those of the cells meeting the square of half-width
-        # max(r, rho) (which also holds every evaluated pixel) minus the evaluated ones
-        f = square_count(x, y, max(r, rho), geo, sat) - n_eval
+        # max(r, rho) around the box (which also holds every evaluated pixel) minus the evaluated ones
+        f = square_count(xa, xb, ya, yb, max(r, rho), geo, sat) - n_eval
         if f >= u:  # every remaining pixel is within this shell: the rest of the sum telescopes
-            return t + u * e_prev + u * _LOGIT_FLOOR_WEIGHT
+            return t + u * e_prev + u * LOGIT_FLOOR_WEIGHT
         e_next = e0 * _DECAY[i]
         t += f * (e_prev - e_next)
         e_prev = e_next
-    return t + u * e_prev + u * _LOGIT_FLOOR_WEIGHT
+    return t + u * e_prev + u * LOGIT_FLOOR_WEIGHT
 
 
 @numba.njit(inline="always")

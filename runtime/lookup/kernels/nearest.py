@@ -77,7 +77,7 @@ def nearest_k(q0, q1, qx, qy, kx, ky, vt, order, start, geo, tau, k, out, labels
         best_j = m
         best_p = 0
         while True:
-            nr = grow(x, y, rho, geo, start, rows, lo_c, hi_c, rng)
+            nr = grow(x, x, y, y, rho, geo, start, rows, lo_c, hi_c, rng)
             for t in range(nr):
                 for p in range(rng[t, 0], rng[t, 1]):
                     dx = xf - kx[p]
