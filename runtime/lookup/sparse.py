@@ -43,7 +43,7 @@ sum; see kernels/soft.py). Otherwise rho grows by
 tau (ln(B / (tol Z_A)) + 0.3) and the newly reached cells are added. Where the bound cannot be
 met before the disk holds every pixel, U is empty and that query is computed exactly: the dense
 computation, per query. On smooth 128x128 maps at tau = 0.01 this evaluates ~245 pixels per
-query (of 16384; the ideal per-query cut, with the exact tail known, is ~170: the square counts
+query (~270 where pairs share a disk; of 16384; the ideal per-query cut, with the exact tail known, is ~170: the square counts
 overestimate the shells) and the error seen is ~1e-5 of max(V).
 
 hard / topk: the disk grows until at least k pixels (hard: 1) are closer than its radius (less a

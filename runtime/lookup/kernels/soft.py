@@ -6,12 +6,13 @@ coordinates from the sorted kx/ky, probabilities from the channel-major vt, 16 p
 AVX-512 register, two AVX2 ones), a range's last vector masked. Distances are in log2 units (the
 coordinates are scaled by log2(e) / tau), so a weight is one 2^x (simd.v_exp2_weight, five FMAs).
 One pass over the pixels makes the weights, their sum, the 8 channel sums of the first 8 channels
-(lane by lane, reduced once per query) and the nearest distance: the weights are relative to the
-previous query's nearest distance, which differs little from this one's (made again where it
-differs by more than REWEIGH), so the nearest pixel need not be found first. Per 16 pairs that is
+(lane by lane, reduced once per query) and the nearest distance: the weights are relative to a
+nearby earlier query's nearest distance (the same slot of the previous pair), which differs little
+from this one's (made again where it differs by more than REWEIGH), so the nearest pixel need not be
+found first. Per 16 pairs that is
 about 15 FMA-pipe operations, 8 of them the channel sums (measured: BENCHMARKS.md). A pair's pass
 (_weigh_two) loads each vector once for both queries, and pays the ranges' loops, the growing and
-the tail bound's counts once: 1.06-1.09x faster at memory 3 for 9.5 % more pairs (BENCHMARKS.md)."""
+the tail bound's counts once: 1.09-1.11x faster at memory 3 for 9.5 % more pairs (BENCHMARKS.md)."""
 
 from __future__ import annotations
 
@@ -218,7 +219,7 @@ def _band_spans(rows, lo_c, hi_c, start, geo, rl):
 @jit(nogil=True)
 def soft(q0, q1, qx, qy, ks, kxs, kys, vt, start, sat, geo, tau, tol, out, labels, stats):
     """Soft lookup of queries q0..q1-1 into out[:, q] (C, Nq) and labels[q] (argmax, first maximum);
-    stats[0] += pixels evaluated.
+    stats[0] += (query, pixel) pairs evaluated (a pixel a pair shares counts twice).
 
     kxs, kys: the sorted pixel coordinates (grid.py) times ks = log2(e) / tau (the queries qx, qy are
     scaled here); vt: channel-major probabilities (grid.py), channels padded with zeros to a multiple
@@ -229,9 +230,9 @@ def soft(q0, q1, qx, qy, ks, kxs, kys, vt, start, sat, geo, tau, tol, out, label
     once for both, and the ranges, the growing and the loops' overhead are paid once for two, for
     a disk a little larger than each needs. Per pair (or query): grow the disk until it holds, for
     each query, a pixel closer than its radius (the nearest, d0), weighing what it adds as it goes
-    (weights 2^(d_ref - d), d_ref the previous one's d0), then keep growing until each query's bound
-    on the weight of the rest (tail_bound) is <= tol * (its sum). The first radius is guessed from the
-    previous pair too (neighbouring queries need about the same)."""
+    (weights 2^(d_ref - d), d_ref the d0 of the previous pair's same slot), then keep growing until
+    each query's bound on the weight of the rest (tail_bound) is <= tol * (its sum). The first radius
+    is guessed from the previous pair too (neighbouring queries need about the same)."""
     c = out.shape[0]
     m = kxs.shape[0] - PAD
     sv = kxs.shape[0]
