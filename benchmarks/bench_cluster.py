@@ -90,13 +90,16 @@ def main(argv=None) -> None:
     parser.add_argument("--rows", default="in-process,1x2,1x1,2x1", help="in-process and WORKERSxTHREADS rows")
     parser.add_argument("--repeat", type=int, default=1, help="runs per row (the fastest after start-up is shown)")
     args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="coordgan-bench-cluster-") as work:  # removed after
+        measure(args, Path(work))
 
+
+def measure(args, work: Path) -> None:
     from bench_propagate import spread_encoder
     from export.cache import ModelSource
     from runtime.bench.report import text_table
     from runtime.devices import cpu_threads
 
-    work = Path(tempfile.mkdtemp(prefix="coordgan-bench-cluster-"))
     source = ModelSource(preset=args.preset, seed=0, progress=lambda m: print(f"  {m}", flush=True))
     encoder = spread_encoder(source.onnx_dir("encoder"), work)
     data = dataset(work / "davis", args.sequences, args.frames, args.size)

@@ -156,12 +156,12 @@ def main(argv=None) -> None:
     import coordgan
     from coordgan.config import get_preset
 
-    work = Path(tempfile.mkdtemp(prefix="coordgan-bench-fast-"))
     rows = []
-    for preset in ([None] if args.ckpt else args.preset.split(",")):
-        base = (get_preset(preset) if preset else coordgan.load(args.ckpt).config).base_size
-        grids = [int(g) for g in args.warp_grids.split(",")] if args.warp_grids else [base // 2, base // 4]
-        rows += run_preset(preset, args.ckpt, grids, args.frames, work, args.int8_layers)
+    with tempfile.TemporaryDirectory(prefix="coordgan-bench-fast-") as work:  # exports and outputs, removed after
+        for preset in ([None] if args.ckpt else args.preset.split(",")):
+            base = (get_preset(preset) if preset else coordgan.load(args.ckpt).config).base_size
+            grids = [int(g) for g in args.warp_grids.split(",")] if args.warp_grids else [base // 2, base // 4]
+            rows += run_preset(preset, args.ckpt, grids, args.frames, Path(work), args.int8_layers)
     header = ["model", "encoder", "encoder ms", "speed", "frames/s", "max|d corr|", "mean|d corr|", "masks agree",
               "J", "map spread"]
     from runtime.bench.report import text_table

@@ -33,11 +33,11 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def build(args, chunk: int):
+def build(args, chunk: int, out: Path):
     for fn in (warp_ops.soft_warp, warp_ops.chamfer_distance):
         fn.__kwdefaults__["chunk_size"] = chunk
     cfg, _ = scaled_to_batch(get_preset(args.preset), args.batch)
-    opts = RunOptions(out=Path(tempfile.mkdtemp()), steps=10**9, batch=args.batch, amp=args.amp, device=args.device)
+    opts = RunOptions(out=out, steps=10**9, batch=args.batch, amp=args.amp, device=args.device)
     lpips, _ = build_lpips(args.lpips_net, random_backbone=True, device=args.device)
     torch.manual_seed(0)
     task = GeneratorTraining(cfg, Run(opts), lpips)
@@ -72,13 +72,18 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=16, help="timed steps per chunk size (after 4 warm-up steps)")
     ap.add_argument("--profile-steps", type=int, default=4)
     args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="coordgan-profile-") as scratch:  # the runs' folder, removed after
+        profile(args, Path(scratch))
+
+
+def profile(args, scratch: Path) -> None:
     if args.device.startswith("cuda"):
         torch.backends.cudnn.benchmark = True
     print(f"{args.preset}, batch {args.batch}, {args.device}, amp {args.amp}, torch {torch.__version__}"
           + (f", {torch.cuda.get_device_name()}" if args.device.startswith("cuda") else ""))
     rows = []
     for chunk in (int(c) for c in args.chunks.split(",")):
-        task, real = build(args, chunk)
+        task, real = build(args, chunk, scratch)
         timed_steps(args, task, real, 0, 4)
         d_ms, g_ms = timed_steps(args, task, real, 4, args.steps)
         rows.append((chunk, d_ms, g_ms))
@@ -86,7 +91,7 @@ def main() -> None:
               f"{args.batch / (d_ms + g_ms) * 1e3:8.1f} images/s  ({(rows[0][1] + rows[0][2]) / (d_ms + g_ms):.2f}x"
               f" the first)", flush=True)
     best = min(rows, key=lambda r: r[1] + r[2])[0]
-    task, real = build(args, best)
+    task, real = build(args, best, scratch)
     timed_steps(args, task, real, 0, 2)
     acts = [torch.profiler.ProfilerActivity.CPU] + (
         [torch.profiler.ProfilerActivity.CUDA] if args.device.startswith("cuda") else [])
