@@ -1,8 +1,14 @@
-"""The one exception type for errors a user can cause.
+"""The one exception type for errors a user can cause, and the signals that stop a command.
 
 Torch-free on purpose: `runtime/` and the CLI import it on machines without PyTorch.
 The CLI prints the message (one sentence) and exits non-zero, with no traceback.
 """
+
+import signal
+
+# Besides Ctrl-C (SIGINT), what stops a command cleanly: SIGTERM (docker stop, Slurm, kill) and SIGHUP
+# (the terminal closed; a `serve` left running would keep its server and ports).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
 
 class CoordGANError(Exception):

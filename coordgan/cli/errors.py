@@ -12,11 +12,8 @@ import threading
 
 import typer
 
-from runtime.errors import CoordGANError
+from runtime.errors import STOP_SIGNALS, CoordGANError
 
-# SIGTERM: docker stop, Slurm, kill. SIGHUP: the terminal closed (a `serve` left running would keep
-# its server and ports).
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 _terminated: list[int] = []  # the stop signal received
 
 

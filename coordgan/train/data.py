@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
-from runtime.errors import CoordGANError
+from runtime.errors import STOP_SIGNALS, CoordGANError
 from runtime.io.images import image_extensions, open_image
 
 SYNTHETIC = "synthetic-faces"
@@ -41,7 +41,7 @@ def _leave_signals_to_the_trainer(_worker_id: int) -> None:
     closing terminal signal the whole process group; a worker that died of it would crash the
     trainer mid-step instead of letting it finish the step, checkpoint and stop (the trainer ends
     its workers itself)."""
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    for sig in (*STOP_SIGNALS, signal.SIGINT):
         signal.signal(sig, signal.SIG_IGN)
 
 

@@ -36,7 +36,7 @@ from torch import nn
 
 from coordgan.train import distributed as ddp
 from coordgan.train.state import load_tree, rng_state, save_tree, set_rng_state
-from runtime.errors import CoordGANError
+from runtime.errors import STOP_SIGNALS, CoordGANError
 from runtime.fileio import atomic_write
 
 CHECKPOINTS = "checkpoints"
@@ -302,7 +302,7 @@ class _Signals:
         import threading
 
         if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+            for sig in (*STOP_SIGNALS, signal.SIGINT):
                 self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
