@@ -125,10 +125,12 @@ def square_count(xa, xb, ya, yb, h, geo, sat):
 
 @jit
 def tail_bound(xa, xb, ya, yb, rho, n_eval, m, d0, tau, geo, sat):
-    """Upper bound on the sum over the not-evaluated pixels u of exp(-(d_u - d0)/tau) (each floored at
-    e^-50) for a query in the box [xa, xb] x [ya, yb], given that every one of them is farther than
-    rho from it and the n_eval evaluated ones lie in the cells that rho around the box reaches (the
-    derivation: runtime.lookup.sparse; pixels within r of the query lie within r of the box)."""
+    """Upper bound on the sum over the not-evaluated pixels u of exp(-(d_u - d0)/tau) for a query in
+    the box [xa, xb] x [ya, yb], given that every one of them is farther than rho from it and the n_eval
+    evaluated ones lie in the cells that rho around the box reaches (the derivation: runtime.lookup.sparse;
+    pixels within r of the query lie within r of the box). Without the logit floor's term, the
+    caller's to add ((m - n_eval) * LOGIT_FLOOR_WEIGHT): what is returned is proportional to
+    exp(d0 / tau), so queries sharing a box scale one value."""
     u = m - n_eval
     if u == 0:
         return 0.0
@@ -142,11 +144,11 @@ def tail_bound(xa, xb, ya, yb, rho, n_eval, m, d0, tau, geo, sat):
         # max(r, rho) around the box (which also holds every evaluated pixel) minus the evaluated ones
         f = square_count(xa, xb, ya, yb, max(r, rho), geo, sat) - n_eval
         if f >= u:  # every remaining pixel is within this shell: the rest of the sum telescopes
-            return t + u * e_prev + u * LOGIT_FLOOR_WEIGHT
+            return t + u * e_prev
         e_next = e0 * _DECAY[i]
         t += f * (e_prev - e_next)
         e_prev = e_next
-    return t + u * e_prev + u * LOGIT_FLOOR_WEIGHT
+    return t + u * e_prev
 
 
 @numba.njit(inline="always")

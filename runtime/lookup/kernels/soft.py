@@ -9,8 +9,8 @@ One pass over the pixels makes the weights, their sum, the 8 channel sums of the
 (lane by lane, reduced once per query) and the nearest distance: the weights are relative to a
 nearby earlier query's nearest distance (the same slot of the previous pair), which differs little
 from this one's (made again where it differs by more than REWEIGH), so the nearest pixel need not be
-found first. Per 16 pairs that is
-about 15 FMA-pipe operations, 8 of them the channel sums (measured: BENCHMARKS.md). A pair's pass
+found first. Per 16 pairs that is about 15 FMA-pipe operations, 8 of them the channel sums
+(measured: BENCHMARKS.md). A pair's pass
 (_weigh_two) loads each vector once for both queries, and pays the ranges' loops, the growing and
 the tail bound's counts once: 1.09-1.11x faster at memory 3 for 9.5 % more pairs (BENCHMARKS.md)."""
 
@@ -66,24 +66,17 @@ def _store8(accb, o, acc):
 
 
 @numba.njit(inline="always")
-def _fma8(acc, w, vt, u, usv):
-    """acc[t] += w * (the L pixels from u of channel t), t < 8 (channel rows usv apart)."""
-    return (v_fma(acc[0], w, v16_load(vt, u)), v_fma(acc[1], w, v16_load(vt, u + usv)),
-            v_fma(acc[2], w, v16_load(vt, u + 2 * usv)), v_fma(acc[3], w, v16_load(vt, u + 3 * usv)),
-            v_fma(acc[4], w, v16_load(vt, u + 4 * usv)), v_fma(acc[5], w, v16_load(vt, u + 5 * usv)),
-            v_fma(acc[6], w, v16_load(vt, u + 6 * usv)), v_fma(acc[7], w, v16_load(vt, u + 7 * usv)))
+def _vt8(vt, u, usv):
+    """The L pixels from u of channels 0..7 (channel rows usv apart)."""
+    return (v16_load(vt, u), v16_load(vt, u + usv), v16_load(vt, u + 2 * usv), v16_load(vt, u + 3 * usv),
+            v16_load(vt, u + 4 * usv), v16_load(vt, u + 5 * usv), v16_load(vt, u + 6 * usv), v16_load(vt, u + 7 * usv))
 
 
 @numba.njit(inline="always")
-def _fma8x2(acc_a, acc_b, wa, wb, vt, u, usv):
-    """_fma8 for two queries' weights: each probability vector loaded once."""
-    v0, v1, v2, v3 = v16_load(vt, u), v16_load(vt, u + usv), v16_load(vt, u + 2 * usv), v16_load(vt, u + 3 * usv)
-    v4, v5 = v16_load(vt, u + 4 * usv), v16_load(vt, u + 5 * usv)
-    v6, v7 = v16_load(vt, u + 6 * usv), v16_load(vt, u + 7 * usv)
-    return ((v_fma(acc_a[0], wa, v0), v_fma(acc_a[1], wa, v1), v_fma(acc_a[2], wa, v2), v_fma(acc_a[3], wa, v3),
-             v_fma(acc_a[4], wa, v4), v_fma(acc_a[5], wa, v5), v_fma(acc_a[6], wa, v6), v_fma(acc_a[7], wa, v7)),
-            (v_fma(acc_b[0], wb, v0), v_fma(acc_b[1], wb, v1), v_fma(acc_b[2], wb, v2), v_fma(acc_b[3], wb, v3),
-             v_fma(acc_b[4], wb, v4), v_fma(acc_b[5], wb, v5), v_fma(acc_b[6], wb, v6), v_fma(acc_b[7], wb, v7)))
+def _fma8(acc, w, v):
+    """acc[t] += w * v[t], t < 8."""
+    return (v_fma(acc[0], w, v[0]), v_fma(acc[1], w, v[1]), v_fma(acc[2], w, v[2]), v_fma(acc[3], w, v[3]),
+            v_fma(acc[4], w, v[4]), v_fma(acc[5], w, v[5]), v_fma(acc[6], w, v[6]), v_fma(acc[7], w, v[7]))
 
 
 @jit(fastmath=True)
@@ -112,7 +105,7 @@ def _weigh_one(kx, ky, vt, sv, rl, r0, r1, xs, ys, d_ref, accb, wb):
                 d = v_add(d, v16_load(_FAR, L - (b - j)))
             dm = v_min(dm, d)
             z = v_add(z, w)
-            acc = _fma8(acc, w, vt, np.uint64(j), usv)
+            acc = _fma8(acc, w, _vt8(vt, np.uint64(j), usv))
             if c8 > 8:
                 v_store(wb, nw, w)
                 nw += L
@@ -151,7 +144,8 @@ def _weigh_two(kx, ky, vt, sv, rl, r0, r1, xs, ys, d_ref, accb, wb):
                 d1, d2 = v_add(d1, far), v_add(d2, far)
             dma, dmb = v_min(dma, d1), v_min(dmb, d2)
             za, zb = v_add(za, w1), v_add(zb, w2)
-            sa, sb = _fma8x2(sa, sb, w1, w2, vt, np.uint64(j), usv)
+            v = _vt8(vt, np.uint64(j), usv)  # loaded once for both
+            sa, sb = _fma8(sa, w1, v), _fma8(sb, w2, v)
             if c8 > 8:
                 v_store(wb[0], nw, w1)
                 v_store(wb[1], nw, w2)
@@ -186,7 +180,7 @@ def _more_channels(vt, usv, rl, r0, r1, wb, cb, accb):
         a = rl[np.uint64(t), 0]
         b = rl[np.uint64(t), 1]
         for j in range(a, b, L):
-            acc = _fma8(acc, v16_load(wb, nw), vt, np.uint64(j) + np.uint64(cb) * usv, usv)
+            acc = _fma8(acc, v16_load(wb, nw), _vt8(vt, np.uint64(j) + np.uint64(cb) * usv, usv))
             nw += L
     _store8(accb, o, acc)
 
@@ -295,15 +289,15 @@ def soft(q0, q1, qx, qy, ks, kxs, kys, vt, start, sat, geo, tau, tol, out, label
             _weigh(kxs, kys, vt, sv, rl, 0, nb, xs, ys, d_ref, accb, wb, both)
         d0_hi = max(np.float64(d0s[0]), np.float64(d0s[1])) / ks
         while True:  # grow until each query's bound on its neglected weight is <= tol * its z
-            # The bound counts around the box, so it differs between the two only by the factor
-            # exp(d0 / tau) of its terms (all but the floored weights' u * e^-50): made once.
+            # The bound counts around the box, so the two queries' differ only by the factor exp(d0 / tau)
+            # of its shells' part: made once; the floored weights' part, (m - n) e^-50, is the same.
+            shells = tail_bound(xa, xb, ya, yb, rho, n, m, d0_hi, tau, geo, sat)
             floor = (m - n) * LOGIT_FLOOR_WEIGHT
-            shared = max(tail_bound(xa, xb, ya, yb, rho, n, m, d0_hi, tau, geo, sat) - floor, 0.0)
             need = 0.0  # the larger ratio bound / (tol z)
             for s in range(nq):
                 d0 = np.float64(d0s[s]) / ks
                 z = np.float64(v_hsum(v16_load(accb[s], 0))) * np.exp2(np.float64(d0s[s]) - np.float64(d_ref[s]))
-                need = max(need, (shared * math.exp((d0 - d0_hi) / tau) + floor) / (tol * z))
+                need = max(need, (shells * math.exp((d0 - d0_hi) / tau) + floor) / (tol * z))
             if need <= 1.0:
                 break
             rho += tau * (max(math.log(need), 0.0) + 0.3)
