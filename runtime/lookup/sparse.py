@@ -149,18 +149,19 @@ def _thread_pool(threads: int) -> ThreadPoolExecutor:
         return _pool[1]
 
 
-def _in_chunks(run, nq: int, threads: int) -> int:
+def _in_chunks(run, nq: int, threads: int) -> np.ndarray:
     """run(q0, q1, stats) over the queries on `threads` threads (the kernels release the GIL), a few
-    chunks per thread so that a thread slowed by other load does not hold up the rest."""
+    chunks per thread so that a thread slowed by other load does not hold up the rest; the kernels'
+    two counts (stats[0], stats[1]) summed over the chunks."""
     chunks = 1 if threads == 1 else int(np.clip(nq // 256, 1, 4 * threads))
     bounds = np.linspace(0, nq, chunks + 1).astype(np.int64)
-    stats = np.zeros((chunks, 1), np.int64)
+    stats = np.zeros((chunks, 2), np.int64)
     jobs = [(int(bounds[t]), int(bounds[t + 1]), stats[t]) for t in range(chunks)]
     if chunks == 1:
         run(*jobs[0])
     else:
         list(_thread_pool(threads).map(lambda job: run(*job), jobs))
-    return int(stats.sum())
+    return stats.sum(axis=0)
 
 
 def _grid(kern, x: Prepared, i: int, threads: int) -> _Grid:
@@ -193,7 +194,9 @@ def _grid(kern, x: Prepared, i: int, threads: int) -> _Grid:
     return g
 
 
-def _sparse_item(kern, x: Prepared, i: int, tol: float, threads: int, out: np.ndarray, labels: np.ndarray) -> int:
+def _sparse_item(kern, x: Prepared, i: int, tol: float, threads: int, out: np.ndarray,
+                 labels: np.ndarray) -> np.ndarray:
+    """Batch item i through its mode's kernel; (pairs evaluated, queries that shared a disk)."""
     g = _grid(kern, x, i, threads)
     qx, qy = x.qx[i], x.qy[i]
     if x.mode == "soft":
@@ -292,8 +295,9 @@ def lookup_sparse(
             capped by OMP_NUM_THREADS).
         dense_above: share of the pairs above which the dense path is used, see above.
         info: optional dict, filled with ``path`` ("sparse" or "dense"), ``pairs`` (pairs
-            evaluated), ``dense_pairs`` (N * Hq*Wq * M), ``threads`` and ``reason`` (why the dense
-            path ran; None on the sparse one).
+            evaluated), ``dense_pairs`` (N * Hq*Wq * M), ``shared`` (soft mode: queries that shared
+            a disk with a neighbour), ``threads`` and ``reason`` (why the dense path ran; None on the
+            sparse one).
 
     Returns:
         P (N, C, Hq, Wq) float32 and labels (N, Hq, Wq) int32.
@@ -308,14 +312,17 @@ def lookup_sparse(
     elif spec.as_int(threads) is None or threads < 1:
         raise CoordGANError(f"threads must be a positive integer, got {threads!r}.")
     n, m, nq = x.n, x.m, x.hq * x.wq
-    stats = {"path": "sparse", "pairs": 0, "dense_pairs": n * nq * m, "threads": int(threads), "reason": None}
+    stats = {"path": "sparse", "pairs": 0, "dense_pairs": n * nq * m, "shared": 0, "threads": int(threads),
+             "reason": None}
     kern, why = _kernels()
     reason = why if kern is None else _dense_reason(x, float(tol), float(dense_above))
     out = np.empty((n, x.c, nq), np.float32)
     if reason is None:
         labels = np.empty((n, nq), np.int32)  # the kernels write the argmax too
         for i in range(n):
-            stats["pairs"] += _sparse_item(kern, x, i, float(tol), int(threads), out[i], labels[i])
+            pairs, shared = _sparse_item(kern, x, i, float(tol), int(threads), out[i], labels[i])
+            stats["pairs"] += int(pairs)
+            stats["shared"] += int(shared)
         if x.mode != "soft":  # (the soft kernel flushes as it writes)
             flush_tiny(out)
         result = out.reshape(n, x.c, x.hq, x.wq), labels.reshape(n, x.hq, x.wq)

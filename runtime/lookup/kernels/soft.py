@@ -213,7 +213,8 @@ def _band_spans(rows, lo_c, hi_c, start, geo, rl):
 @jit(nogil=True)
 def soft(q0, q1, qx, qy, ks, kxs, kys, vt, start, sat, geo, tau, tol, out, labels, stats):
     """Soft lookup of queries q0..q1-1 into out[:, q] (C, Nq) and labels[q] (argmax, first maximum);
-    stats[0] += (query, pixel) pairs evaluated (a pixel a pair shares counts twice).
+    stats[0] += (query, pixel) pairs evaluated (a pixel a pair shares counts twice), stats[1] += queries
+    that shared a disk.
 
     kxs, kys: the sorted pixel coordinates (grid.py) times ks = log2(e) / tau (the queries qx, qy are
     scaled here); vt: channel-major probabilities (grid.py), channels padded with zeros to a multiple
@@ -248,7 +249,7 @@ def soft(q0, q1, qx, qy, ks, kxs, kys, vt, start, sat, geo, tau, tol, out, label
     near = PAIR_WITHIN * tau
     rho_min = 0.75 * (geo[2] + geo[3])
     lam = 12.0  # first radius = the previous larger d0 + lam * tau, lam from the previous pair
-    pairs = 0
+    pairs = shared = 0
     i = q0
     while i < q1:
         k = i + 1  # the pair (i, k), or i alone (k == i)
@@ -311,6 +312,7 @@ def soft(q0, q1, qx, qy, ks, kxs, kys, vt, start, sat, geo, tau, tol, out, label
         d_prev[0] = np.float64(d0s[0]) / ks
         d_prev[1] = np.float64(d0s[1 if both else 0]) / ks
         pairs += nq * n
+        shared += 2 if both else 0
         for s in range(nq):
             q = i if s == 0 else k
             inv_z = np.float32(1.0 / np.float64(v_hsum(v16_load(accb[s], 0))))  # (sums and z alike relative to d_ref)
@@ -320,4 +322,5 @@ def soft(q0, q1, qx, qy, ks, kxs, kys, vt, start, sat, geo, tau, tol, out, label
             labels[q] = argmax_first(out, q)
         i = k + 1
     stats[0] += pairs
+    stats[1] += shared
     return 0
