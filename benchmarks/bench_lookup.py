@@ -92,7 +92,7 @@ def cpu_child(args) -> None:
     assert every_info["path"] == "dense"
     print(json.dumps({
         "threads": threads, "dense_s": t_dense, "sparse_s": t_sparse, "every_s": t_every,
-        "pairs": q.shape[2] * q.shape[3] * k.shape[3] * k.shape[4],
+        "pairs": info["dense_pairs"],  # every (query, reference pixel) pair, all reference maps
         "sparse_pairs": info["pairs"], "path": info["path"], "max_dp": float(np.abs(p_s - p_d).max()),
         "agree": float((l_s == l_d).mean()), "every_max_dp": float(np.abs(p_e - p_d).max()),
         "every_agree": float((l_e == l_d).mean()), "first_call_s": first_call,

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -58,6 +59,8 @@ def main(argv=None) -> None:
     parser.add_argument("--repeat", type=int, default=2, help="runs per case (the fastest is shown)")
     parser.add_argument("--base", help="a git revision whose `--backend auto` runs beside this tree's")
     args = parser.parse_args(argv)
+    if args.base and "auto" not in args.backends.split(","):
+        parser.error("--base compares REV's --backend auto with this tree's: keep auto in --backends")
     with base_tree(args.base) as base, tempfile.TemporaryDirectory(prefix="coordgan-bench-openvino-") as work:
         measure(args, base, Path(work))
 
@@ -69,12 +72,16 @@ def base_tree(rev: str | None):
         yield None
         return
     tree = Path(tempfile.mkdtemp(prefix="coordgan-bench-base-"))
-    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-f", str(tree), rev], check=True,
-                   capture_output=True)
     try:
+        added = subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-f", str(tree), rev],
+                               capture_output=True, text=True)
+        if added.returncode != 0:
+            raise SystemExit(f"--base {rev}: {added.stderr.strip()}")
         yield tree
-    finally:
+    finally:  # the worktree, or whatever of it git left, and git's record of it
         subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], capture_output=True)
+        shutil.rmtree(tree, ignore_errors=True)
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "prune"], capture_output=True)
 
 
 def measure(args, base: Path | None, work: Path) -> None:
